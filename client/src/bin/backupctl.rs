@@ -1,0 +1,238 @@
+//! `backupctl`: the backup service from a terminal. Tables for people,
+//! `--json` for scripts.
+//!
+//! Exit codes: 0 success; 1 the server refused the call (its gRPC code is
+//! printed); 2 usage error; 3 cannot connect; 4 unhealthy (`health`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use backup_client::{Client, Error, proto};
+use clap::{Parser, Subcommand};
+use comfy_table::Table;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Drive the backup service",
+    after_help = "Examples:\n  backupctl --token $TOKEN backups create --name before-upgrade\n  backupctl backups list --json\n  backupctl health"
+)]
+struct Cli {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "BACKUP_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    url: String,
+    /// Bearer token (from `backup-server token create`).
+    #[arg(
+        long,
+        env = "BACKUP_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
+    token: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Backup files: create, list, get, download, restore, delete.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+    /// Exit 0 only if the server reports SERVING (usable as an exec probe).
+    Health {
+        /// A service name, e.g. backup.v1.BackupFiles; empty for the server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupsCommand {
+    /// Take a manual backup now.
+    #[command(after_help = "Example: backupctl backups create --name before-upgrade")]
+    Create {
+        /// File name (`.db` is appended when missing).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List backups, newest first.
+    #[command(after_help = "Example: backupctl backups list --json | jq '.[].filename'")]
+    List,
+    /// Show one backup.
+    #[command(after_help = "Example: backupctl backups get backup_20261121T030000.000000Z.db")]
+    Get { filename: String },
+    /// Download a backup, checking its sha256.
+    #[command(after_help = "Example: backupctl backups download nightly.db -o /tmp/nightly.db")]
+    Download {
+        filename: String,
+        /// Where to write it [default: the backup's file name].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Replace the source database with a backup (admin).
+    #[command(after_help = "Example: backupctl backups restore nightly.db")]
+    Restore { filename: String },
+    /// Delete a backup; protected ones need an admin and --force.
+    #[command(after_help = "Example: backupctl backups delete nightly.db")]
+    Delete {
+        filename: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("backupctl: {e}");
+            match e {
+                Error::Transport(_) => ExitCode::from(3),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let client = Client::connect(&cli.url, &cli.token).await?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Health { service } => {
+            let status = client.health(&service).await?;
+            out.value(
+                json!({ "service": service, "status": status.as_str_name() }),
+                || {
+                    println!("{}", status.as_str_name());
+                },
+            );
+            let serving = status
+                == backup_client::proto_health::health_check_response::ServingStatus::Serving;
+            return Ok(if serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            });
+        }
+        Command::Backups(command) => {
+            let mut backups = client.backups();
+            match command {
+                BackupsCommand::Create { name } => {
+                    out.backups(&[backups.create(name.as_deref()).await?])
+                }
+                BackupsCommand::List => out.backups(&backups.list_all().await?),
+                BackupsCommand::Get { filename } => out.backups(&[backups.get(&filename).await?]),
+                BackupsCommand::Download { filename, output } => {
+                    let dest = output.unwrap_or_else(|| PathBuf::from(&filename));
+                    let bar = ProgressBar::new(0).with_style(
+                        ProgressStyle::with_template(
+                            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    if cli.json {
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                    }
+                    let backup = backups
+                        .download_to(&filename, &dest, |done, total| {
+                            bar.set_length(total);
+                            bar.set_position(done);
+                        })
+                        .await?;
+                    bar.finish_and_clear();
+                    out.value(json!({ "filename": backup.filename, "path": dest, "sha256": backup.sha256 }), || {
+                        println!("downloaded {} to {} (sha256 {} verified)", backup.filename, dest.display(), backup.sha256);
+                    });
+                }
+                BackupsCommand::Restore { filename } => {
+                    let (restored, pre) = backups.restore(&filename).await?;
+                    out.value(json!({ "restored": backup_json(&restored), "pre_restore_backup": backup_json(&pre) }), || {
+                        println!("restored {}; the previous source is saved as {}", restored.filename, pre.filename);
+                    });
+                }
+                BackupsCommand::Delete { filename, force } => {
+                    backups.delete(&filename, force).await?;
+                    out.value(json!({ "deleted": filename }), || {
+                        println!("deleted {filename}")
+                    });
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints either JSON or the human form.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn value(&self, value: Value, human: impl FnOnce()) {
+        if self.json {
+            println!("{value}");
+        } else {
+            human();
+        }
+    }
+
+    fn backups(&self, backups: &[proto::Backup]) {
+        let values: Vec<Value> = backups.iter().map(backup_json).collect();
+        self.value(Value::Array(values), || {
+            let mut table = Table::new();
+            table.set_header(["FILENAME", "SIZE", "CREATED", "KIND", "OWNER", "PROTECTED"]);
+            for b in backups {
+                table.add_row([
+                    b.filename.clone(),
+                    b.size_bytes.to_string(),
+                    timestamp(b.created_at.as_ref()),
+                    kind(b.kind),
+                    b.owner_user_id.to_string(),
+                    if b.is_protected { "yes" } else { "" }.to_owned(),
+                ]);
+            }
+            println!("{table}");
+        });
+    }
+}
+
+fn kind(value: i32) -> String {
+    proto::BackupKind::try_from(value)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("BACKUP_KIND_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn backup_json(b: &proto::Backup) -> Value {
+    json!({
+        "filename": b.filename,
+        "size_bytes": b.size_bytes,
+        "created_at": timestamp(b.created_at.as_ref()),
+        "is_protected": b.is_protected,
+        "kind": kind(b.kind),
+        "owner_user_id": b.owner_user_id,
+        "sha256": b.sha256,
+    })
+}

@@ -1,0 +1,16 @@
+//! Migrations of the backup service's state store, applied at server start.
+//! Append-only: a released migration is never edited, only followed.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_create_core_tables;
+
+/// Every migration of the state store, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_create_core_tables::Migration)]
+    }
+}

@@ -1,0 +1,156 @@
+//! `backup.v1.BackupFiles`.
+
+use std::pin::Pin;
+
+use backup_proto as pb;
+use backup_proto::backup_files_server::BackupFiles;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::backup::catalog::Cursor;
+use crate::paging::page_size;
+
+/// Bytes per DownloadBackup message: well under the default 4 MiB limit.
+const CHUNK_BYTES: usize = 256 * 1024;
+const LISTING: &str = "backups";
+
+pub struct BackupFilesApi {
+    app: Shared,
+}
+
+impl BackupFilesApi {
+    pub fn new(app: Shared) -> Self {
+        Self { app }
+    }
+}
+
+type DownloadStream =
+    Pin<Box<dyn Stream<Item = Result<pb::DownloadBackupResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BackupFiles for BackupFilesApi {
+    async fn create_backup(
+        &self,
+        request: Request<pb::CreateBackupRequest>,
+    ) -> Result<Response<pb::CreateBackupResponse>, Status> {
+        let caller = self.app.caller(&request, "CreateBackup").await?;
+        let custom = request.into_inner().custom_filename;
+        let backup = self.app.backups.create(caller, custom.as_deref()).await?;
+        Ok(Response::new(pb::CreateBackupResponse {
+            backup: Some(backup.into()),
+        }))
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let caller = self.app.caller(&request, "ListBackups").await?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, 50, 1000)?;
+        let after = self
+            .app
+            .page_tokens
+            .cursor(LISTING, &req.page_token)?
+            .map(|c| Cursor::decode(&c))
+            .transpose()?;
+        let backups = self.app.backups.list(caller, after.as_ref(), limit).await?;
+        let next_page_token = match backups.last() {
+            Some(last) if backups.len() as u64 == limit => self
+                .app
+                .page_tokens
+                .issue(LISTING, &Cursor::after(last).encode()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: backups.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_backup(
+        &self,
+        request: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::GetBackupResponse>, Status> {
+        let caller = self.app.caller(&request, "GetBackup").await?;
+        let backup = self
+            .app
+            .backups
+            .get(caller, &request.into_inner().filename)
+            .await?;
+        Ok(Response::new(pb::GetBackupResponse {
+            backup: Some(backup.into()),
+        }))
+    }
+
+    type DownloadBackupStream = DownloadStream;
+
+    async fn download_backup(
+        &self,
+        request: Request<pb::DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        let caller = self.app.caller(&request, "DownloadBackup").await?;
+        let filename = request.into_inner().filename;
+        let (backup, file) = self.app.backups.open_download(caller, &filename).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut file = tokio::fs::File::from_std(file);
+            let mut meta = Some(pb::Backup::from(backup));
+            loop {
+                let mut chunk = vec![0u8; CHUNK_BYTES];
+                let message = match file.read(&mut chunk).await {
+                    Ok(0) if meta.is_none() => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        Ok(pb::DownloadBackupResponse {
+                            chunk,
+                            backup: meta.take(),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "download read failed");
+                        Err(Status::internal("reading the backup failed"))
+                    }
+                };
+                let failed = message.is_err();
+                // A failed send means the client went away.
+                if tx.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        let caller = self.app.caller(&request, "RestoreBackup").await?;
+        let (restored, pre) = self
+            .app
+            .backups
+            .restore(caller, &request.into_inner().filename)
+            .await?;
+        Ok(Response::new(pb::RestoreBackupResponse {
+            restored: Some(restored.into()),
+            pre_restore_backup: Some(pre.into()),
+        }))
+    }
+
+    async fn delete_backup(
+        &self,
+        request: Request<pb::DeleteBackupRequest>,
+    ) -> Result<Response<pb::DeleteBackupResponse>, Status> {
+        let caller = self.app.caller(&request, "DeleteBackup").await?;
+        let req = request.into_inner();
+        self.app
+            .backups
+            .delete(caller, &req.filename, req.force)
+            .await?;
+        Ok(Response::new(pb::DeleteBackupResponse {}))
+    }
+}

@@ -1,0 +1,46 @@
+//! The gRPC services: thin translations from protobuf to domain calls and
+//! from domain errors to `tonic::Status`. No decisions are made here.
+
+pub mod backup_files;
+pub mod convert;
+pub mod status;
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tonic::Request;
+
+use crate::App;
+use crate::audit::NewEvent;
+use crate::auth::{self, Caller};
+use crate::error::{Error, Result};
+
+impl App {
+    /// The caller behind a request's bearer token. A refusal is audited as
+    /// `auth.denied` (without the token) before it is returned.
+    pub async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Caller> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default());
+        match auth::authenticate(&self.db, header).await {
+            Ok(caller) => Ok(caller),
+            Err(e) => {
+                let event = NewEvent::new("auth.denied", 0)
+                    .resource("rpc", method)
+                    .details(json!({ "method": method, "token_present": header.is_some() }))
+                    .failed(&e);
+                self.audit.record_or_log(event).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Shared handle every service holds.
+pub type Shared = Arc<App>;
+
+/// Turns a missing message field into an INVALID_ARGUMENT naming it.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T> {
+    value.ok_or_else(|| Error::invalid(field, "is required"))
+}

@@ -1,0 +1,139 @@
+//! The audit recorder: every operation of the service becomes an event in
+//! the state store, written in the same transaction as the change it records
+//! where there is one, then published to live subscribers after commit.
+
+use std::sync::Arc;
+
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Set};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::store::{self, entity::audit_event};
+
+/// A committed event, as stored.
+pub type Event = Arc<audit_event::Model>;
+
+/// How many committed events live subscribers may lag behind before they
+/// fall back to reading the store.
+const LIVE_BUFFER: usize = 4096;
+
+/// An event about to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    event_type: String,
+    user_id: i64,
+    resource_type: String,
+    resource_id: String,
+    success: bool,
+    details: Value,
+    error_message: String,
+}
+
+impl NewEvent {
+    /// A successful event of `event_type` (`service.action`) about `user_id`
+    /// (0 for the system).
+    pub fn new(event_type: &str, user_id: i64) -> Self {
+        Self {
+            event_type: event_type.to_owned(),
+            user_id,
+            resource_type: String::new(),
+            resource_id: String::new(),
+            success: true,
+            details: json!({}),
+            error_message: String::new(),
+        }
+    }
+
+    pub fn resource(mut self, resource_type: &str, resource_id: impl Into<String>) -> Self {
+        self.resource_type = resource_type.to_owned();
+        self.resource_id = resource_id.into();
+        self
+    }
+
+    /// Event-specific fields; must be a JSON object.
+    pub fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Marks the event failed with the caller-safe message of `error`.
+    pub fn failed(mut self, error: &Error) -> Self {
+        self.success = false;
+        self.error_message = error.public_message();
+        self
+    }
+
+    /// The action: what follows the last `.` of the event type.
+    fn action(&self) -> &str {
+        self.event_type
+            .rsplit_once('.')
+            .map_or(self.event_type.as_str(), |(_, action)| action)
+    }
+}
+
+/// Writes events and fans committed ones out to subscribers.
+#[derive(Clone)]
+pub struct Recorder {
+    db: DatabaseConnection,
+    live: broadcast::Sender<Event>,
+}
+
+impl Recorder {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self { db, live }
+    }
+
+    /// Inserts `event` through `conn`, normally the transaction of the change
+    /// it records. Pass the result to [`Recorder::publish`] after commit.
+    pub async fn insert<C: ConnectionTrait>(&self, conn: &C, event: NewEvent) -> Result<Event> {
+        let action = event.action().to_owned();
+        let model = audit_event::ActiveModel {
+            event_type: Set(event.event_type),
+            user_id: Set(event.user_id),
+            resource_type: Set(event.resource_type),
+            resource_id: Set(event.resource_id),
+            action: Set(action),
+            success: Set(event.success),
+            details: Set(event.details),
+            error_message: Set(event.error_message),
+            timestamp: Set(chrono::Utc::now()),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await?;
+        Ok(Arc::new(model))
+    }
+
+    /// Hands committed events to live subscribers.
+    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            // No receivers is fine: nobody is watching.
+            let _ = self.live.send(event);
+        }
+    }
+
+    /// Records an event that has no state change of its own (a download, a
+    /// failure, a denied call) in its own transaction.
+    pub async fn record(&self, event: NewEvent) -> Result<Event> {
+        let txn = store::begin_write(&self.db).await?;
+        let stored = self.insert(&txn, event).await?;
+        txn.commit().await?;
+        self.publish([stored.clone()]);
+        Ok(stored)
+    }
+
+    /// Records an event where failing to audit must not fail the operation
+    /// that already happened (it is logged instead).
+    pub async fn record_or_log(&self, event: NewEvent) {
+        if let Err(e) = self.record(event).await {
+            tracing::error!(error = %e, "could not record an audit event");
+        }
+    }
+
+    /// A receiver of events committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+}

@@ -1,0 +1,370 @@
+//! Every byte the service reads or writes in the backups directory and the
+//! source database goes through here, so verification, compression or
+//! deduplication later are changes to this module alone.
+//!
+//! All functions block: call them from `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, backup::StepResult};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// How long a backup or restore waits for a lock held by another connection.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Prefix of a snapshot being written; never a backup name (those never
+/// start with '.'), and removed at start if a crash left one behind.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Prefix a file takes while it is being deleted, so a crash mid-delete can
+/// be told apart from a missing file and finished or undone at start.
+pub const DELETING_PREFIX: &str = ".deleting-";
+
+/// Size and checksum of a finished backup file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileFacts {
+    pub size_bytes: i64,
+    pub sha256: String,
+}
+
+/// Opens a database that must already exist and be SQLite. `what` names it in
+/// errors ("the source database"), never with its path.
+fn open_existing(path: &Path, what: &str, flags: OpenFlags) -> Result<Connection> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::FailedPrecondition(format!("{what} does not exist")));
+        }
+        Err(e) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} is unreadable: {e}"
+            )));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} is not a regular file"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| Error::FailedPrecondition(format!("{what} cannot be opened: {e}")))?;
+    conn.busy_timeout(LOCK_WAIT)?;
+    // Reading the schema fails at once on a file that is not SQLite.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| {
+            Error::FailedPrecondition(format!("{what} is not a readable SQLite database: {e}"))
+        })?;
+    Ok(conn)
+}
+
+/// Writes a consistent snapshot of the live database at `source` to
+/// `dir/filename`, never replacing an existing file.
+pub fn snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> Result<FileFacts> {
+    stage_snapshot(source, what, dir, filename)?.persist()
+}
+
+/// A finished, fsynced snapshot under a temporary name, waiting to be
+/// linked into place; removed if dropped.
+pub struct Staged {
+    temp: TempFile,
+    target: PathBuf,
+    facts: FileFacts,
+}
+
+impl Staged {
+    /// Links the snapshot under its backup name (failing rather than
+    /// replacing an existing file) and fsyncs the directory.
+    pub fn persist(self) -> Result<FileFacts> {
+        let mut temp = self.temp;
+        temp.persist(&self.target)?;
+        Ok(self.facts)
+    }
+}
+
+/// Copies the live database at `source` to a temporary file in `dir`,
+/// fsynced and hashed, ready to become `filename`.
+///
+/// The copy is one `sqlite3_backup_step(-1)`: a single read transaction, so
+/// writers on other connections neither block it (WAL) nor restart it.
+/// Together with [`Staged::persist`] a crash leaves no file or a complete
+/// one under `filename`.
+pub fn stage_snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> Result<Staged> {
+    let target = dir.join(filename);
+    if fs::symlink_metadata(&target).is_ok() {
+        return Err(Error::AlreadyExists(format!(
+            "backup {filename:?} already exists"
+        )));
+    }
+    let src = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let temp = TempFile::create(dir, filename)?;
+    {
+        let mut dst = Connection::open_with_flags(
+            &temp.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        copy_database(&src, &mut dst)?;
+        // The copy carries the source's WAL flag; a backup file stands alone.
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+    }
+    drop(src);
+    let file = File::open(&temp.path)?;
+    file.sync_all()?;
+    let facts = hash_file(file)?;
+    Ok(Staged {
+        temp,
+        target,
+        facts,
+    })
+}
+
+/// Size, SHA-256 and modification time of a regular file in the backups
+/// directory (for adopting files other tools dropped in).
+pub fn describe(dir: &Path, filename: &str) -> Result<(FileFacts, DateTime<Utc>)> {
+    let file = open_backup(dir, filename)?;
+    let modified = file.metadata()?.modified()?;
+    Ok((hash_file(file)?, modified.into()))
+}
+
+/// A backup opened read-only that passed `PRAGMA integrity_check`. Holding
+/// the open connection keeps its content readable even if the file is
+/// deleted meanwhile, so what is restored is exactly what was verified.
+pub struct VerifiedBackup(Connection);
+
+/// Opens a backup and runs a full `PRAGMA integrity_check` (quick_check
+/// misses index damage).
+pub fn verify(path: &Path, what: &str) -> Result<VerifiedBackup> {
+    let conn = open_existing(path, what, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    check_integrity(&conn, what)?;
+    Ok(VerifiedBackup(conn))
+}
+
+fn check_integrity(conn: &Connection, what: &str) -> Result<()> {
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::FailedPrecondition(format!("{what} cannot be verified: {e}")))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "{what} fails integrity_check: {}",
+            problems.into_iter().take(3).collect::<Vec<_>>().join("; ")
+        )))
+    }
+}
+
+/// Replaces the content of the live database at `source` with the verified
+/// backup's, through SQLite itself: other connections see the old or the new
+/// database, never a torn one, and SQLite keeps any WAL consistent. The
+/// result is checked again before returning.
+pub fn restore(backup: VerifiedBackup, source: &Path, what: &str) -> Result<()> {
+    let mut dst = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    copy_database(&backup.0, &mut dst)?;
+    check_integrity(&dst, what)
+}
+
+/// One-step online backup from `src` into `dst`, waiting out locks held by
+/// other connections for up to [`LOCK_WAIT`].
+fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
+    let backup = rusqlite::backup::Backup::new(src, dst)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match backup.step(-1)? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => {}
+            StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            StepResult::Busy | StepResult::Locked => {
+                return Err(Error::FailedPrecondition(
+                    "the database stayed locked by another connection; try again later".into(),
+                ));
+            }
+            _ => return Err(Error::Internal("unexpected backup step result".into())),
+        }
+    }
+}
+
+/// Size and SHA-256 of an open file, read from the start.
+pub fn hash_file(mut file: File) -> Result<FileFacts> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size: i64 = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as i64;
+    }
+    Ok(FileFacts {
+        size_bytes: size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Opens a regular file in the backups directory for reading, never
+/// following a symlink (`O_NOFOLLOW`).
+pub fn open_backup(dir: &Path, filename: &str) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(filename))?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::Io(ErrorKind::InvalidInput.into()));
+    }
+    Ok(file)
+}
+
+/// Whether a file starts with the SQLite header and is not empty.
+pub fn looks_like_sqlite(dir: &Path, filename: &str) -> Result<bool> {
+    let mut header = [0u8; 16];
+    let mut file = open_backup(dir, filename)?;
+    match file.read_exact(&mut header) {
+        Ok(()) => Ok(&header == b"SQLite format 3\0"),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a backup file crash-safely in two steps: [`begin_delete`] renames
+/// it to a `.deleting-` name (so it is no longer under its backup name), the
+/// caller commits the catalog change, then [`finish_delete`] unlinks it.
+/// A symlink is renamed and unlinked as a link, never followed.
+pub fn begin_delete(dir: &Path, filename: &str) -> Result<PathBuf> {
+    let doomed = dir.join(format!("{DELETING_PREFIX}{filename}"));
+    fs::rename(dir.join(filename), &doomed)?;
+    Ok(doomed)
+}
+
+/// Puts a file back after the catalog change failed.
+pub fn undo_delete(dir: &Path, filename: &str) -> Result<()> {
+    fs::rename(
+        dir.join(format!("{DELETING_PREFIX}{filename}")),
+        dir.join(filename),
+    )?;
+    Ok(())
+}
+
+pub fn finish_delete(doomed: &Path) -> Result<()> {
+    fs::remove_file(doomed)?;
+    sync_dir(doomed.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A file being written under a temporary name, removed on drop unless
+/// persisted.
+struct TempFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempFile {
+    /// Creates the file empty, mode 0600, under a unique temporary name.
+    fn create(dir: &Path, filename: &str) -> Result<Self> {
+        let path = dir.join(format!(
+            "{TEMP_PREFIX}{filename}-{:016x}",
+            rand::random::<u64>()
+        ));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Self {
+            path,
+            persisted: false,
+        })
+    }
+
+    /// Links the file to `target` (failing if it exists), drops the
+    /// temporary name and fsyncs the directory.
+    fn persist(&mut self, target: &Path) -> Result<()> {
+        match fs::hard_link(&self.path, target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let name = target.file_name().unwrap_or_default().to_string_lossy();
+                return Err(Error::AlreadyExists(format!(
+                    "backup {name:?} already exists"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.persisted = true;
+        fs::remove_file(&self.path)?;
+        sync_dir(target.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes what a crash can leave behind in the backups directory:
+/// temporary snapshot files. Returns their names.
+pub fn remove_temp_files(dir: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) {
+            fs::remove_file(entry.path())?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Regular files in the backups directory that can be backups, with the
+/// files a crash left mid-delete (their names without the prefix). Symlinks
+/// and other non-regular files are skipped: never followed out of the
+/// directory.
+pub fn scan_dir(dir: &Path) -> Result<DirScan> {
+    let mut scan = DirScan::default();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(original) = name.strip_prefix(DELETING_PREFIX) {
+            scan.deleting.push(original.to_owned());
+        } else if super::naming::is_backup_filename(&name) {
+            scan.files.push(name);
+        }
+    }
+    Ok(scan)
+}
+
+#[derive(Debug, Default)]
+pub struct DirScan {
+    pub files: Vec<String>,
+    pub deleting: Vec<String>,
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    Ok(())
+}

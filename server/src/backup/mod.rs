@@ -1,0 +1,478 @@
+//! Backup files: the catalog in the state store and the files in the
+//! backups directory, kept in step.
+//!
+//! Every change to the set of files (a new backup, a delete, adopting files
+//! other tools dropped in) happens under one directory lock, so a listing or
+//! a retention run never sees half of one; the slow part of a backup, the
+//! copy, runs outside it.
+
+pub mod catalog;
+pub mod file_io;
+pub mod naming;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard, Semaphore};
+
+use crate::audit::{NewEvent, Recorder};
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::store::{self, entity::backup::Model as Backup};
+
+/// Why a backup exists. Stored as its `as_str` in the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupKind {
+    Auto,
+    Manual,
+    PreRestore,
+    PreMigration,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Manual => "manual",
+            Self::PreRestore => "pre_restore",
+            Self::PreMigration => "pre_migration",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Auto,
+            Self::Manual,
+            Self::PreRestore,
+            Self::PreMigration,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// Protected backups are never deleted by retention, and only by an
+    /// admin with force.
+    pub fn is_protected(self) -> bool {
+        matches!(self, Self::PreRestore | Self::PreMigration)
+    }
+}
+
+/// What a new backup is: its name, owner and kind.
+#[derive(Clone, Debug)]
+pub struct NewBackup {
+    pub filename: String,
+    pub owner_user_id: i64,
+    pub kind: BackupKind,
+}
+
+/// The backups directory, the source database, and the catalog.
+pub struct Backups {
+    db: DatabaseConnection,
+    audit: Recorder,
+    /// The live database being backed up.
+    source: PathBuf,
+    dir: PathBuf,
+    /// Serializes changes to the set of files and catalog rows.
+    dir_lock: Mutex<()>,
+    /// Bounds concurrent copies (backups and restores) so a burst of
+    /// requests queues instead of exhausting disk bandwidth or descriptors.
+    copies: Semaphore,
+    max_copies: u32,
+}
+
+/// Source-database wording for errors: callers see what, never where.
+const SOURCE: &str = "the source database";
+
+impl Backups {
+    pub fn new(
+        db: DatabaseConnection,
+        audit: Recorder,
+        source: PathBuf,
+        dir: PathBuf,
+        max_concurrent_copies: u32,
+    ) -> Self {
+        Self {
+            db,
+            audit,
+            source,
+            dir,
+            dir_lock: Mutex::new(()),
+            copies: Semaphore::new(max_concurrent_copies as usize),
+            max_copies: max_concurrent_copies,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the directory lock; retention holds it for a whole run.
+    pub async fn lock_dir(&self) -> MutexGuard<'_, ()> {
+        self.dir_lock.lock().await
+    }
+
+    /// Snapshots the source into a new backup and catalogs it, recording
+    /// `event(&backup)` in the same transaction as the catalog row.
+    ///
+    /// The work runs in a task of its own, so a client that goes away does not
+    /// interrupt it half-way: it finishes (or fails and cleans up) either way.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        new: NewBackup,
+        event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
+    ) -> Result<Backup> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.snapshot_inner(new, event).await })
+            .await
+            .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
+    async fn snapshot_inner(
+        &self,
+        new: NewBackup,
+        event: impl FnOnce(&Backup) -> NewEvent,
+    ) -> Result<Backup> {
+        let _permit = self
+            .copies
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        let created_at = Utc::now();
+        let (source, dir, filename) = (self.source.clone(), self.dir.clone(), new.filename.clone());
+        // Written to a temporary name; linked into place under the lock below.
+        let staged =
+            blocking(move || file_io::stage_snapshot(&source, SOURCE, &dir, &filename)).await?;
+        let _dir = self.dir_lock.lock().await;
+        if catalog::get(&self.db, &new.filename).await?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "backup {:?} already exists",
+                new.filename
+            )));
+        }
+        let facts = blocking(move || staged.persist()).await?;
+        let row = Backup {
+            filename: new.filename.clone(),
+            owner_user_id: new.owner_user_id,
+            kind: new.kind.as_str().into(),
+            size_bytes: facts.size_bytes,
+            sha256: facts.sha256,
+            is_protected: new.kind.is_protected(),
+            created_at,
+        };
+        let txn = store::begin_write(&self.db).await?;
+        let committed = async {
+            catalog::insert(&txn, row.clone()).await?;
+            let stored = self.audit.insert(&txn, event(&row)).await?;
+            txn.commit().await?;
+            Ok::<_, Error>(stored)
+        }
+        .await;
+        match committed {
+            Ok(stored) => {
+                self.audit.publish([stored]);
+                Ok(row)
+            }
+            Err(e) => {
+                // No catalog row: take the file back out so nothing is left
+                // under the backup's name.
+                let doomed = file_io::begin_delete(&self.dir, &row.filename)?;
+                file_io::finish_delete(&doomed)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// CreateBackup: a manual backup owned by the caller.
+    pub async fn create(self: &Arc<Self>, caller: Caller, custom: Option<&str>) -> Result<Backup> {
+        let filename = match custom {
+            Some(name) => naming::validate_custom_filename(name)
+                .map_err(|why| Error::invalid("custom_filename", why))?,
+            None => naming::manual_filename(Utc::now()),
+        };
+        let new = NewBackup {
+            filename: filename.clone(),
+            owner_user_id: caller.user_id,
+            kind: BackupKind::Manual,
+        };
+        let result = self
+            .snapshot(new, move |b| {
+                NewEvent::new("backup_files.create", caller.user_id)
+                    .resource("backup", &b.filename)
+                    .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind }))
+            })
+            .await;
+        if let Err(e) = &result {
+            self.audit_failure("backup_files.create", caller, &filename, e)
+                .await;
+        }
+        result
+    }
+
+    /// A backup the caller may see. Another user's backup is NOT_FOUND, as
+    /// if it did not exist, so names do not leak across users.
+    pub async fn get(&self, caller: Caller, filename: &str) -> Result<Backup> {
+        let not_found = || Error::NotFound(format!("no backup named {filename:?}"));
+        if !naming::is_backup_filename(filename) {
+            return Err(not_found());
+        }
+        match catalog::get(&self.db, filename).await? {
+            Some(b) if caller.can_access(b.owner_user_id) => Ok(b),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// One page of the backups the caller may see, newest first, after
+    /// adopting files other tools dropped into the directory.
+    pub async fn list(
+        &self,
+        caller: Caller,
+        after: Option<&catalog::Cursor>,
+        limit: u64,
+    ) -> Result<Vec<Backup>> {
+        self.reconcile().await?;
+        let owner = (!caller.is_admin).then_some(caller.user_id);
+        catalog::page(&self.db, owner, after, limit).await
+    }
+
+    /// Opens a backup for download and audits it.
+    pub async fn open_download(
+        &self,
+        caller: Caller,
+        filename: &str,
+    ) -> Result<(Backup, std::fs::File)> {
+        let result = async {
+            let backup = self.get(caller, filename).await?;
+            let (dir, name) = (self.dir.clone(), backup.filename.clone());
+            let file = blocking(move || file_io::open_backup(&dir, &name)).await?;
+            Ok((backup, file))
+        }
+        .await;
+        let event =
+            NewEvent::new("backup_files.download", caller.user_id).resource("backup", filename);
+        match &result {
+            Ok((b, _)) => {
+                self.audit
+                    .record_or_log(event.details(json!({ "size": b.size_bytes })))
+                    .await;
+            }
+            Err(e) => self.audit.record_or_log(event.failed(e)).await,
+        }
+        result
+    }
+
+    /// RestoreBackup: verify, snapshot the current source (protected), then
+    /// replace the source's content. Admin only.
+    pub async fn restore(
+        self: &Arc<Self>,
+        caller: Caller,
+        filename: &str,
+    ) -> Result<(Backup, Backup)> {
+        let result = async {
+            caller.require_admin()?;
+            let backup = self.get(caller, filename).await?;
+            let path = self.dir.join(&backup.filename);
+            // The verified connection keeps the content even if the file is
+            // deleted meanwhile: what is restored is what was verified.
+            let verified = blocking(move || file_io::verify(&path, "the backup")).await?;
+            let pre = NewBackup {
+                filename: naming::pre_restore_filename(Utc::now()),
+                owner_user_id: 0,
+                kind: BackupKind::PreRestore,
+            };
+            let restored_name = backup.filename.clone();
+            let pre = self
+                .snapshot(pre, move |p| {
+                    NewEvent::new("backup_files.pre_restore", caller.user_id)
+                        .resource("backup", &p.filename)
+                        .details(json!({ "restoring": restored_name, "size": p.size_bytes }))
+                })
+                .await?;
+            let _permit = self
+                .copies
+                .acquire()
+                .await
+                .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+            let source = self.source.clone();
+            blocking(move || file_io::restore(verified, &source, SOURCE)).await?;
+            Ok((backup, pre))
+        }
+        .await;
+        let event =
+            NewEvent::new("backup_files.restore", caller.user_id).resource("backup", filename);
+        match &result {
+            Ok((_, pre)) => {
+                self.audit
+                    .record_or_log(event.details(json!({ "pre_restore_backup": pre.filename })))
+                    .await;
+            }
+            Err(e) => self.audit.record_or_log(event.failed(e)).await,
+        }
+        result
+    }
+
+    /// DeleteBackup. A protected backup needs an admin and `force`.
+    pub async fn delete(&self, caller: Caller, filename: &str, force: bool) -> Result<()> {
+        let result = async {
+            let backup = self.get(caller, filename).await?;
+            if backup.is_protected {
+                caller.require_admin()?;
+                if !force {
+                    return Err(Error::FailedPrecondition(format!(
+                        "backup {filename:?} is protected; an admin must pass force=true to delete it"
+                    )));
+                }
+            }
+            let _dir = self.dir_lock.lock().await;
+            let event = NewEvent::new("backup_files.delete", caller.user_id)
+                .resource("backup", filename)
+                .details(json!({ "forced": force, "protected": backup.is_protected }));
+            self.remove_locked(&backup.filename, event).await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.audit_failure("backup_files.delete", caller, filename, e)
+                .await;
+        }
+        result
+    }
+
+    /// Deletes a backup's file and catalog row crash-safely, recording
+    /// `event` with the row's removal. The caller holds the directory lock.
+    pub async fn remove_locked(&self, filename: &str, event: NewEvent) -> Result<()> {
+        let doomed = file_io::begin_delete(&self.dir, filename);
+        let doomed = match doomed {
+            Ok(path) => Some(path),
+            // Already gone from disk: still drop the row.
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let committed = async {
+            let txn = store::begin_write(&self.db).await?;
+            catalog::remove(&txn, filename).await?;
+            let stored = self.audit.insert(&txn, event).await?;
+            txn.commit().await?;
+            Ok::<_, Error>(stored)
+        }
+        .await;
+        match committed {
+            Ok(stored) => {
+                self.audit.publish([stored]);
+                if let Some(doomed) = doomed {
+                    file_io::finish_delete(&doomed)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if doomed.is_some() {
+                    file_io::undo_delete(&self.dir, filename)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings the catalog and the directory into agreement: finishes or
+    /// undoes deletes a crash interrupted, adopts files without a row (with
+    /// the kind and owner their names imply), and drops rows whose file is
+    /// gone. What changed is audited as `backup_files.reconciled`.
+    pub async fn reconcile(&self) -> Result<()> {
+        let _dir = self.dir_lock.lock().await;
+        let dir = self.dir.clone();
+        let scan = blocking(move || file_io::scan_dir(&dir)).await?;
+        let known = catalog::all_filenames(&self.db).await?;
+        let mut restored = Vec::new();
+        let mut finished = Vec::new();
+        for name in &scan.deleting {
+            if known.contains(name) && !scan.files.contains(name) {
+                file_io::undo_delete(&self.dir, name)?;
+                restored.push(name.clone());
+            } else {
+                file_io::finish_delete(
+                    &self.dir.join(format!("{}{name}", file_io::DELETING_PREFIX)),
+                )?;
+                finished.push(name.clone());
+            }
+        }
+        let on_disk: std::collections::HashSet<&String> =
+            scan.files.iter().chain(restored.iter()).collect();
+        let missing: Vec<String> = known
+            .iter()
+            .filter(|n| !on_disk.contains(n))
+            .cloned()
+            .collect();
+        let mut adopted = Vec::new();
+        for name in scan.files.iter().filter(|n| !known.contains(*n)) {
+            let (dir, file) = (self.dir.clone(), name.clone());
+            let found = blocking(move || file_io::describe(&dir, &file)).await;
+            let (facts, modified) = match found {
+                Ok(found) => found,
+                // Vanished or unreadable since the scan: look again next time.
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "skipping a file that cannot be read");
+                    continue;
+                }
+            };
+            let (kind, owner) = naming::classify(name);
+            adopted.push(Backup {
+                filename: name.clone(),
+                owner_user_id: owner,
+                kind: kind.as_str().into(),
+                size_bytes: facts.size_bytes,
+                sha256: facts.sha256,
+                is_protected: kind.is_protected(),
+                created_at: modified,
+            });
+        }
+        if adopted.is_empty() && missing.is_empty() && restored.is_empty() && finished.is_empty() {
+            return Ok(());
+        }
+        let txn = store::begin_write(&self.db).await?;
+        for row in &adopted {
+            catalog::insert(&txn, row.clone()).await?;
+        }
+        for name in &missing {
+            catalog::remove(&txn, name).await?;
+        }
+        let adopted_names: Vec<&str> = adopted.iter().map(|b| b.filename.as_str()).collect();
+        tracing::info!(adopted = ?adopted_names, missing = ?missing, "reconciled the backups directory");
+        let event = NewEvent::new("backup_files.reconciled", 0).details(json!({
+            "adopted": adopted_names,
+            "removed_missing": missing,
+            "delete_undone": restored,
+            "delete_finished": finished,
+        }));
+        let stored = self.audit.insert(&txn, event).await?;
+        txn.commit().await?;
+        self.audit.publish([stored]);
+        Ok(())
+    }
+
+    async fn audit_failure(&self, event_type: &str, caller: Caller, filename: &str, error: &Error) {
+        self.audit
+            .record_or_log(
+                NewEvent::new(event_type, caller.user_id)
+                    .resource("backup", filename)
+                    .failed(error),
+            )
+            .await;
+    }
+
+    /// Waits for running copies to finish and refuses new ones: the last
+    /// step of a graceful shutdown.
+    pub async fn drain(&self) {
+        let _ = self.copies.acquire_many(self.max_copies).await;
+        self.copies.close();
+    }
+}
+
+/// Runs blocking file or SQLite work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}

@@ -1,0 +1,120 @@
+//! The domain error: what went wrong, in terms a caller can act on.
+//!
+//! Tonic-free on purpose; `api::status` maps each variant to a gRPC code in
+//! one exhaustive `match`.
+
+use std::fmt;
+
+/// One invalid request field and what is allowed instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's name in the request message, e.g. `custom_filename`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {}", join(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency (the state store) is briefly unavailable; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("state store error: {0}")]
+    Store(#[from] sea_orm::DbErr),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A bug or an impossible state; details go to the log, not the caller.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn join(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// A single invalid field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The message a caller may see: internal details (paths, SQL) stay in
+    /// the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Store(_) | Self::Io(_) | Self::Sqlite(_) | Self::Internal(_) => {
+                if self.is_storage_full() {
+                    "not enough disk space for the backup".into()
+                } else if self.is_busy() {
+                    "the state store is busy; retry shortly".into()
+                } else {
+                    "internal error; see the server log".into()
+                }
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether a database stayed locked past its busy timeout: worth a retry,
+    /// never shown to a caller as "database is locked".
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Self::Store(e) => {
+                let text = e.to_string();
+                text.contains("database is locked") || text.contains("database is busy")
+            }
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the error means the disk (or database) is full.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Self::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            Self::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            Self::ResourceExhausted(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The backup service: a tonic gRPC server that keeps consistent, scheduled
+//! backups of a live SQLite database.
+//!
+//! A tour of the layout:
+//! - [`run`] wires everything up; `main.rs` only parses flags and binds.
+//! - [`api`]: one thin file per gRPC service, protobuf in, domain calls out.
+//! - [`backup`]: the catalog and the backup files; [`backup::file_io`] is the
+//!   only code that touches backup bytes or the source database.
+//! - [`audit`]: the audit recorder and its live fan-out.
+//! - [`auth`]: bearer tokens and the caller identity.
+//! - [`store`]: the SeaORM state store, its entities and migrations.
+//! - [`error`]: the domain error; [`api::status`] maps it to gRPC codes.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod backup;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod paging;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use backup_proto::{FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::audit::Recorder;
+use crate::backup::Backups;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::paging::PageTokens;
+
+/// What every service shares.
+pub struct App {
+    pub db: DatabaseConnection,
+    pub audit: Recorder,
+    pub backups: Arc<Backups>,
+    pub page_tokens: PageTokens,
+}
+
+/// Opens the state store and applies pending migrations (snapshotting a
+/// store that already holds data first).
+pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::Paths)> {
+    let paths = config.prepare()?;
+    let db = store::connect(&paths.database_url).await?;
+    if let Some(snapshot) = store::migrate(&db, &paths.database_url, &paths.backups_dir).await? {
+        tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
+    }
+    Ok((db, paths))
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then turns
+/// health NOT_SERVING, lets in-flight RPCs and backups finish, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (db, paths) = open_store(&config).await?;
+    tracing::info!(
+        state_store = %paths.database_url,
+        source_db = %paths.source_db.display(),
+        backups_dir = %paths.backups_dir.display(),
+        sqlite = store::sqlite_version(),
+        "starting",
+    );
+    let audit = Recorder::new(db.clone());
+    let backups = Arc::new(Backups::new(
+        db.clone(),
+        audit.clone(),
+        paths.source_db.clone(),
+        paths.backups_dir.clone(),
+        config.max_concurrent_copies,
+    ));
+    let leftovers = backup::file_io::remove_temp_files(&paths.backups_dir)?;
+    if !leftovers.is_empty() {
+        tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
+    }
+    backups.reconcile().await?;
+    let app = Arc::new(App {
+        db: db.clone(),
+        audit,
+        backups: Arc::clone(&backups),
+        page_tokens: PageTokens::load(&db).await?,
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(SERVICE_NAMES) {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let draining = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
+            for name in std::iter::once("").chain(SERVICE_NAMES) {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(BackupFilesServer::new(
+            api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .await
+        .map_err(|e| Error::Internal(format!("server: {e}")))?;
+    backups.drain().await;
+    db.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `backup-server`: flags, logging, binding; then `backup_server::run`.
+
+use std::process::ExitCode;
+
+use backup_server::{auth, config::Config, demo, open_store};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Scheduled, consistent backups of a live SQLite database, over gRPC"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server (the default).
+    Serve,
+    /// Manage API tokens in the state store (works while the server runs).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Create a demo source database with sample rows where there is none.
+    InitDemo {
+        /// How many sample orders to write.
+        #[arg(long, default_value_t = 1000)]
+        rows: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token (creating the user if needed) and print only the token.
+    Create {
+        /// The user the token acts as.
+        #[arg(long)]
+        user_id: i64,
+        /// Make the user an admin.
+        #[arg(long)]
+        admin: bool,
+        /// Let the token expire after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List tokens (never the tokens themselves) as JSON lines.
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The id shown by `token list`.
+        id: i64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Logs go to stderr; stdout carries only what scripts read.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backup-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::InitDemo { rows } => {
+            let paths = cli.config.prepare()?;
+            demo::create(&paths.source_db, rows)?;
+            eprintln!("created demo source database {}", paths.source_db.display());
+            Ok(())
+        }
+        Command::Token(command) => {
+            let (db, _) = open_store(&cli.config).await?;
+            match command {
+                TokenCommand::Create {
+                    user_id,
+                    admin,
+                    expires_in_days,
+                } => {
+                    let expires_at = expires_in_days
+                        .map(|days| chrono::Utc::now() + chrono::Duration::days(days.into()));
+                    println!(
+                        "{}",
+                        auth::mint_token(&db, user_id, admin, expires_at).await?
+                    );
+                }
+                TokenCommand::List => {
+                    for token in auth::list_tokens(&db).await? {
+                        println!("{}", serde_json::to_string(&token)?);
+                    }
+                }
+                TokenCommand::Revoke { id } => auth::revoke_token(&db, id).await?,
+            }
+            db.close().await?;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    // The one stdout line: scripts and tests read the bound address here.
+    println!("listening on {}", listener.local_addr()?);
+    backup_server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

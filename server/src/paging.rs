@@ -1,0 +1,137 @@
+//! Pagination (AIP-158): page sizes, and opaque page tokens signed with a
+//! key shared through the state store, so a token the server did not issue
+//! (or issued for another listing) is refused.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+use crate::store::{self, entity::secret};
+
+const KEY_NAME: &str = "page_token_key";
+
+/// The page size a listing uses: 0 means `default`, more than `max` is
+/// clamped, negative is invalid.
+pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 => Err(Error::invalid(
+            "page_size",
+            format!("must not be negative; 0 means the default ({default}), at most {max}"),
+        )),
+        n => Ok((n as u64).min(max)),
+    }
+}
+
+/// Issues and checks page tokens.
+#[derive(Clone)]
+pub struct PageTokens {
+    key: Vec<u8>,
+}
+
+impl PageTokens {
+    /// Loads the signing key from the store, creating it on first use.
+    pub async fn load(db: &DatabaseConnection) -> Result<Self> {
+        let txn = store::begin_write(db).await?;
+        let key = match secret::Entity::find_by_id(KEY_NAME).one(&txn).await? {
+            Some(row) => hex::decode(row.value)
+                .map_err(|_| Error::Internal("the page token key is not hex".into()))?,
+            None => {
+                let key = rand::random::<[u8; 32]>().to_vec();
+                secret::ActiveModel {
+                    name: Set(KEY_NAME.into()),
+                    value: Set(hex::encode(&key)),
+                }
+                .insert(&txn)
+                .await?;
+                key
+            }
+        };
+        txn.commit().await?;
+        Ok(Self { key })
+    }
+
+    fn mac(&self, listing: &str, cursor: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(listing.as_bytes());
+        mac.update(b"\n");
+        mac.update(cursor.as_bytes());
+        mac
+    }
+
+    /// A token for resuming `listing` after `cursor`.
+    pub fn issue(&self, listing: &str, cursor: &str) -> String {
+        let tag = self.mac(listing, cursor).finalize().into_bytes();
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(cursor),
+            URL_SAFE_NO_PAD.encode(&tag[..16])
+        )
+    }
+
+    /// The cursor inside a token for `listing`; `None` for an empty token
+    /// (the first page).
+    pub fn cursor(&self, listing: &str, token: &str) -> Result<Option<String>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || {
+            Error::invalid(
+                "page_token",
+                "is not a page token this server issued for this listing; pass a next_page_token unchanged",
+            )
+        };
+        let (cursor, tag) = token.split_once('.').ok_or_else(invalid)?;
+        let cursor = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+        let cursor = String::from_utf8(cursor).map_err(|_| invalid())?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
+        self.mac(listing, &cursor)
+            .verify_truncated_left(&tag)
+            .map_err(|_| invalid())?;
+        Ok(Some(cursor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> PageTokens {
+        PageTokens { key: vec![7; 32] }
+    }
+
+    #[test]
+    fn round_trips_and_rejects_forgeries() {
+        let t = tokens();
+        let token = t.issue("backups", "2026|x.db");
+        assert_eq!(
+            t.cursor("backups", &token).unwrap().as_deref(),
+            Some("2026|x.db")
+        );
+        assert_eq!(t.cursor("backups", "").unwrap(), None);
+        assert!(
+            t.cursor("settings", &token).is_err(),
+            "token reused for another listing"
+        );
+        let other_key = PageTokens { key: vec![8; 32] };
+        assert!(other_key.cursor("backups", &token).is_err());
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode("9999|y.db"),
+            token.split_once('.').unwrap().1
+        );
+        for bad in ["garbage", "a.b", ".", forged.as_str(), "%%%.%%%"] {
+            assert!(t.cursor("backups", bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0, 50, 1000).unwrap(), 50);
+        assert_eq!(page_size(7, 50, 1000).unwrap(), 7);
+        assert_eq!(page_size(i32::MAX, 50, 1000).unwrap(), 1000);
+        assert!(page_size(-1, 50, 1000).is_err());
+    }
+}

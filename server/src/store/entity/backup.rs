@@ -1,0 +1,24 @@
+//! The backup catalog: one row per file in the backups directory.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "backups")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub filename: String,
+    /// 0 for system backups (pre-restore, pre-migration, adopted files).
+    pub owner_user_id: i64,
+    /// `auto`, `manual`, `pre_restore` or `pre_migration` (see `backup::BackupKind`).
+    pub kind: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub is_protected: bool,
+    /// When the snapshot was taken; retention orders by this, never by file mtime.
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,7 @@
+//! SeaORM entities, one per state-store table.
+
+pub mod api_token;
+pub mod audit_event;
+pub mod backup;
+pub mod secret;
+pub mod user;

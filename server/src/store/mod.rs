@@ -1,0 +1,106 @@
+//! The state store: connection setup, write transactions and migrations.
+//!
+//! Everything goes through SeaORM so the store can move to PostgreSQL; the
+//! SQLite specifics (WAL, busy timeout, one writer) live here alone.
+
+pub mod entity;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+
+use crate::error::Result;
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the state store. SQLite gets WAL, a busy timeout, and a single
+/// connection: one writer, so this process never contends with itself.
+pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(30));
+    if is_sqlite(url) {
+        options
+            .max_connections(1)
+            .min_connections(1)
+            // Keep the one connection: reopening would cost a WAL recovery check.
+            .idle_timeout(None::<Duration>)
+            .max_lifetime(None::<Duration>)
+            .map_sqlx_sqlite_opts(|o| {
+                o.busy_timeout(BUSY_TIMEOUT)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .create_if_missing(true)
+            });
+    }
+    Ok(Database::connect(options).await?)
+}
+
+/// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes
+/// the write lock up front (waiting out other processes within the busy
+/// timeout) instead of failing with SQLITE_BUSY when a read upgrades to a
+/// write.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    Ok(db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?)
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+/// The file behind a SQLite URL (`sqlite://path?mode=rwc`), if it is one.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+/// The SQLite library version linked into this binary.
+pub fn sqlite_version() -> &'static str {
+    rusqlite::version()
+}
+
+/// Applies pending migrations. When the store already holds data, it is
+/// first snapshotted into `backups_dir` as a protected `pre_migration_*`
+/// backup (returned), so a bad migration can be undone.
+pub async fn migrate(
+    db: &DatabaseConnection,
+    url: &str,
+    backups_dir: &Path,
+) -> Result<Option<String>> {
+    let pending = Migrator::get_pending_migrations(db).await?;
+    let applied = Migrator::get_applied_migrations(db).await?;
+    let mut snapshot = None;
+    if !pending.is_empty()
+        && !applied.is_empty()
+        && let Some(path) = sqlite_path(url)
+    {
+        let name = crate::backup::naming::pre_migration_filename(chrono::Utc::now());
+        let dir = backups_dir.to_owned();
+        let file = name.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::backup::file_io::snapshot(&path, "the state store", &dir, &file)
+        })
+        .await
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))??;
+        tracing::info!(backup = %name, pending = pending.len(), "state store snapshotted before migrating");
+        snapshot = Some(name);
+    }
+    Migrator::up(db, None).await?;
+    Ok(snapshot)
+}
