@@ -44,6 +44,16 @@ pub struct Config {
     #[arg(long, env = "BACKUP_CHECK_INTERVAL", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
     pub check_interval: u64,
+
+    /// Seconds to wait at shutdown for in-flight requests and open
+    /// connections before closing them.
+    #[arg(
+        long,
+        env = "BACKUP_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_grace: u64,
 }
 
 /// Absolute paths and URL the process works with, defaults filled in.
@@ -80,6 +90,10 @@ impl Config {
             source_db,
             backups_dir,
         })
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
     }
 
     pub fn check_interval(&self) -> Duration {

@@ -55,13 +55,15 @@ pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::
     Ok((db, paths))
 }
 
-/// Runs the server on `listener` until `shutdown` completes, then turns
-/// health NOT_SERVING, lets in-flight RPCs and backups finish, and returns.
-pub async fn run(
-    listener: TcpListener,
+/// A server that has opened its store, applied migrations and reconciled
+/// the backups directory: ready to serve.
+pub struct Prepared {
+    app: Arc<App>,
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+}
+
+/// Everything before serving: store, migrations, crash leftovers, catalog.
+pub async fn prepare(config: Config) -> Result<Prepared> {
     let (db, paths) = open_store(&config).await?;
     tracing::info!(
         state_store = %paths.database_url,
@@ -86,51 +88,74 @@ pub async fn run(
     let app = Arc::new(App {
         db: db.clone(),
         audit,
-        backups: Arc::clone(&backups),
+        backups,
         page_tokens: PageTokens::load(&db).await?,
     });
+    Ok(Prepared { app, config })
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for name in std::iter::once("").chain(SERVICE_NAMES) {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
-    }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+impl Prepared {
+    /// Serves on `listener` until `shutdown` completes, then turns health
+    /// NOT_SERVING, lets in-flight RPCs and backups finish (for at most the
+    /// shutdown grace period), and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Prepared { app, config } = self;
 
-    let draining = {
-        let health = health.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
-            for name in std::iter::once("").chain(SERVICE_NAMES) {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in std::iter::once("").chain(SERVICE_NAMES) {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let draining = {
+            let health = health.clone();
+            let stopping = Arc::clone(&stopping);
+            async move {
+                shutdown.await;
+                stopping.notify_one();
+                tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
+                for name in std::iter::once("").chain(SERVICE_NAMES) {
+                    health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+            }
+        };
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(BackupFilesServer::new(
+                api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
+            ))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        // Clients that keep connections open must not hold the process forever.
+        let grace = config.shutdown_grace();
+        tokio::select! {
+            served = server => served.map_err(|e| Error::Internal(format!("server: {e}")))?,
+            () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
             }
         }
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(BackupFilesServer::new(
-            api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
-        ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")))?;
-    backups.drain().await;
-    db.close().await?;
-    tracing::info!("stopped");
-    Ok(())
+        app.backups.drain().await;
+        app.db.clone().close().await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }

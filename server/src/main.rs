@@ -114,9 +114,11 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    // The one stdout line: scripts and tests read the bound address here.
+    let server = backup_server::prepare(config).await?;
+    // The one stdout line, printed once requests can be served: scripts and
+    // tests read the bound address here.
     println!("listening on {}", listener.local_addr()?);
-    backup_server::run(listener, config, shutdown_signal()).await?;
+    server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }
 

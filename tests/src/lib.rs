@@ -1,1 +1,208 @@
+//! Test harness: real `backup-server` processes on ephemeral ports, each
+//! with its own data directory, driven through the client crate.
+//!
+//! The binaries come from the same cargo target directory as the test; the
+//! test command builds them first (`cargo build --workspace --bins`).
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use backup_client::{Client, Code, Error, proto};
+use rusqlite::Connection;
+
+/// A workspace binary next to the running test's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A data directory with a demo source database, shared by the server
+/// processes a test starts on it.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl DataDir {
+    pub fn new() -> Self {
+        Self::with_rows(200)
+    }
+
+    /// A data directory whose demo source has `rows` orders.
+    pub fn with_rows(rows: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = Self { dir };
+        let status = data
+            .command()
+            .args(["init-demo", "--rows", &rows.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run init-demo");
+        assert!(status.success(), "init-demo failed");
+        data
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn source(&self) -> PathBuf {
+        self.path().join("source.db")
+    }
+
+    pub fn backups_dir(&self) -> PathBuf {
+        self.path().join("backups")
+    }
+
+    /// `backup-server --data-dir DIR` ready for a subcommand.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("backup-server"));
+        cmd.arg("--data-dir")
+            .arg(self.path())
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Mints a token with `backup-server token create`.
+    pub fn token(&self, user_id: i64, admin: bool) -> String {
+        let mut cmd = self.command();
+        cmd.args(["token", "create", "--user-id", &user_id.to_string()]);
+        if admin {
+            cmd.arg("--admin");
+        }
+        let out = cmd.output().expect("run token create");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts a server on this directory with extra flags.
+    pub fn start(&self, extra: &[&str]) -> Server {
+        let mut cmd = self.command();
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn backup-server");
+        let stdout = child.stdout.take().expect("server stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running server process; SIGKILLed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub async fn client(&self, token: &str) -> Client {
+        Client::connect(&self.url, token).await.expect("connect")
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Opens a SQLite file for checks.
+pub fn open(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open database");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+/// `PRAGMA integrity_check` is "ok".
+pub fn integrity_ok(path: &Path) -> bool {
+    let conn = open(path);
+    let result: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    result == "ok"
+}
+
+/// Every row of `orders` as (id, customer_id, amount_cents), by id.
+pub fn orders(path: &Path) -> Vec<(i64, i64, i64)> {
+    let conn = open(path);
+    let mut stmt = conn
+        .prepare("SELECT id, customer_id, amount_cents FROM orders ORDER BY id")
+        .expect("select orders");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query orders")
+        .collect::<Result<_, _>>()
+        .expect("read orders")
+}
+
+/// The gRPC code of a failed call.
+pub fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> Code {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a status: {e}")),
+    }
+}
+
+/// Names of the files in a directory, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

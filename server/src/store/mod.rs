@@ -70,6 +70,21 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
+/// Holds an exclusive advisory lock on `path` until dropped.
+async fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let path = path.to_owned();
+    crate::backup::blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+}
+
 /// The SQLite library version linked into this binary.
 pub fn sqlite_version() -> &'static str {
     rusqlite::version()
@@ -83,6 +98,12 @@ pub async fn migrate(
     url: &str,
     backups_dir: &Path,
 ) -> Result<Option<String>> {
+    // Two processes starting on one store (a server and `token create`, or
+    // two replicas) must not both apply the same migration.
+    let _lock = match sqlite_path(url) {
+        Some(path) => Some(lock_file(&path.with_extension("migrate-lock")).await?),
+        None => None,
+    };
     let pending = Migrator::get_pending_migrations(db).await?;
     let applied = Migrator::get_applied_migrations(db).await?;
     let mut snapshot = None;
