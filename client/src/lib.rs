@@ -20,6 +20,9 @@ use tonic_types::StatusExt;
 pub use backup_proto as proto;
 use backup_proto::backup_files_client::BackupFilesClient;
 pub use tonic::Code;
+
+mod scheduler;
+pub use scheduler::{Scheduler, SettingsUpdate};
 /// `grpc.health.v1` types.
 pub use tonic_health::pb as proto_health;
 
@@ -105,7 +108,7 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// An authenticated channel to a backup server.
-type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
 /// A connection to the backup service.
 #[derive(Clone)]
@@ -139,6 +142,11 @@ impl Client {
         Backups(BackupFilesClient::new(self.authed()))
     }
 
+    /// `backup.v1.BackupScheduler`.
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler(backup_proto::backup_scheduler_client::BackupSchedulerClient::new(self.authed()))
+    }
+
     /// `grpc.health.v1.Health`.
     pub async fn health(&self, service: &str) -> Result<ServingStatus> {
         let response = HealthClient::new(self.channel.clone())
@@ -154,7 +162,7 @@ impl Client {
 #[derive(Clone)]
 pub struct Backups(BackupFilesClient<Authed>);
 
-fn present<T>(value: Option<T>, what: &str) -> Result<T> {
+pub(crate) fn present<T>(value: Option<T>, what: &str) -> Result<T> {
     value.ok_or_else(|| Error::Protocol(format!("a response without {what}")))
 }
 

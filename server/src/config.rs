@@ -45,6 +45,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
     pub check_interval: u64,
 
+    /// Seconds a scheduler lease lasts unless renewed; another process
+    /// takes the scheduler over this long after the holder dies.
+    #[arg(long, env = "BACKUP_LEASE_TTL", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(3..=3600), global = true)]
+    pub lease_ttl: u64,
+
+    /// Do not start the scheduling loop (StartScheduler starts it later).
+    #[arg(long, env = "BACKUP_NO_SCHEDULER", global = true)]
+    pub no_scheduler: bool,
+
     /// Seconds to wait at shutdown for in-flight requests and open
     /// connections before closing them.
     #[arg(
@@ -94,6 +104,10 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl)
     }
 
     pub fn check_interval(&self) -> Duration {

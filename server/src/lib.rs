@@ -19,12 +19,17 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod paging;
+pub mod retention;
+pub mod schedule;
 pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use backup_proto::{FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer};
+use backup_proto::{
+    FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer,
+    backup_scheduler_server::BackupSchedulerServer,
+};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -35,6 +40,8 @@ use crate::backup::Backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paging::PageTokens;
+use crate::retention::Retention;
+use crate::schedule::{Scheduler, SchedulerConfig};
 
 /// What every service shares.
 pub struct App {
@@ -42,6 +49,7 @@ pub struct App {
     pub audit: Recorder,
     pub backups: Arc<Backups>,
     pub page_tokens: PageTokens,
+    pub scheduler: Arc<Scheduler>,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -85,11 +93,24 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
+    let retention = Arc::new(Retention);
+    let scheduler = Arc::new(Scheduler::new(
+        db.clone(),
+        audit.clone(),
+        Arc::clone(&backups),
+        retention,
+        SchedulerConfig {
+            check_interval: config.check_interval(),
+            lease_ttl: config.lease_ttl(),
+            max_concurrent_backups: config.max_concurrent_copies as usize,
+        },
+    ));
     let app = Arc::new(App {
         db: db.clone(),
         audit,
         backups,
         page_tokens: PageTokens::load(&db).await?,
+        scheduler,
     });
     Ok(Prepared { app, config })
 }
@@ -137,12 +158,18 @@ impl Prepared {
                 }
             }
         };
+        if !config.no_scheduler {
+            app.scheduler.start(0).await?;
+        }
         let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(BackupFilesServer::new(
                 api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
+            ))
+            .add_service(BackupSchedulerServer::new(
+                api::backup_scheduler::BackupSchedulerApi::new(Arc::clone(&app)),
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
         // Clients that keep connections open must not hold the process forever.
@@ -153,6 +180,7 @@ impl Prepared {
                 tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
             }
         }
+        app.scheduler.stop(0).await?;
         app.backups.drain().await;
         app.db.clone().close().await?;
         tracing::info!("stopped");

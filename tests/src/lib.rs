@@ -142,6 +142,14 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, awaiting the exit without blocking the test's runtime (its
+    /// clients keep answering the server's goodbye).
+    pub async fn shutdown(mut self) -> std::process::ExitStatus {
+        tokio::task::spawn_blocking(move || self.terminate())
+            .await
+            .expect("terminate task")
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
@@ -205,4 +213,52 @@ pub fn file_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Opens the state store of a data directory (for checks and for setting up
+/// situations such as missed runs, as an operator's tool would).
+pub fn state_store(data: &DataDir) -> Connection {
+    open(&data.path().join("state.db"))
+}
+
+/// The state store's text form of a timestamp (as SeaORM writes it).
+pub fn db_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// Audit events of one type as (user_id, success, details).
+pub fn audit_events(data: &DataDir, event_type: &str) -> Vec<(i64, bool, serde_json::Value)> {
+    let conn = state_store(data);
+    let mut stmt = conn
+        .prepare(
+            "SELECT user_id, success, details FROM audit_events WHERE event_type = ?1 ORDER BY id",
+        )
+        .expect("select audit events");
+    stmt.query_map([event_type], |r| {
+        let details: String = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            serde_json::from_str(&details).unwrap_or_default(),
+        ))
+    })
+    .expect("query audit events")
+    .collect::<Result<_, _>>()
+    .expect("read audit events")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `timeout` saying what was awaited.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -2,6 +2,7 @@
 //! from domain errors to `tonic::Status`. No decisions are made here.
 
 pub mod backup_files;
+pub mod backup_scheduler;
 pub mod convert;
 pub mod status;
 

@@ -13,7 +13,7 @@ pub mod naming;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
@@ -140,7 +140,8 @@ impl Backups {
             .acquire()
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        let created_at = Utc::now();
+        // Microseconds, the precision page cursors carry.
+        let created_at = Utc::now().trunc_subsecs(6);
         let (source, dir, filename) = (self.source.clone(), self.dir.clone(), new.filename.clone());
         // Written to a temporary name; linked into place under the lock below.
         let staged =
@@ -423,7 +424,7 @@ impl Backups {
                 size_bytes: facts.size_bytes,
                 sha256: facts.sha256,
                 is_protected: kind.is_protected(),
-                created_at: modified,
+                created_at: modified.trunc_subsecs(6),
             });
         }
         if adopted.is_empty() && missing.is_empty() && restored.is_empty() && finished.is_empty() {

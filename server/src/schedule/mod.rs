@@ -1,0 +1,554 @@
+//! The backup scheduler: per-user settings, the next-run rule, and the loop
+//! beside the server that takes each user's automatic backup on time.
+//!
+//! The loop sleeps until the earliest `next_backup_at` or a settings change
+//! (a `Notify`), with the check interval only as a safety net. One process
+//! at a time runs it, by holding a lease row in the state store; each
+//! (user, slot) can run at most once because claiming it inserts a row
+//! under a unique key in the same transaction that advances the schedule.
+
+pub mod next_run;
+pub mod settings;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
+    Set, SqlErr,
+};
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::audit::{NewEvent, Recorder};
+use crate::backup::{BackupKind, Backups, NewBackup, naming};
+use crate::error::{Error, Result};
+use crate::retention::Retention;
+use crate::store::{
+    self,
+    entity::{scheduled_run, scheduler_lease},
+};
+use settings::{Settings, schedule_of};
+
+/// How long after a failed backup the user's backup is tried again (unless
+/// the regular slot comes first).
+const RETRY_DELAY: chrono::Duration = chrono::Duration::minutes(5);
+/// A run this late counts as missed even without a whole slot skipped.
+const MISSED_AFTER: chrono::Duration = chrono::Duration::minutes(1);
+/// Most due users taken per query; the loop keeps querying until none.
+const DUE_BATCH: u64 = 256;
+const LEASE_NAME: &str = "scheduler";
+
+/// Knobs, from the server configuration.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub check_interval: Duration,
+    pub lease_ttl: Duration,
+    pub max_concurrent_backups: usize,
+}
+
+/// What an operator sees of the scheduler.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub is_running: bool,
+    pub check_interval: Duration,
+    pub enabled_settings: u64,
+    pub total_settings: u64,
+    pub holds_lease: bool,
+    pub lease: Option<scheduler_lease::Model>,
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub completed: u64,
+    pub failed: u64,
+    pub overdue_users: u64,
+    pub instance_id: String,
+}
+
+pub struct Scheduler {
+    db: DatabaseConnection,
+    audit: Recorder,
+    backups: Arc<Backups>,
+    retention: Arc<Retention>,
+    config: SchedulerConfig,
+    /// Identifies this process in the lease and in run rows.
+    instance_id: String,
+    /// Wakes the loop when settings change, so it re-reads the next due time.
+    wake: Notify,
+    holds_lease: AtomicBool,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    /// The running loop: its stop signal and task. `None` while stopped.
+    running: tokio::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+}
+
+/// What happened to one due user.
+enum Outcome {
+    Ran,
+    Failed,
+    /// Another process or an earlier attempt had the slot.
+    Skipped,
+}
+
+impl Scheduler {
+    pub fn new(
+        db: DatabaseConnection,
+        audit: Recorder,
+        backups: Arc<Backups>,
+        retention: Arc<Retention>,
+        config: SchedulerConfig,
+    ) -> Self {
+        Self {
+            db,
+            audit,
+            backups,
+            retention,
+            config,
+            instance_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            wake: Notify::new(),
+            holds_lease: AtomicBool::new(false),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Tells the loop that settings changed.
+    pub fn settings_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the loop (no-op if running); it runs missed backups first.
+    pub async fn start(self: &Arc<Self>, actor: i64) -> Result<()> {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return Ok(());
+        }
+        let (stop, stopped) = watch::channel(false);
+        let this = Arc::clone(self);
+        *running = Some((stop, tokio::spawn(this.run_loop(stopped))));
+        self.audit
+            .record_or_log(
+                NewEvent::new("backup_scheduler.start", actor)
+                    .resource("scheduler", &self.instance_id)
+                    .details(json!({ "instance": self.instance_id })),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Stops the loop after its current step and hands the lease back, so
+    /// another process can take over at once.
+    pub async fn stop(&self, actor: i64) -> Result<()> {
+        let Some((stop, task)) = self.running.lock().await.take() else {
+            return Ok(());
+        };
+        let _ = stop.send(true);
+        let _ = task.await;
+        self.release_lease().await?;
+        self.audit
+            .record_or_log(
+                NewEvent::new("backup_scheduler.stop", actor)
+                    .resource("scheduler", &self.instance_id)
+                    .details(json!({ "instance": self.instance_id })),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn run_loop(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let holds = match self.take_lease(Utc::now()).await {
+                Ok(holds) => holds,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the scheduler lease");
+                    false
+                }
+            };
+            self.holds_lease.store(holds, Ordering::Relaxed);
+            let mut wake_in = self.config.check_interval.min(self.config.lease_ttl / 3);
+            if holds {
+                if let Err(e) = self.run_due(Utc::now()).await {
+                    tracing::error!(error = %e, "scheduled check failed");
+                    self.audit
+                        .record_or_log(NewEvent::new("backup_scheduler.check_error", 0).failed(&e))
+                        .await;
+                }
+                match settings::next_due(&self.db).await {
+                    Ok(Some(due)) => {
+                        let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        wake_in = wake_in.min(until);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot read the next due time"),
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wake_in) => {}
+                () = self.wake.notified() => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        self.holds_lease.store(false, Ordering::Relaxed);
+    }
+
+    /// Takes or renews the lease; true if this process holds it. A lease
+    /// taken over from a dead holder first settles that holder's
+    /// interrupted runs.
+    async fn take_lease(&self, now: DateTime<Utc>) -> Result<bool> {
+        let expires_at =
+            now + chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
+        let txn = store::begin_write(&self.db).await?;
+        let current = scheduler_lease::Entity::find_by_id(LEASE_NAME)
+            .one(&txn)
+            .await?;
+        let newly_taken = match current {
+            Some(lease) if lease.holder != self.instance_id && lease.expires_at > now => {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+            Some(lease) => {
+                let newly = lease.holder != self.instance_id;
+                let mut row = lease.into_active_model();
+                row.holder = Set(self.instance_id.clone());
+                row.expires_at = Set(expires_at);
+                row.update(&txn).await?;
+                newly
+            }
+            None => {
+                scheduler_lease::ActiveModel {
+                    name: Set(LEASE_NAME.into()),
+                    holder: Set(self.instance_id.clone()),
+                    expires_at: Set(expires_at),
+                }
+                .insert(&txn)
+                .await?;
+                true
+            }
+        };
+        let mut events = Vec::new();
+        if newly_taken {
+            events = self.settle_interrupted_runs(&txn, now).await?;
+        }
+        txn.commit().await?;
+        self.audit.publish(events);
+        if newly_taken {
+            tracing::info!(instance = %self.instance_id, "holding the scheduler lease");
+        }
+        Ok(true)
+    }
+
+    /// Runs left `running` by another instance died with it: mark them
+    /// failed, audit why, and retry those users now.
+    async fn settle_interrupted_runs(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::audit::Event>> {
+        let stale = scheduled_run::Entity::find()
+            .filter(scheduled_run::Column::Status.eq("running"))
+            .filter(scheduled_run::Column::Instance.ne(self.instance_id.as_str()))
+            .all(txn)
+            .await?;
+        let mut events = Vec::new();
+        for run in stale {
+            let (user_id, slot) = (run.user_id, run.slot_at);
+            let mut row = run.into_active_model();
+            row.status = Set("failed".into());
+            row.error = Set(Some(
+                "interrupted: the scheduler that ran it stopped".into(),
+            ));
+            row.finished_at = Set(Some(now));
+            row.update(txn).await?;
+            if let Some(s) = settings::get(txn, user_id).await?
+                && s.enabled
+                && s.next_backup_at.is_some_and(|next| next > now)
+            {
+                let mut retry = s.into_active_model();
+                retry.next_backup_at = Set(Some(now.trunc_subsecs(0)));
+                retry.update(txn).await?;
+            }
+            let error = Error::Unavailable("interrupted: the scheduler that ran it stopped".into());
+            events.push(
+                self.audit
+                    .insert(
+                        txn,
+                        NewEvent::new("backup_scheduler.backup_error", user_id)
+                            .resource("backup_settings", user_id.to_string())
+                            .details(json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }))
+                            .failed(&error),
+                    )
+                    .await?,
+            );
+        }
+        Ok(events)
+    }
+
+    async fn release_lease(&self) -> Result<()> {
+        let txn = store::begin_write(&self.db).await?;
+        if let Some(lease) = scheduler_lease::Entity::find_by_id(LEASE_NAME)
+            .one(&txn)
+            .await?
+            && lease.holder == self.instance_id
+        {
+            scheduler_lease::Entity::delete_by_id(LEASE_NAME)
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        self.holds_lease.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs every backup due at `now` with bounded concurrency; returns
+    /// (succeeded, failed). Used by the loop and by CheckAndRunBackups.
+    pub async fn run_due(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(u32, u32)> {
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrent_backups.max(1)));
+        let (mut ran, mut failed) = (0, 0);
+        loop {
+            let batch = settings::due(&self.db, now, DUE_BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut runs = JoinSet::new();
+            for due in batch {
+                let (this, permits) = (Arc::clone(self), Arc::clone(&permits));
+                runs.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    this.run_one(due, now).await
+                });
+            }
+            let mut progressed = false;
+            while let Some(outcome) = runs.join_next().await {
+                match outcome.map_err(|e| Error::Internal(format!("backup task: {e}")))? {
+                    Ok(Outcome::Ran) => (ran, progressed) = (ran + 1, true),
+                    Ok(Outcome::Failed) => (failed, progressed) = (failed + 1, true),
+                    Ok(Outcome::Skipped) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "a scheduled backup could not be settled");
+                        failed += 1;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        Ok((ran, failed))
+    }
+
+    /// Claims one due slot, takes the backup, applies the owner's retention
+    /// and records the outcome.
+    async fn run_one(self: Arc<Self>, due: Settings, now: DateTime<Utc>) -> Result<Outcome> {
+        let Some(slot) = due.next_backup_at else {
+            return Ok(Outcome::Skipped);
+        };
+        let Some(next) = self.claim(&due, slot, now).await? else {
+            return Ok(Outcome::Skipped);
+        };
+        let user_id = due.user_id;
+        let started_at = Utc::now();
+        let new = NewBackup {
+            filename: naming::auto_filename(user_id, slot),
+            owner_user_id: user_id,
+            kind: BackupKind::Auto,
+        };
+        let backup = self
+            .backups
+            .snapshot(new, move |b| {
+                NewEvent::new("backup_files.create", user_id)
+                    .resource("backup", &b.filename)
+                    .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
+            })
+            .await;
+        match backup {
+            Ok(backup) => {
+                let keep = u32::try_from(due.keep_count).unwrap_or(1);
+                let deleted = match self.retention.apply_for_owner(user_id, keep).await {
+                    Ok(deleted) => deleted,
+                    Err(e) => {
+                        // Retention audits its own errors; the backup stands.
+                        tracing::error!(error = %e, user_id, "retention after a scheduled backup failed");
+                        Vec::new()
+                    }
+                };
+                let details = json!({
+                    "filename": backup.filename,
+                    "size": backup.size_bytes,
+                    "frequency": due.frequency,
+                    "next_backup_at": next,
+                    "deleted_old_backups": deleted,
+                    "scheduled_for": slot,
+                    "started_at": started_at,
+                    "lateness_ms": (started_at - slot).num_milliseconds(),
+                });
+                self.finish(
+                    &due,
+                    slot,
+                    None,
+                    Some(&backup.filename),
+                    NewEvent::new("backup_scheduler.backup_completed", user_id).details(details),
+                )
+                .await?;
+                self.completed.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Ran)
+            }
+            Err(e) => {
+                let retry_at = (Utc::now() + RETRY_DELAY).trunc_subsecs(0).min(next);
+                let details = json!({ "scheduled_for": slot, "retry_at": retry_at, "reason": e.public_message() });
+                let event = NewEvent::new("backup_scheduler.backup_error", user_id)
+                    .details(details)
+                    .failed(&e);
+                self.finish(&due, slot, Some((retry_at, &e)), None, event)
+                    .await?;
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Failed)
+            }
+        }
+    }
+
+    /// Claims (user, slot): inserts the run row (unique per slot) and moves
+    /// the schedule on, in one transaction. Returns the next slot, or `None`
+    /// when the slot is no longer due or was already claimed. Slots that
+    /// passed unrun are merged into this one run and audited as missed.
+    async fn claim(
+        &self,
+        due: &Settings,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let schedule = schedule_of(due)?;
+        let next = next_run::next_run_after(&schedule, now);
+        let txn = store::begin_write(&self.db).await?;
+        let Some(fresh) = settings::get(&txn, due.user_id).await? else {
+            return Ok(None);
+        };
+        if !fresh.enabled || fresh.next_backup_at != Some(slot) {
+            return Ok(None);
+        }
+        let claimed = scheduled_run::ActiveModel {
+            user_id: Set(due.user_id),
+            slot_at: Set(slot),
+            status: Set("running".into()),
+            instance: Set(self.instance_id.clone()),
+            started_at: Set(Utc::now()),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await;
+        let mut row = fresh.into_active_model();
+        row.next_backup_at = Set(Some(next));
+        match claimed {
+            Ok(_) => {}
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                // Already run once: never again, just move on.
+                row.update(&txn).await?;
+                txn.commit().await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        row.update(&txn).await?;
+        let merged = next_run::runs_between(&schedule, slot, now, 1000);
+        let mut events = Vec::new();
+        if !merged.is_empty() || now - slot > MISSED_AFTER {
+            let slots: Vec<DateTime<Utc>> = std::iter::once(slot).chain(merged).collect();
+            events.push(
+                self.audit
+                    .insert(
+                        &txn,
+                        NewEvent::new("backup_scheduler.missed", due.user_id)
+                            .resource("backup_settings", due.user_id.to_string())
+                            .details(json!({
+                                "missed_slots": slots,
+                                "caught_up_at": now,
+                                "next_backup_at": next,
+                            })),
+                    )
+                    .await?,
+            );
+        }
+        txn.commit().await?;
+        self.audit.publish(events);
+        Ok(Some(next))
+    }
+
+    /// Records a run's end: the run row, the settings (last success, or a
+    /// retry time after a failure) and the audit event, in one transaction.
+    async fn finish(
+        &self,
+        due: &Settings,
+        slot: DateTime<Utc>,
+        failure: Option<(DateTime<Utc>, &Error)>,
+        filename: Option<&str>,
+        event: NewEvent,
+    ) -> Result<()> {
+        let now = Utc::now();
+        let txn = store::begin_write(&self.db).await?;
+        if let Some(run) = scheduled_run::Entity::find()
+            .filter(scheduled_run::Column::UserId.eq(due.user_id))
+            .filter(scheduled_run::Column::SlotAt.eq(slot))
+            .one(&txn)
+            .await?
+        {
+            let mut run = run.into_active_model();
+            run.status = Set(if failure.is_some() {
+                "failed"
+            } else {
+                "completed"
+            }
+            .into());
+            run.finished_at = Set(Some(now));
+            run.filename = Set(filename.map(str::to_owned));
+            run.error = Set(failure.map(|(_, e)| e.public_message()));
+            run.update(&txn).await?;
+        }
+        if let Some(current) = settings::get(&txn, due.user_id).await? {
+            let retry_at = failure.map(|(at, _)| at);
+            let mut row = current.clone().into_active_model();
+            match retry_at {
+                None => {
+                    row.last_backup_at = Set(Some(now));
+                    row.update(&txn).await?;
+                }
+                Some(at) if current.enabled && current.next_backup_at.is_some_and(|n| n > at) => {
+                    row.next_backup_at = Set(Some(at));
+                    row.update(&txn).await?;
+                }
+                Some(_) => {}
+            }
+        }
+        let stored = self
+            .audit
+            .insert(
+                &txn,
+                event.resource("backup_settings", due.user_id.to_string()),
+            )
+            .await?;
+        txn.commit().await?;
+        self.audit.publish([stored]);
+        // A retry time may now be the earliest wake-up.
+        self.settings_changed();
+        Ok(())
+    }
+
+    pub async fn stats(&self) -> Result<Stats> {
+        let (enabled, total) = settings::counts(&self.db).await?;
+        Ok(Stats {
+            is_running: self.running.lock().await.is_some(),
+            check_interval: self.config.check_interval,
+            enabled_settings: enabled,
+            total_settings: total,
+            holds_lease: self.holds_lease.load(Ordering::Relaxed),
+            lease: scheduler_lease::Entity::find_by_id(LEASE_NAME)
+                .one(&self.db)
+                .await?,
+            next_due_at: settings::next_due(&self.db).await?,
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            overdue_users: settings::overdue(&self.db, Utc::now()).await?.len() as u64,
+            instance_id: self.instance_id.clone(),
+        })
+    }
+}

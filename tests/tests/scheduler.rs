@@ -1,0 +1,532 @@
+//! BackupScheduler end to end: settings, on-time runs on the real clock,
+//! missed-run recovery, failure isolation, and one active scheduler across
+//! processes.
+
+use std::time::Duration;
+
+use backup_client::SettingsUpdate;
+use backup_tests::*;
+use chrono::{Timelike, Utc};
+
+fn update() -> SettingsUpdate {
+    SettingsUpdate::default()
+}
+
+#[tokio::test]
+async fn settings_are_created_partially_updated_disabled_and_enabled() {
+    let data = DataDir::new();
+    let server = data.start(&[]);
+    let user = server.client(&data.token(2, false)).await;
+    let mut scheduler = user.scheduler();
+    assert_eq!(code(scheduler.get_settings(0).await), Code::NotFound);
+
+    let created = scheduler.update_settings(0, update()).await.unwrap();
+    assert_eq!(created.user_id, 2);
+    assert!(created.enabled);
+    assert_eq!(created.frequency, proto::Frequency::Daily as i32);
+    assert_eq!(created.backup_time, "03:00");
+    assert_eq!(created.keep_count, 7);
+    assert_eq!(created.timezone, "UTC");
+    let next = created.next_backup_at.expect("next run");
+    let next_utc = chrono::DateTime::from_timestamp(next.seconds, 0).unwrap();
+    assert_eq!((next_utc.hour(), next_utc.minute()), (3, 0));
+    assert!(next_utc > Utc::now() && next_utc - Utc::now() <= chrono::Duration::days(1));
+
+    let kept = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                keep_count: Some(3),
+                ..update()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.keep_count, 3);
+    assert_eq!(
+        kept.next_backup_at, created.next_backup_at,
+        "keep_count alone does not reschedule"
+    );
+    assert_eq!(kept.backup_time, "03:00");
+
+    let zoned = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                backup_time: Some("09:30".into()),
+                timezone: Some("Australia/Lord_Howe".into()),
+                frequency: Some(proto::Frequency::Weekly),
+                ..update()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(zoned.timezone, "Australia/Lord_Howe");
+    assert_ne!(zoned.next_backup_at, created.next_backup_at);
+    assert_eq!(zoned.keep_count, 3);
+
+    let off = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                enabled: Some(false),
+                ..update()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!off.enabled);
+    assert_eq!(off.next_backup_at, None);
+    let on = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                enabled: Some(true),
+                ..update()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(on.next_backup_at.is_some());
+    assert_eq!(scheduler.get_settings(2).await.unwrap(), on);
+
+    assert_eq!(
+        audit_events(&data, "backup_scheduler.settings_created").len(),
+        1
+    );
+    assert_eq!(
+        audit_events(&data, "backup_scheduler.settings_updated").len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_are_rejected_field_by_field_and_change_nothing() {
+    let data = DataDir::new();
+    let server = data.start(&[]);
+    let mut scheduler = server.client(&data.token(2, false)).await.scheduler();
+    let before = scheduler.update_settings(0, update()).await.unwrap();
+
+    let cases: Vec<(SettingsUpdate, &str)> =
+        ["24:00", "3:00", "03:60", "0300", " 03:00", "", "03:00:00"]
+            .into_iter()
+            .map(|t| {
+                (
+                    SettingsUpdate {
+                        backup_time: Some(t.into()),
+                        ..update()
+                    },
+                    "backup_time",
+                )
+            })
+            .chain([0, 31, -1].into_iter().map(|k| {
+                (
+                    SettingsUpdate {
+                        keep_count: Some(k),
+                        ..update()
+                    },
+                    "keep_count",
+                )
+            }))
+            .chain(["Mars/Olympus", "", "utc+1"].into_iter().map(|z| {
+                (
+                    SettingsUpdate {
+                        timezone: Some(z.into()),
+                        ..update()
+                    },
+                    "timezone",
+                )
+            }))
+            .chain([(
+                SettingsUpdate {
+                    frequency: Some(proto::Frequency::Unspecified),
+                    ..update()
+                },
+                "frequency",
+            )])
+            .collect();
+    for (bad, field) in cases {
+        let err = scheduler.update_settings(0, bad.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{bad:?}");
+        assert_eq!(err.violated_fields(), vec![field], "{bad:?}");
+    }
+    // An unknown enum number, through the raw request.
+    let raw = proto::UpdateBackupSettingsRequest {
+        frequency: Some(9),
+        ..Default::default()
+    };
+    let user = server.client(&data.token(2, false)).await;
+    let err: backup_client::Error = user_raw_update(&user, raw).await;
+    assert_eq!(err.violated_fields(), vec!["frequency"]);
+    // All at once: one violation per field.
+    let err = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                enabled: Some(false),
+                frequency: Some(proto::Frequency::Unspecified),
+                backup_time: Some("24:00".into()),
+                keep_count: Some(0),
+                timezone: Some("Nowhere".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.violated_fields(),
+        vec!["frequency", "backup_time", "keep_count", "timezone"]
+    );
+    assert_eq!(
+        scheduler.get_settings(0).await.unwrap(),
+        before,
+        "a rejected update changed settings"
+    );
+
+    // Another user's settings are off limits to a non-admin; an admin may.
+    assert_eq!(
+        code(scheduler.get_settings(3).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(scheduler.update_settings(3, update()).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(scheduler.list_settings().await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(scheduler.check_and_run().await),
+        Code::PermissionDenied
+    );
+    assert_eq!(code(scheduler.stop().await), Code::PermissionDenied);
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    assert_eq!(admin.update_settings(3, update()).await.unwrap().user_id, 3);
+    assert_eq!(admin.list_settings().await.unwrap().len(), 2);
+}
+
+async fn user_raw_update(
+    client: &Client,
+    request: proto::UpdateBackupSettingsRequest,
+) -> backup_client::Error {
+    let mut scheduler = client.scheduler();
+    scheduler
+        .raw()
+        .update_backup_settings(request)
+        .await
+        .map(|_| ())
+        .unwrap_err()
+        .into()
+}
+
+/// Seconds until the next whole minute, and that minute as `HH:MM` UTC,
+/// at least `min_lead` seconds ahead.
+fn next_minute(min_lead: i64) -> (chrono::DateTime<Utc>, String) {
+    let now = Utc::now();
+    let mut at =
+        now.with_second(0).unwrap().with_nanosecond(0).unwrap() + chrono::Duration::minutes(1);
+    if (at - now).num_seconds() < min_lead {
+        at += chrono::Duration::minutes(1);
+    }
+    (at, at.format("%H:%M").to_string())
+}
+
+#[tokio::test]
+async fn a_due_backup_starts_within_a_second_on_the_real_clock() {
+    let data = DataDir::new();
+    let server = data.start(&[]);
+    let mut scheduler = server.client(&data.token(2, false)).await.scheduler();
+    let (at, hhmm) = next_minute(5);
+    let settings = scheduler
+        .update_settings(
+            0,
+            SettingsUpdate {
+                backup_time: Some(hhmm),
+                keep_count: Some(5),
+                ..update()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        settings.next_backup_at.as_ref().map(|t| t.seconds),
+        Some(at.timestamp())
+    );
+    let completed = wait_for("the scheduled backup", Duration::from_secs(150), || {
+        audit_events(&data, "backup_scheduler.backup_completed")
+            .into_iter()
+            .next()
+    })
+    .await;
+    let (user, success, details) = completed;
+    assert_eq!((user, success), (2, true));
+    let lateness = details["lateness_ms"].as_i64().unwrap();
+    assert!(
+        (0..1000).contains(&lateness),
+        "started {lateness} ms after its slot"
+    );
+    let filename = details["filename"].as_str().unwrap();
+    assert_eq!(
+        filename,
+        format!("auto_backup_user2_{}.db", at.format("%Y-%m-%dT%H-%M-%S"))
+    );
+    assert!(details["deleted_old_backups"].is_array());
+    assert!(details["next_backup_at"].is_string());
+    let mut backups = server.client(&data.token(2, false)).await.backups();
+    let b = backups.get(filename).await.unwrap();
+    assert_eq!(b.kind, proto::BackupKind::Auto as i32);
+    assert_eq!(b.owner_user_id, 2);
+    let after = scheduler.get_settings(0).await.unwrap();
+    assert!(after.last_backup_at.is_some());
+    assert_eq!(
+        after.next_backup_at.map(|t| t.seconds),
+        Some((at + chrono::Duration::days(1)).timestamp())
+    );
+}
+
+/// Sets users' next_backup_at directly in the state store, as if the server
+/// had been down since then.
+fn set_next(data: &DataDir, user_id: i64, at: chrono::DateTime<Utc>) {
+    let n = state_store(data)
+        .execute(
+            "UPDATE backup_settings SET next_backup_at = ?1 WHERE user_id = ?2",
+            (db_time(at), user_id),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+async fn create_settings(data: &DataDir, users: &[i64]) {
+    let server = data.start(&["--no-scheduler"]);
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    for &user in users {
+        admin.update_settings(user, update()).await.unwrap();
+    }
+    assert!(server.shutdown().await.success());
+}
+
+fn auto_backups_of(data: &DataDir, user: i64) -> Vec<String> {
+    file_names(&data.backups_dir())
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("auto_backup_user{user}_")))
+        .collect()
+}
+
+#[tokio::test]
+async fn missed_runs_after_downtime_run_once_per_user_and_are_audited() {
+    let data = DataDir::new();
+    create_settings(&data, &[2, 3]).await;
+    // The daily 03:00 UTC slots: down since two days before the latest one
+    // (user 2 missed 3 slots) and since the day before it (user 3, 2 slots).
+    let now = Utc::now();
+    let mut latest = now
+        .with_hour(3)
+        .unwrap()
+        .with_minute(0)
+        .unwrap()
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    if latest > now {
+        latest -= chrono::Duration::days(1);
+    }
+    set_next(&data, 2, latest - chrono::Duration::days(2));
+    set_next(&data, 3, latest - chrono::Duration::days(1));
+    let server = data.start(&[]);
+    wait_for("both catch-up backups", Duration::from_secs(30), || {
+        (audit_events(&data, "backup_scheduler.backup_completed").len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(auto_backups_of(&data, 2).len(), 1);
+    assert_eq!(auto_backups_of(&data, 3).len(), 1);
+    let missed = audit_events(&data, "backup_scheduler.missed");
+    let slots_of = |user: i64| {
+        missed
+            .iter()
+            .find(|(u, _, _)| *u == user)
+            .map(|(_, _, d)| d["missed_slots"].as_array().unwrap().len())
+            .unwrap()
+    };
+    assert_eq!(slots_of(2), 3);
+    assert_eq!(slots_of(3), 2);
+    // Nothing more runs: the schedule moved on past now.
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    assert_eq!(admin.check_and_run().await.unwrap(), (0, 0));
+    for user in [2, 3] {
+        let s = admin.get_settings(user).await.unwrap();
+        assert!(s.next_backup_at.unwrap().seconds > Utc::now().timestamp());
+    }
+    assert_eq!(auto_backups_of(&data, 2).len(), 1);
+}
+
+#[tokio::test]
+async fn one_users_failure_does_not_stop_another() {
+    let data = DataDir::new();
+    create_settings(&data, &[2, 3]).await;
+    let slot = (Utc::now() - chrono::Duration::minutes(30))
+        .with_nanosecond(0)
+        .unwrap();
+    set_next(&data, 2, slot);
+    set_next(&data, 3, slot);
+    // Something else already sits under user 2's backup name.
+    let blocked = format!("auto_backup_user2_{}.db", slot.format("%Y-%m-%dT%H-%M-%S"));
+    std::fs::create_dir(data.backups_dir().join(&blocked)).unwrap();
+
+    let server = data.start(&[]);
+    let error = wait_for("user 2's failure", Duration::from_secs(30), || {
+        audit_events(&data, "backup_scheduler.backup_error")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!((error.0, error.1), (2, false));
+    assert!(error.2["retry_at"].is_string());
+    wait_for("user 3's backup", Duration::from_secs(30), || {
+        (auto_backups_of(&data, 3).len() == 1).then_some(())
+    })
+    .await;
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    let stats = admin.stats().await.unwrap();
+    assert!(stats.is_running);
+    assert_eq!((stats.backups_completed, stats.backups_failed), (1, 1));
+    // User 2 is retried later, not in a tight loop.
+    let retry = admin.get_settings(2).await.unwrap().next_backup_at.unwrap();
+    assert!(
+        retry.seconds >= Utc::now().timestamp() + 60,
+        "retry too soon"
+    );
+}
+
+#[tokio::test]
+async fn two_processes_take_each_due_backup_exactly_once() {
+    let data = DataDir::new();
+    let users: Vec<i64> = (2..12).collect();
+    create_settings(&data, &users).await;
+    let slot = (Utc::now() - chrono::Duration::minutes(10))
+        .with_nanosecond(0)
+        .unwrap();
+    for &user in &users {
+        set_next(&data, user, slot);
+    }
+    let a = data.start(&["--lease-ttl", "3"]);
+    let b = data.start(&["--lease-ttl", "3"]);
+    // Both also answer CheckAndRunBackups at once: the slot key still holds.
+    let token = data.token(1, true);
+    let (mut ca, mut cb) = (
+        a.client(&token).await.scheduler(),
+        b.client(&token).await.scheduler(),
+    );
+    let (ra, rb) = tokio::join!(ca.check_and_run(), cb.check_and_run());
+    ra.unwrap();
+    rb.unwrap();
+    wait_for("every user's backup", Duration::from_secs(30), || {
+        users
+            .iter()
+            .all(|&u| auto_backups_of(&data, u).len() == 1)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for &user in &users {
+        assert_eq!(auto_backups_of(&data, user).len(), 1, "user {user}");
+    }
+    let runs: i64 = state_store(&data)
+        .query_row(
+            "SELECT count(*) FROM scheduled_runs WHERE status = 'completed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(runs, users.len() as i64);
+    assert_eq!(
+        audit_events(&data, "backup_scheduler.backup_completed").len(),
+        users.len()
+    );
+    let (sa, sb) = (ca.stats().await.unwrap(), cb.stats().await.unwrap());
+    assert!(sa.is_running && sb.is_running);
+    assert_eq!(sa.lease_holder, sb.lease_holder);
+    assert!(
+        sa.holds_lease ^ sb.holds_lease,
+        "exactly one process holds the lease"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_the_lease_holder_hands_the_loop_over() {
+    let data = DataDir::new();
+    let token = data.token(1, true);
+    let mut first = data.start(&["--lease-ttl", "3"]);
+    let mut first_client = first.client(&token).await.scheduler();
+    wait_for_holder(&mut first_client).await;
+    let second = data.start(&["--lease-ttl", "3"]);
+    let mut second_client = second.client(&token).await.scheduler();
+    let s = second_client.stats().await.unwrap();
+    assert!(!s.holds_lease, "the second process must wait for the lease");
+    first.kill();
+    let started = std::time::Instant::now();
+    wait_for_holder(&mut second_client).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+async fn wait_for_holder(client: &mut backup_client::Scheduler) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = client.stats().await.unwrap();
+        if stats.holds_lease {
+            assert_eq!(stats.lease_holder, stats.instance_id);
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn stop_and_start_control_the_loop_and_overdue_users_show() {
+    let data = DataDir::new();
+    create_settings(&data, &[2]).await;
+    // Created long ago and never backed up: overdue.
+    state_store(&data)
+        .execute(
+            "UPDATE backup_settings SET created_at = ?1 WHERE user_id = 2",
+            [db_time(Utc::now() - chrono::Duration::days(3))],
+        )
+        .unwrap();
+    let server = data.start(&[]);
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    let overdue = admin.overdue().await.unwrap();
+    assert_eq!(
+        overdue.iter().map(|s| s.user_id).collect::<Vec<_>>(),
+        vec![2]
+    );
+    let stopped = admin.stop().await.unwrap();
+    assert!(!stopped.is_running && !stopped.holds_lease);
+    assert_eq!(stopped.overdue_users, 1);
+    set_next(
+        &data,
+        2,
+        (Utc::now() - chrono::Duration::minutes(1))
+            .with_nanosecond(0)
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        auto_backups_of(&data, 2).is_empty(),
+        "a stopped scheduler ran a backup"
+    );
+    let started = admin.start().await.unwrap();
+    assert!(started.is_running);
+    wait_for(
+        "the missed backup after start",
+        Duration::from_secs(30),
+        || (auto_backups_of(&data, 2).len() == 1).then_some(()),
+    )
+    .await;
+    assert!(admin.overdue().await.unwrap().is_empty());
+    assert_eq!(audit_events(&data, "backup_scheduler.stop").len(), 1);
+}
