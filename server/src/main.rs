@@ -80,8 +80,17 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Serve => serve(cli.config).await,
         Command::InitDemo { rows } => {
             let paths = cli.config.prepare()?;
-            demo::create(&paths.source_db, rows)?;
-            eprintln!("created demo source database {}", paths.source_db.display());
+            if demo::create(&paths.source_db, rows)? {
+                eprintln!(
+                    "created the demo source database {}",
+                    paths.source_db.display()
+                );
+            } else {
+                eprintln!(
+                    "{} already exists; left as it is",
+                    paths.source_db.display()
+                );
+            }
             Ok(())
         }
         Command::Token(command) => {

@@ -2,12 +2,13 @@
 //! `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 the server refused the call (its gRPC code is
-//! printed); 2 usage error; 3 cannot connect; 4 unhealthy (`health`).
+//! printed); 2 usage error; 3 cannot connect; 4 unhealthy (`health`);
+//! 5 overdue users exist (`scheduler overdue`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_client::{Client, Error, proto};
+use backup_client::{Client, Error, SettingsUpdate, proto};
 use clap::{Parser, Subcommand};
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,6 +50,12 @@ enum Command {
     /// Backup files: create, list, get, download, restore, delete.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Backup settings: show, update, list.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// The scheduling loop: stats, start, stop, run due backups, overdue users.
+    #[command(subcommand)]
+    Scheduler(SchedulerCommand),
     /// Exit 0 only if the server reports SERVING (usable as an exec probe).
     Health {
         /// A service name, e.g. backup.v1.BackupFiles; empty for the server.
@@ -92,6 +99,63 @@ enum BackupsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show a user's settings (yours by default).
+    #[command(after_help = "Example: backupctl settings get --user 2")]
+    Get {
+        #[arg(long, default_value_t = 0)]
+        user: i64,
+    },
+    /// Change only the given fields (creating the settings on first use).
+    #[command(
+        after_help = "Example: backupctl settings update --time 02:30 --timezone Europe/London --keep 5"
+    )]
+    Update {
+        /// Whose settings (admin for others); yours by default.
+        #[arg(long, default_value_t = 0)]
+        user: i64,
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// daily, weekly or monthly.
+        #[arg(long, value_parser = ["daily", "weekly", "monthly"])]
+        frequency: Option<String>,
+        /// Local time of day, HH:MM.
+        #[arg(long)]
+        time: Option<String>,
+        /// How many backups to keep, 1 to 30.
+        #[arg(long)]
+        keep: Option<i32>,
+        /// IANA time zone, e.g. Europe/London.
+        #[arg(long)]
+        timezone: Option<String>,
+    },
+    /// Every user's settings (admin).
+    #[command(after_help = "Example: backupctl --json settings list")]
+    List,
+}
+
+#[derive(Subcommand)]
+enum SchedulerCommand {
+    /// Show the scheduler's state (admin).
+    #[command(after_help = "Example: backupctl scheduler stats")]
+    Stats,
+    /// Resume the loop, running missed backups first (admin).
+    #[command(after_help = "Example: backupctl scheduler start")]
+    Start,
+    /// Stop the loop; the server keeps serving (admin).
+    #[command(after_help = "Example: backupctl scheduler stop")]
+    Stop,
+    /// Run every backup due now (admin).
+    #[command(after_help = "Example: backupctl scheduler run-due")]
+    RunDue,
+    /// List users whose backups are overdue; exit 5 if there are any (admin).
+    #[command(
+        after_help = "Example (cron): backupctl scheduler overdue || alert 'backups are overdue'"
+    )]
+    Overdue,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -126,6 +190,61 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 ExitCode::from(4)
             });
+        }
+        Command::Settings(command) => {
+            let mut scheduler = client.scheduler();
+            match command {
+                SettingsCommand::Get { user } => {
+                    out.settings(&[scheduler.get_settings(user).await?])
+                }
+                SettingsCommand::Update {
+                    user,
+                    enabled,
+                    frequency,
+                    time,
+                    keep,
+                    timezone,
+                } => {
+                    let frequency = frequency.map(|f| match f.as_str() {
+                        "weekly" => proto::Frequency::Weekly,
+                        "monthly" => proto::Frequency::Monthly,
+                        _ => proto::Frequency::Daily,
+                    });
+                    let update = SettingsUpdate {
+                        enabled,
+                        frequency,
+                        backup_time: time,
+                        keep_count: keep,
+                        timezone,
+                    };
+                    out.settings(&[scheduler.update_settings(user, update).await?]);
+                }
+                SettingsCommand::List => out.settings(&scheduler.list_settings().await?),
+            }
+        }
+        Command::Scheduler(command) => {
+            let mut scheduler = client.scheduler();
+            match command {
+                SchedulerCommand::Stats => out.stats(&scheduler.stats().await?),
+                SchedulerCommand::Start => out.stats(&scheduler.start().await?),
+                SchedulerCommand::Stop => out.stats(&scheduler.stop().await?),
+                SchedulerCommand::RunDue => {
+                    let (run, failed) = scheduler.check_and_run().await?;
+                    out.value(
+                        json!({ "backups_run": run, "backups_failed": failed }),
+                        || {
+                            println!("{run} backups run, {failed} failed");
+                        },
+                    );
+                }
+                SchedulerCommand::Overdue => {
+                    let overdue = scheduler.overdue().await?;
+                    out.settings(&overdue);
+                    if !overdue.is_empty() {
+                        return Ok(ExitCode::from(5));
+                    }
+                }
+            }
         }
         Command::Backups(command) => {
             let mut backups = client.backups();
@@ -189,6 +308,62 @@ impl Output {
         }
     }
 
+    fn settings(&self, settings: &[proto::BackupSettings]) {
+        let values: Vec<Value> = settings.iter().map(settings_json).collect();
+        self.value(Value::Array(values), || {
+            let mut table = Table::new();
+            table.set_header([
+                "USER",
+                "ENABLED",
+                "FREQUENCY",
+                "TIME",
+                "ZONE",
+                "KEEP",
+                "LAST",
+                "NEXT",
+            ]);
+            for s in settings {
+                table.add_row([
+                    s.user_id.to_string(),
+                    s.enabled.to_string(),
+                    frequency(s.frequency),
+                    s.backup_time.clone(),
+                    s.timezone.clone(),
+                    s.keep_count.to_string(),
+                    timestamp(s.last_backup_at.as_ref()),
+                    timestamp(s.next_backup_at.as_ref()),
+                ]);
+            }
+            println!("{table}");
+        });
+    }
+
+    fn stats(&self, s: &proto::SchedulerStats) {
+        let value = json!({
+            "is_running": s.is_running,
+            "holds_lease": s.holds_lease,
+            "instance_id": s.instance_id,
+            "lease_holder": s.lease_holder,
+            "lease_expires_at": timestamp(s.lease_expires_at.as_ref()),
+            "check_interval_seconds": s.check_interval_seconds,
+            "enabled_backup_settings": s.enabled_backup_settings,
+            "total_backup_settings": s.total_backup_settings,
+            "next_due_at": timestamp(s.next_due_at.as_ref()),
+            "backups_completed": s.backups_completed,
+            "backups_failed": s.backups_failed,
+            "overdue_users": s.overdue_users,
+        });
+        self.value(value.clone(), || {
+            let mut table = Table::new();
+            if let Value::Object(fields) = value {
+                for (key, v) in fields {
+                    table.add_row([key, v.to_string().trim_matches('"').to_owned()]);
+                }
+            }
+            println!("{table}");
+        });
+    }
+
     fn backups(&self, backups: &[proto::Backup]) {
         let values: Vec<Value> = backups.iter().map(backup_json).collect();
         self.value(Value::Array(values), || {
@@ -207,6 +382,29 @@ impl Output {
             println!("{table}");
         });
     }
+}
+
+fn frequency(value: i32) -> String {
+    proto::Frequency::try_from(value)
+        .map(|f| {
+            f.as_str_name()
+                .trim_start_matches("FREQUENCY_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn settings_json(s: &proto::BackupSettings) -> Value {
+    json!({
+        "user_id": s.user_id,
+        "enabled": s.enabled,
+        "frequency": frequency(s.frequency),
+        "backup_time": s.backup_time,
+        "keep_count": s.keep_count,
+        "timezone": s.timezone,
+        "last_backup_at": timestamp(s.last_backup_at.as_ref()),
+        "next_backup_at": timestamp(s.next_backup_at.as_ref()),
+    })
 }
 
 fn kind(value: i32) -> String {

@@ -125,3 +125,72 @@ pub async fn migrate(
     Migrator::up(db, None).await?;
     Ok(snapshot)
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_holding_data_is_snapshotted_before_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("backups");
+        std::fs::create_dir(&backups).unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("state.db").display()
+        );
+        let db = connect(&url).await.unwrap();
+
+        // A fresh store has nothing to lose: no snapshot.
+        Migrator::up(&db, Some(1)).await.unwrap();
+        db.execute_unprepared(
+            "INSERT INTO users (id, is_admin, created_at) VALUES (7, 0, '2026-01-01T00:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+
+        let snapshot = migrate(&db, &url, &backups)
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
+        let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
+        let users: i64 = old
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
+        let has_settings: i64 = old
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'backup_settings'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_settings, 0, "the snapshot predates the migration");
+        assert!(
+            Migrator::get_pending_migrations(&db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Nothing pending: nothing to snapshot.
+        assert_eq!(migrate(&db, &url, &backups).await.unwrap(), None);
+    }
+
+    #[test]
+    fn sqlite_paths_come_from_urls() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/x/state.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/x/state.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite://rel.db"),
+            Some(PathBuf::from("rel.db"))
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://db/x"), None);
+    }
+}
