@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -118,10 +118,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`http://host:port`); `token` may be empty for
-    /// health checks only.
+    /// Connects to `url` (`http://host:port`, or `https://` with the
+    /// system's roots); `token` may be empty for health checks only.
     pub async fn connect(url: &str, token: &str) -> Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?.connect().await?;
+        Self::connect_with(url, token, None).await
+    }
+
+    /// Connects trusting `ca_pem` (a PEM CA bundle) for an `https://` URL.
+    pub async fn connect_with(url: &str, token: &str, ca_pem: Option<Vec<u8>>) -> Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?;
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca) = ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect().await?;
         let bearer = if token.is_empty() {
             Bearer(None)
         } else {

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
+use std::ffi::OsString;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Error, Result};
 
 #[derive(Args, Clone, Debug)]
 pub struct Config {
@@ -51,9 +55,47 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(3..=3600), global = true)]
     pub lease_ttl: u64,
 
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "BACKUP_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BACKUP_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates it signed (mutual TLS).
+    #[arg(
+        long,
+        env = "BACKUP_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve plaintext on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long, env = "BACKUP_ALLOW_INSECURE", global = true)]
+    pub allow_insecure: bool,
+
+    /// Do not serve gRPC reflection (it hands out the whole schema).
+    #[arg(long, env = "BACKUP_NO_REFLECTION", global = true)]
+    pub no_reflection: bool,
+
     /// Do not start the scheduling loop (StartScheduler starts it later).
     #[arg(long, env = "BACKUP_NO_SCHEDULER", global = true)]
     pub no_scheduler: bool,
+
+    /// Serve Prometheus metrics over HTTP on this address (off by default).
+    #[arg(long, env = "BACKUP_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr.
+    #[arg(long, env = "BACKUP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// A TOML file whose keys mirror these flags (`data_dir = "/var/lib/backup"`).
+    /// Precedence: command line, then environment, then this file, then defaults.
+    #[arg(long, env = "BACKUP_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
 
     /// Seconds to wait at shutdown for in-flight requests and open
     /// connections before closing them.
@@ -64,6 +106,79 @@ pub struct Config {
         global = true
     )]
     pub shutdown_grace: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Prepends the flags a `--config` TOML file (or `BACKUP_CONFIG`) sets to
+/// `args`, skipping keys whose environment variable is set, so the
+/// command line still wins (clap keeps the last occurrence) and the
+/// environment beats the file.
+pub fn args_with_config_file(
+    args: Vec<OsString>,
+    command: &clap::Command,
+) -> Result<Vec<OsString>> {
+    let from_args = args.iter().enumerate().find_map(|(i, arg)| {
+        let arg = arg.to_str()?;
+        match arg.strip_prefix("--config=") {
+            Some(path) => Some(OsString::from(path)),
+            None => (arg == "--config")
+                .then(|| args.get(i + 1).cloned())
+                .flatten(),
+        }
+    });
+    let Some(path) = from_args.or_else(|| std::env::var_os("BACKUP_CONFIG")) else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::invalid(
+            "config",
+            format!("cannot read {}: {e}", PathBuf::from(&path).display()),
+        )
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| Error::invalid("config", format!("is not valid TOML: {e}")))?;
+    let mut injected = Vec::new();
+    for (key, value) in table {
+        let long = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "config")
+            .ok_or_else(|| Error::invalid("config", format!("unknown key {key:?}")))?;
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => injected.push(OsString::from(format!("--{long}"))),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(v) => injected.push(OsString::from(format!("--{long}={v}"))),
+            toml::Value::Integer(v) => injected.push(OsString::from(format!("--{long}={v}"))),
+            other => {
+                return Err(Error::invalid(
+                    "config",
+                    format!(
+                        "{key} must be a string, integer or boolean, not {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut args = args.into_iter();
+    Ok(args
+        .next()
+        .into_iter()
+        .chain(injected)
+        .chain(args)
+        .collect())
 }
 
 /// Absolute paths and URL the process works with, defaults filled in.
@@ -108,6 +223,40 @@ impl Config {
 
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl)
+    }
+
+    /// The TLS configuration from the flags, if TLS is on.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", path.display())))
+        };
+        let identity =
+            tonic::transport::Identity::from_pem(read("tls-cert", cert)?, read("tls-key", key)?);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "tls-client-ca",
+                ca,
+            )?));
+        }
+        Ok(Some(tls))
+    }
+
+    /// Refuses plaintext on an address other machines can reach, unless
+    /// explicitly allowed: tokens would cross the network in the clear.
+    pub fn check_transport(&self) -> Result<()> {
+        if self.tls_cert.is_some() || self.listen.ip().is_loopback() || self.allow_insecure {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "refusing to listen on {} without TLS: bearer tokens would travel in the clear. \
+             Pass --tls-cert and --tls-key, or --allow-insecure behind a TLS-terminating proxy",
+            self.listen
+        )))
     }
 
     pub fn check_interval(&self) -> Duration {

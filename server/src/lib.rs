@@ -22,9 +22,11 @@ pub mod paging;
 pub mod retention;
 pub mod schedule;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use backup_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer,
@@ -42,6 +44,44 @@ use crate::error::{Error, Result};
 use crate::paging::PageTokens;
 use crate::retention::Retention;
 use crate::schedule::{Scheduler, SchedulerConfig};
+
+/// How often health re-checks that the state store answers.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Turns health NOT_SERVING while the state store does not answer (every
+/// RPC needs it), and SERVING again once it does.
+async fn watch_store(
+    db: DatabaseConnection,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+) {
+    let mut serving = true;
+    loop {
+        tokio::time::sleep(every).await;
+        let ok = match store::probe(&db).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the state store does not answer");
+                false
+            }
+        };
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(?status, "health changed with the state store");
+            for name in std::iter::once("").chain(SERVICE_NAMES) {
+                health.set_service_status(name, status).await;
+            }
+        }
+    }
+}
+
+/// Concurrent HTTP/2 streams (RPCs) one connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// What every service shares.
 pub struct App {
@@ -143,12 +183,19 @@ impl Prepared {
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
+        let monitor = tokio::spawn(watch_store(
+            app.db.clone(),
+            health.clone(),
+            config.check_interval().min(HEALTH_PROBE_INTERVAL),
+        ));
         let stopping = Arc::new(tokio::sync::Notify::new());
         let draining = {
             let health = health.clone();
             let stopping = Arc::clone(&stopping);
             async move {
                 shutdown.await;
+                // Health stays NOT_SERVING from here on, whatever the store does.
+                monitor.abort();
                 stopping.notify_one();
                 tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
                 for name in std::iter::once("").chain(SERVICE_NAMES) {
@@ -161,10 +208,25 @@ impl Prepared {
         if !config.no_scheduler {
             app.scheduler.start(0).await?;
         }
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = config.tls()? {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| Error::Internal(format!("TLS: {e}")))?;
+        }
+        let reflection = (!config.no_reflection).then_some((reflection_v1, reflection_v1alpha));
+        let (reflection_v1, reflection_v1alpha) = reflection.unzip();
+        let server = builder
+            // Limits: slow or greedy clients cannot pin the server.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .layer(telemetry::RpcLayer)
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(BackupFilesServer::new(
                 api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
             ))

@@ -2,14 +2,17 @@
 
 use std::process::ExitCode;
 
-use backup_server::{auth, config::Config, demo, open_store};
-use clap::{Parser, Subcommand};
+use backup_server::config::{Config, LogFormat, args_with_config_file};
+use backup_server::{auth, demo, open_store, telemetry};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
     version,
-    about = "Scheduled, consistent backups of a live SQLite database, over gRPC"
+    about = "Scheduled, consistent backups of a live SQLite database, over gRPC",
+    // A later occurrence of a flag wins: the command line over --config.
+    args_override_self = true
 )]
 struct Cli {
     #[command(flatten)]
@@ -58,14 +61,23 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args = match args_with_config_file(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("backup-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     // Logs go to stderr; stdout carries only what scripts read.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -122,7 +134,11 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    config.check_transport()?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    if let Some(addr) = config.metrics_listen {
+        telemetry::serve_metrics(addr)?;
+    }
     let server = backup_server::prepare(config).await?;
     // The one stdout line, printed once requests can be served: scripts and
     // tests read the bound address here.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backup_client::{Client, Error, SettingsUpdate, proto};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -38,6 +38,9 @@ struct Cli {
         global = true
     )]
     token: String,
+    /// PEM CA bundle to trust for an https:// URL (default: the system's roots).
+    #[arg(long, env = "BACKUP_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -47,6 +50,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Remote(RemoteCommand),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example: backupctl completions bash > /etc/bash_completion.d/backupctl"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Commands that talk to the server.
+#[derive(Subcommand)]
+enum RemoteCommand {
     /// Backup files: create, list, get, download, restore, delete.
     #[command(subcommand)]
     Backups(BackupsCommand),
@@ -172,10 +187,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    let client = Client::connect(&cli.url, &cli.token).await?;
+    let command = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "backupctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Remote(command) => command,
+    };
+    let ca = cli.ca_file.as_deref().map(std::fs::read).transpose()?;
+    let client = Client::connect_with(&cli.url, &cli.token, ca).await?;
     let out = Output { json: cli.json };
-    match cli.command {
-        Command::Health { service } => {
+    match command {
+        RemoteCommand::Health { service } => {
             let status = client.health(&service).await?;
             out.value(
                 json!({ "service": service, "status": status.as_str_name() }),
@@ -191,7 +219,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ExitCode::from(4)
             });
         }
-        Command::Settings(command) => {
+        RemoteCommand::Settings(command) => {
             let mut scheduler = client.scheduler();
             match command {
                 SettingsCommand::Get { user } => {
@@ -222,7 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 SettingsCommand::List => out.settings(&scheduler.list_settings().await?),
             }
         }
-        Command::Scheduler(command) => {
+        RemoteCommand::Scheduler(command) => {
             let mut scheduler = client.scheduler();
             match command {
                 SchedulerCommand::Stats => out.stats(&scheduler.stats().await?),
@@ -246,7 +274,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
-        Command::Backups(command) => {
+        RemoteCommand::Backups(command) => {
             let mut backups = client.backups();
             match command {
                 BackupsCommand::Create { name } => {

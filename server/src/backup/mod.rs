@@ -125,9 +125,24 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
     ) -> Result<Backup> {
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.snapshot_inner(new, event).await })
+        let kind = new.kind.as_str();
+        let started = std::time::Instant::now();
+        let result = tokio::spawn(async move { this.snapshot_inner(new, event).await })
             .await
-            .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?;
+        let outcome = if result.is_ok() {
+            "completed"
+        } else {
+            "failed"
+        };
+        metrics::counter!("backups_total", "kind" => kind, "outcome" => outcome).increment(1);
+        if let Ok(backup) = &result {
+            metrics::histogram!("backup_duration_seconds", "kind" => kind)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("backup_size_bytes", "kind" => kind)
+                .record(backup.size_bytes as f64);
+        }
+        result
     }
 
     async fn snapshot_inner(

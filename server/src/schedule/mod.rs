@@ -167,6 +167,7 @@ impl Scheduler {
                 }
             };
             self.holds_lease.store(holds, Ordering::Relaxed);
+            metrics::gauge!("scheduler_lease_held").set(if holds { 1.0 } else { 0.0 });
             let mut wake_in = self.config.check_interval.min(self.config.lease_ttl / 3);
             if holds {
                 if let Err(e) = self.run_due(Utc::now()).await {
@@ -177,6 +178,8 @@ impl Scheduler {
                 }
                 match settings::next_due(&self.db).await {
                     Ok(Some(due)) => {
+                        metrics::gauge!("scheduler_next_due_timestamp_seconds")
+                            .set(due.timestamp() as f64);
                         let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                         wake_in = wake_in.min(until);
                     }
@@ -191,6 +194,7 @@ impl Scheduler {
             }
         }
         self.holds_lease.store(false, Ordering::Relaxed);
+        metrics::gauge!("scheduler_lease_held").set(0.0);
     }
 
     /// Takes or renews the lease; true if this process holds it. A lease

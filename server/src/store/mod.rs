@@ -85,6 +85,17 @@ async fn lock_file(path: &Path) -> Result<std::fs::File> {
     .await
 }
 
+/// Opens and rolls back a write transaction: fails while the store is
+/// unreachable or held by another writer past the busy timeout, when every
+/// RPC (each writes an audit event) would fail too. Health checks use it.
+pub async fn probe(db: &DatabaseConnection) -> Result<()> {
+    use sea_orm::{EntityTrait, QuerySelect};
+    let txn = begin_write(db).await?;
+    entity::secret::Entity::find().limit(1).all(&txn).await?;
+    txn.rollback().await?;
+    Ok(())
+}
+
 /// The SQLite library version linked into this binary.
 pub fn sqlite_version() -> &'static str {
     rusqlite::version()

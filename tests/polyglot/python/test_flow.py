@@ -1,0 +1,270 @@
+"""Python client for backup.v1, proven against a real backup-server.
+
+Stubs are generated from proto/ with grpcio-tools at test time (never
+committed). The server binary is $BACKUP_SERVER_BIN, by default the debug
+build under the repository's target/ directory.
+"""
+
+import hashlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SERVER_BIN = Path(
+    os.environ.get("BACKUP_SERVER_BIN", REPO_ROOT / "target" / "debug" / "backup-server")
+)
+READY_TIMEOUT_S = 30
+CALL_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    """Generates the Python stubs from proto/ and puts them on sys.path."""
+    out = tmp_path_factory.mktemp("stubs")
+    protos = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "proto").rglob("*.proto"))
+    assert protos, "no .proto files under proto/"
+    subprocess.run(
+        [
+            sys.executable, "-m", "grpc_tools.protoc", "-I", "proto",
+            f"--python_out={out}", f"--grpc_python_out={out}", *protos,
+        ],
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    sys.path.insert(0, str(out))
+    yield out
+    sys.path.remove(str(out))
+
+
+@pytest.fixture(scope="session")
+def server(stubs, tmp_path_factory):
+    """A real backup-server on an ephemeral port: yields (address, admin token)."""
+    assert SERVER_BIN.is_file(), f"{SERVER_BIN} is missing: run `cargo build -p backup-server`"
+    data = tmp_path_factory.mktemp("data")
+    base = [str(SERVER_BIN), "--data-dir", str(data)]
+    subprocess.run([*base, "init-demo"], check=True, capture_output=True)
+    token = subprocess.run(
+        [*base, "token", "create", "--user-id", "1", "--admin"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert token, "`token create` printed no token"
+
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen(
+        [*base, "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=READY_TIMEOUT_S)
+    except queue.Empty:
+        line = ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        proc.wait()
+        log.close()
+        pytest.fail(
+            f"server did not get ready (stdout {line!r}); log:\n"
+            + (data / "server.log").read_text(errors="replace")
+        )
+    address = line.removeprefix("listening on ").strip()
+    yield address, token
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def test_readme_snippet(server, capsys):
+    address, token = server
+
+    # README snippet
+    import grpc
+    from backup.v1 import backup_files_pb2 as files
+    from backup.v1 import backup_files_pb2_grpc as files_grpc
+
+    # address = "127.0.0.1:50051"; token = the output of `backup-server token create`
+    channel = grpc.insecure_channel(address)
+    auth = [("authorization", f"Bearer {token}")]
+    backups = files_grpc.BackupFilesStub(channel)
+
+    created = backups.CreateBackup(
+        files.CreateBackupRequest(custom_filename="from-python"), metadata=auth
+    )
+    print("created", created.backup.filename, created.backup.size_bytes, "bytes")
+
+    for backup in backups.ListBackups(files.ListBackupsRequest(), metadata=auth).backups:
+        print(backup.filename, backup.size_bytes, backup.sha256)
+    # end README snippet
+
+    channel.close()
+    out = capsys.readouterr().out
+    assert created.backup.filename == "from-python.db"
+    assert "created from-python.db" in out
+    assert f"from-python.db {created.backup.size_bytes} {created.backup.sha256}" in out
+
+
+def test_call_without_token_is_unauthenticated(server):
+    from backup.v1 import backup_files_pb2 as files
+    from backup.v1 import backup_files_pb2_grpc as files_grpc
+
+    address, _ = server
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            files_grpc.BackupFilesStub(channel).ListBackups(
+                files.ListBackupsRequest(), timeout=CALL_TIMEOUT_S
+            )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+
+
+class AuditWatch:
+    """Reads SubscribeAuditEvents on a thread until `want` (event_type,
+    resource_id) pairs have all been seen, the stream ends or fails."""
+
+    def __init__(self, stub, request, metadata, want):
+        self.want = set(want)
+        self.seen = []
+        self.error = None
+        self.done = threading.Event()
+        self.call = stub.SubscribeAuditEvents(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for message in self.call:
+                event = message.event
+                self.seen.append(event)
+                self.want.discard((event.event_type, event.resource_id))
+                if not self.want:
+                    break
+        except grpc.RpcError as e:
+            self.error = e
+        finally:
+            self.done.set()
+            self.call.cancel()
+
+    def wait(self):
+        self.done.wait(CALL_TIMEOUT_S + 5)
+        self.thread.join(timeout=5)
+
+
+def test_flow(server):
+    from backup.v1 import audit_log_pb2 as audit
+    from backup.v1 import audit_log_pb2_grpc as audit_grpc
+    from backup.v1 import backup_files_pb2 as files
+    from backup.v1 import backup_files_pb2_grpc as files_grpc
+    from backup.v1 import backup_scheduler_pb2 as scheduler
+    from backup.v1 import backup_scheduler_pb2_grpc as scheduler_grpc
+
+    address, token = server
+    auth = [("authorization", f"Bearer {token}")]
+    name = "python-flow.db"
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT_S)
+        backups = files_grpc.BackupFilesStub(channel)
+        settings_stub = scheduler_grpc.BackupSchedulerStub(channel)
+
+        # Watch the audit stream from the start (after_id=0 replays every
+        # stored event, then streams live ones) while the flow runs.
+        watch = AuditWatch(
+            audit_grpc.AuditLogStub(channel),
+            audit.SubscribeAuditEventsRequest(after_id=0, event_type_prefix="backup_files."),
+            auth,
+            want={("backup_files.create", name), ("backup_files.delete", name)},
+        )
+
+        settings = settings_stub.UpdateBackupSettings(
+            scheduler.UpdateBackupSettingsRequest(
+                user_id=0,
+                enabled=True,
+                frequency=scheduler.FREQUENCY_WEEKLY,
+                backup_time="03:30",
+                keep_count=5,
+                timezone="Europe/London",
+            ),
+            metadata=auth, timeout=CALL_TIMEOUT_S,
+        ).settings
+        assert settings.user_id == 1
+        assert settings.enabled
+        assert settings.frequency == scheduler.FREQUENCY_WEEKLY
+        assert settings.backup_time == "03:30"
+        assert settings.keep_count == 5
+        assert settings.timezone == "Europe/London"
+        assert settings.HasField("next_backup_at")
+
+        created = backups.CreateBackup(
+            files.CreateBackupRequest(custom_filename="python-flow"),
+            metadata=auth, timeout=CALL_TIMEOUT_S,
+        ).backup
+        assert created.filename == name
+        assert created.kind == files.BACKUP_KIND_MANUAL
+        assert created.owner_user_id == 1
+        assert created.size_bytes > 0
+        assert len(created.sha256) == 64
+
+        listed = backups.ListBackups(
+            files.ListBackupsRequest(), metadata=auth, timeout=CALL_TIMEOUT_S
+        ).backups
+        assert name in [b.filename for b in listed]
+
+        digest = hashlib.sha256()
+        size = 0
+        first = None
+        for message in backups.DownloadBackup(
+            files.DownloadBackupRequest(filename=name), metadata=auth, timeout=CALL_TIMEOUT_S
+        ):
+            if first is None:
+                first = message
+                assert message.HasField("backup"), "the first message carries the metadata"
+            else:
+                assert not message.HasField("backup"), "only the first message carries metadata"
+            digest.update(message.chunk)
+            size += len(message.chunk)
+        assert first is not None, "DownloadBackup sent no message"
+        assert first.backup.filename == name
+        assert size == first.backup.size_bytes == created.size_bytes
+        assert digest.hexdigest() == first.backup.sha256 == created.sha256
+
+        backups.DeleteBackup(
+            files.DeleteBackupRequest(filename=name), metadata=auth, timeout=CALL_TIMEOUT_S
+        )
+        listed = backups.ListBackups(
+            files.ListBackupsRequest(), metadata=auth, timeout=CALL_TIMEOUT_S
+        ).backups
+        assert name not in [b.filename for b in listed]
+        with pytest.raises(grpc.RpcError) as err:
+            backups.GetBackup(
+                files.GetBackupRequest(filename=name), metadata=auth, timeout=CALL_TIMEOUT_S
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+        watch.wait()
+        assert watch.error is None, (
+            f"SubscribeAuditEvents failed: {watch.error.code()} {watch.error.details()}"
+        )
+        assert not watch.want, f"audit stream never delivered {sorted(watch.want)}"
+        ids = [e.id for e in watch.seen]
+        assert ids == sorted(set(ids)), f"audit ids not strictly increasing: {ids}"
+        assert all(e.event_type.startswith("backup_files.") for e in watch.seen)
+        by_type = {e.event_type: e for e in watch.seen if e.resource_id == name}
+        assert by_type["backup_files.create"].user_id == 1
+        assert by_type["backup_files.create"].success
+        assert by_type["backup_files.delete"].success
+        assert by_type["backup_files.create"].id < by_type["backup_files.delete"].id
