@@ -227,13 +227,71 @@ pub fn open_backup(dir: &Path, filename: &str) -> Result<File> {
 
 /// Whether a file starts with the SQLite header and is not empty.
 pub fn looks_like_sqlite(dir: &Path, filename: &str) -> Result<bool> {
-    let mut header = [0u8; 16];
+    Ok(sniff(dir, filename)? == Content::Sqlite)
+}
+
+/// What a backup file holds, judged by its size and header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Zero bytes.
+    Empty,
+    /// Not empty, but without the SQLite header.
+    NotSqlite,
+    /// Starts with the SQLite header.
+    Sqlite,
+}
+
+/// Classifies a regular file in the backups directory by size and header
+/// (never following a symlink).
+pub fn sniff(dir: &Path, filename: &str) -> Result<Content> {
     let mut file = open_backup(dir, filename)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Content::Empty);
+    }
+    let mut header = [0u8; 16];
     match file.read_exact(&mut header) {
-        Ok(()) => Ok(&header == b"SQLite format 3\0"),
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+        Ok(()) if &header == b"SQLite format 3\0" => Ok(Content::Sqlite),
+        Ok(()) => Ok(Content::NotSqlite),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(Content::NotSqlite),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Identifies one version of a file: same device, inode, size, modification
+/// and change times. Any write, replacement or `touch` changes it; the change
+/// time cannot be set back by user tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The stamp of a regular file in the backups directory (a symlink or
+/// anything else is an error).
+pub fn stamp(dir: &Path, filename: &str) -> Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir.join(filename))?;
+    if !meta.is_file() {
+        return Err(Error::Io(ErrorKind::InvalidInput.into()));
+    }
+    Ok(FileStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    })
+}
+
+/// Runs [`verify`] on a backup in `dir`; returns the stamp the file had
+/// before the check, so a later change to the file is noticed.
+pub fn verify_backup(dir: &Path, filename: &str) -> Result<FileStamp> {
+    let before = stamp(dir, filename)?;
+    verify(&dir.join(filename), "the backup")?;
+    Ok(before)
 }
 
 /// Deletes a backup file crash-safely in two steps: [`begin_delete`] renames
