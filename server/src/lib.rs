@@ -19,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod paging;
+pub mod retention;
 pub mod store;
 
 use std::future::Future;
