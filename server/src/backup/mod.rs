@@ -316,6 +316,9 @@ impl Backups {
     /// DeleteBackup. A protected backup needs an admin and `force`.
     pub async fn delete(&self, caller: Caller, filename: &str, force: bool) -> Result<()> {
         let result = async {
+            // Looked up under the lock: a backup another deleter (retention)
+            // removed meanwhile is NOT_FOUND, never deleted twice.
+            let _dir = self.dir_lock.lock().await;
             let backup = self.get(caller, filename).await?;
             if backup.is_protected {
                 caller.require_admin()?;
@@ -325,7 +328,6 @@ impl Backups {
                     )));
                 }
             }
-            let _dir = self.dir_lock.lock().await;
             let event = NewEvent::new("backup_files.delete", caller.user_id)
                 .resource("backup", filename)
                 .details(json!({ "forced": force, "protected": backup.is_protected }));
