@@ -25,6 +25,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use backup_proto::retention_server::RetentionServer;
 use backup_proto::{FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -43,6 +44,7 @@ pub struct App {
     pub audit: Recorder,
     pub backups: Arc<Backups>,
     pub page_tokens: PageTokens,
+    pub retention: Arc<retention::Retention>,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -86,11 +88,17 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
+    let retention = Arc::new(retention::Retention::new(
+        db.clone(),
+        audit.clone(),
+        Arc::clone(&backups),
+    ));
     let app = Arc::new(App {
         db: db.clone(),
         audit,
         backups,
         page_tokens: PageTokens::load(&db).await?,
+        retention,
     });
     Ok(Prepared { app, config })
 }
@@ -145,6 +153,9 @@ impl Prepared {
             .add_service(BackupFilesServer::new(
                 api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
             ))
+            .add_service(RetentionServer::new(api::retention::RetentionApi::new(
+                Arc::clone(&app),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
         // Clients that keep connections open must not hold the process forever.
         let grace = config.shutdown_grace();

@@ -3,6 +3,7 @@
 
 pub mod backup_files;
 pub mod convert;
+pub mod retention;
 pub mod status;
 
 use std::sync::Arc;
