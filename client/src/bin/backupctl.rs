@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_client::{Client, Error, proto};
+use backup_client::{Client, Error, Owners, proto};
 use clap::{Parser, Subcommand};
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -49,6 +49,9 @@ enum Command {
     /// Backup files: create, list, get, download, restore, delete.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Retention: preview and apply keep-N policies, clean up the directory.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Exit 0 only if the server reports SERVING (usable as an exec probe).
     Health {
         /// A service name, e.g. backup.v1.BackupFiles; empty for the server.
@@ -89,6 +92,50 @@ enum BackupsCommand {
         filename: String,
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// Whose backups a retention policy covers.
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// How many regular backups each owner keeps (1 to 30).
+    #[arg(long)]
+    keep: i32,
+    /// Another user's backups (admin) [default: yours].
+    #[arg(long, conflicts_with = "all_users")]
+    user: Option<i64>,
+    /// Every owner, each on its own (admin).
+    #[arg(long)]
+    all_users: bool,
+}
+
+impl PolicyArgs {
+    fn owners(&self) -> Owners {
+        match (self.user, self.all_users) {
+            (_, true) => Owners::All,
+            (Some(id), false) => Owners::User(id),
+            (None, false) => Owners::Caller,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Preview a policy: what would be deleted and why the rest stays.
+    #[command(after_help = "Example: backupctl retention summary --keep 7 --all-users")]
+    Summary(PolicyArgs),
+    /// Apply a policy: delete regular backups beyond each owner's newest N.
+    #[command(after_help = "Example: backupctl retention apply --keep 7")]
+    Apply(PolicyArgs),
+    /// Delete empty backups and files that are not SQLite databases (admin).
+    #[command(after_help = "Example: backupctl retention cleanup-empty")]
+    CleanupEmpty,
+    /// Delete protected backups older than a number of days (admin).
+    #[command(after_help = "Example: backupctl retention delete-old-protected --days 90")]
+    DeleteOldProtected {
+        /// Age limit in days, at least 1.
+        #[arg(long)]
+        days: i32,
     },
 }
 
@@ -171,6 +218,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
+        Command::Retention(command) => {
+            let mut retention = client.retention();
+            match command {
+                RetentionCommand::Summary(policy) => {
+                    let summary = retention.summary(policy.keep, policy.owners()).await?;
+                    out.summary(&summary);
+                }
+                RetentionCommand::Apply(policy) => {
+                    out.deleted(&retention.apply(policy.keep, policy.owners()).await?);
+                }
+                RetentionCommand::CleanupEmpty => out.deleted(&retention.cleanup_empty().await?),
+                RetentionCommand::DeleteOldProtected { days } => {
+                    out.deleted(&retention.delete_old_protected(days).await?);
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -207,6 +270,61 @@ impl Output {
             println!("{table}");
         });
     }
+}
+
+impl Output {
+    fn summary(&self, s: &proto::RetentionSummary) {
+        let kept: Vec<Value> = s
+            .kept_backups
+            .iter()
+            .map(|k| json!({ "filename": k.filename, "reason": keep_reason(k.reason) }))
+            .collect();
+        let value = json!({
+            "total": s.total,
+            "protected": s.protected,
+            "to_keep": s.to_keep,
+            "to_delete": s.to_delete,
+            "filenames_to_delete": s.filenames_to_delete,
+            "kept_backups": kept,
+        });
+        self.value(value, || {
+            println!(
+                "{} backups: {} kept ({} protected), {} to delete",
+                s.total, s.to_keep, s.protected, s.to_delete
+            );
+            let mut table = Table::new();
+            table.set_header(["FILENAME", "ACTION", "WHY"]);
+            for name in &s.filenames_to_delete {
+                table.add_row([name.as_str(), "delete", "beyond the newest N"]);
+            }
+            for k in &s.kept_backups {
+                table.add_row([k.filename.clone(), "keep".into(), keep_reason(k.reason)]);
+            }
+            println!("{table}");
+        });
+    }
+
+    fn deleted(&self, filenames: &[String]) {
+        self.value(
+            json!({ "deleted_count": filenames.len(), "deleted_filenames": filenames }),
+            || {
+                println!("deleted {} backup(s)", filenames.len());
+                for name in filenames {
+                    println!("  {name}");
+                }
+            },
+        );
+    }
+}
+
+fn keep_reason(value: i32) -> String {
+    proto::KeepReason::try_from(value)
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("KEEP_REASON_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| value.to_string())
 }
 
 fn kind(value: i32) -> String {
