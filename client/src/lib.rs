@@ -5,6 +5,8 @@
 //! Errors keep the gRPC code and the decoded field violations. The protobuf
 //! types are re-exported as [`proto`], so callers need not depend on tonic.
 
+mod retention;
+
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -19,6 +21,7 @@ use tonic_types::StatusExt;
 
 pub use backup_proto as proto;
 use backup_proto::backup_files_client::BackupFilesClient;
+pub use retention::{Owners, Retention};
 pub use tonic::Code;
 
 mod scheduler;
@@ -158,6 +161,11 @@ impl Client {
     /// `backup.v1.BackupScheduler`.
     pub fn scheduler(&self) -> Scheduler {
         Scheduler(backup_proto::backup_scheduler_client::BackupSchedulerClient::new(self.authed()))
+    }
+
+    /// `backup.v1.Retention`.
+    pub fn retention(&self) -> Retention {
+        Retention::new(self.authed())
     }
 
     /// `grpc.health.v1.Health`.

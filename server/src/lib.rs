@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use backup_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer,
-    backup_scheduler_server::BackupSchedulerServer,
+    backup_scheduler_server::BackupSchedulerServer, retention_server::RetentionServer,
 };
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -42,7 +42,6 @@ use crate::backup::Backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paging::PageTokens;
-use crate::retention::Retention;
 use crate::schedule::{Scheduler, SchedulerConfig};
 
 /// How often health re-checks that the state store answers.
@@ -90,6 +89,7 @@ pub struct App {
     pub backups: Arc<Backups>,
     pub page_tokens: PageTokens,
     pub scheduler: Arc<Scheduler>,
+    pub retention: Arc<retention::Retention>,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -133,12 +133,16 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
-    let retention = Arc::new(Retention);
+    let retention = Arc::new(retention::Retention::new(
+        db.clone(),
+        audit.clone(),
+        Arc::clone(&backups),
+    ));
     let scheduler = Arc::new(Scheduler::new(
         db.clone(),
         audit.clone(),
         Arc::clone(&backups),
-        retention,
+        Arc::clone(&retention),
         SchedulerConfig {
             check_interval: config.check_interval(),
             lease_ttl: config.lease_ttl(),
@@ -151,6 +155,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         backups,
         page_tokens: PageTokens::load(&db).await?,
         scheduler,
+        retention,
     });
     Ok(Prepared { app, config })
 }
@@ -233,6 +238,9 @@ impl Prepared {
             .add_service(BackupSchedulerServer::new(
                 api::backup_scheduler::BackupSchedulerApi::new(Arc::clone(&app)),
             ))
+            .add_service(RetentionServer::new(api::retention::RetentionApi::new(
+                Arc::clone(&app),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
         // Clients that keep connections open must not hold the process forever.
         let grace = config.shutdown_grace();

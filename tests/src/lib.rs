@@ -205,11 +205,13 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> Code {
     }
 }
 
-/// Names of the files in a directory, sorted.
+/// Names of the files in a directory, sorted, except the backups
+/// directory's `.lock` (the cross-process lock file, always there).
 pub fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name != ".lock")
         .collect();
     names.sort();
     names

@@ -530,3 +530,68 @@ async fn stop_and_start_control_the_loop_and_overdue_users_show() {
     assert!(admin.overdue().await.unwrap().is_empty());
     assert_eq!(audit_events(&data, "backup_scheduler.stop").len(), 1);
 }
+
+#[tokio::test]
+async fn the_scheduled_backup_applies_the_owners_keep_count() {
+    let data = DataDir::new();
+    let token = data.token(2, false);
+    {
+        let server = data.start(&["--no-scheduler"]);
+        let client = server.client(&token).await;
+        client
+            .scheduler()
+            .update_settings(
+                0,
+                SettingsUpdate {
+                    keep_count: Some(1),
+                    ..update()
+                },
+            )
+            .await
+            .unwrap();
+        let mut backups = client.backups();
+        backups.create(Some("old-1")).await.unwrap();
+        backups.create(Some("old-2")).await.unwrap();
+        // Another user's backup is never this user's retention's business.
+        server
+            .client(&data.token(3, false))
+            .await
+            .backups()
+            .create(Some("theirs"))
+            .await
+            .unwrap();
+        assert!(server.shutdown().await.success());
+    }
+    set_next(
+        &data,
+        2,
+        (Utc::now() - chrono::Duration::minutes(2))
+            .with_nanosecond(0)
+            .unwrap(),
+    );
+    let server = data.start(&[]);
+    let (_, _, details) = wait_for("the scheduled backup", Duration::from_secs(30), || {
+        audit_events(&data, "backup_scheduler.backup_completed")
+            .into_iter()
+            .next()
+    })
+    .await;
+    let mut deleted: Vec<String> = details["deleted_old_backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["old-1.db", "old-2.db"]);
+    let mut backups = server.client(&token).await.backups();
+    let left: Vec<String> = backups
+        .list_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.filename)
+        .collect();
+    assert_eq!(left, [details["filename"].as_str().unwrap()]);
+    assert!(data.backups_dir().join("theirs.db").exists());
+}

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_client::{Client, Error, SettingsUpdate, proto};
+use backup_client::{Client, Error, Owners, SettingsUpdate, proto};
 use clap::{CommandFactory, Parser, Subcommand};
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,6 +71,9 @@ enum RemoteCommand {
     /// The scheduling loop: stats, start, stop, run due backups, overdue users.
     #[command(subcommand)]
     Scheduler(SchedulerCommand),
+    /// Retention: preview and apply keep-N policies, clean up the directory.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Exit 0 only if the server reports SERVING (usable as an exec probe).
     Health {
         /// A service name, e.g. backup.v1.BackupFiles; empty for the server.
@@ -169,6 +172,50 @@ enum SchedulerCommand {
         after_help = "Example (cron): backupctl scheduler overdue || alert 'backups are overdue'"
     )]
     Overdue,
+}
+
+/// Whose backups a retention policy covers.
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// How many regular backups each owner keeps (1 to 30).
+    #[arg(long)]
+    keep: i32,
+    /// Another user's backups (admin) [default: yours].
+    #[arg(long, conflicts_with = "all_users")]
+    user: Option<i64>,
+    /// Every owner, each on its own (admin).
+    #[arg(long)]
+    all_users: bool,
+}
+
+impl PolicyArgs {
+    fn owners(&self) -> Owners {
+        match (self.user, self.all_users) {
+            (_, true) => Owners::All,
+            (Some(id), false) => Owners::User(id),
+            (None, false) => Owners::Caller,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Preview a policy: what would be deleted and why the rest stays.
+    #[command(after_help = "Example: backupctl retention summary --keep 7 --all-users")]
+    Summary(PolicyArgs),
+    /// Apply a policy: delete regular backups beyond each owner's newest N.
+    #[command(after_help = "Example: backupctl retention apply --keep 7")]
+    Apply(PolicyArgs),
+    /// Delete empty backups and files that are not SQLite databases (admin).
+    #[command(after_help = "Example: backupctl retention cleanup-empty")]
+    CleanupEmpty,
+    /// Delete protected backups older than a number of days (admin).
+    #[command(after_help = "Example: backupctl retention delete-old-protected --days 90")]
+    DeleteOldProtected {
+        /// Age limit in days, at least 1.
+        #[arg(long)]
+        days: i32,
+    },
 }
 
 #[tokio::main]
@@ -318,6 +365,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
+        RemoteCommand::Retention(command) => {
+            let mut retention = client.retention();
+            match command {
+                RetentionCommand::Summary(policy) => {
+                    let summary = retention.summary(policy.keep, policy.owners()).await?;
+                    out.summary(&summary);
+                }
+                RetentionCommand::Apply(policy) => {
+                    out.deleted(&retention.apply(policy.keep, policy.owners()).await?);
+                }
+                RetentionCommand::CleanupEmpty => out.deleted(&retention.cleanup_empty().await?),
+                RetentionCommand::DeleteOldProtected { days } => {
+                    out.deleted(&retention.delete_old_protected(days).await?);
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -412,14 +475,81 @@ impl Output {
     }
 }
 
+impl Output {
+    fn summary(&self, s: &proto::RetentionSummary) {
+        let kept: Vec<Value> = s
+            .kept_backups
+            .iter()
+            .map(|k| json!({ "filename": k.filename, "reason": keep_reason(k.reason) }))
+            .collect();
+        let value = json!({
+            "total": s.total,
+            "protected": s.protected,
+            "to_keep": s.to_keep,
+            "to_delete": s.to_delete,
+            "filenames_to_delete": s.filenames_to_delete,
+            "kept_backups": kept,
+        });
+        self.value(value, || {
+            println!(
+                "{} backups: {} kept ({} protected), {} to delete",
+                s.total, s.to_keep, s.protected, s.to_delete
+            );
+            let mut table = Table::new();
+            table.set_header(["FILENAME", "ACTION", "WHY"]);
+            for name in &s.filenames_to_delete {
+                table.add_row([name.as_str(), "delete", "beyond the newest N"]);
+            }
+            for k in &s.kept_backups {
+                table.add_row([k.filename.clone(), "keep".into(), keep_reason(k.reason)]);
+            }
+            println!("{table}");
+        });
+    }
+
+    fn deleted(&self, filenames: &[String]) {
+        self.value(
+            json!({ "deleted_count": filenames.len(), "deleted_filenames": filenames }),
+            || {
+                println!("deleted {} backup(s)", filenames.len());
+                for name in filenames {
+                    println!("  {name}");
+                }
+            },
+        );
+    }
+}
+
+/// An enum value's name without its prefix, lowercased
+/// (`BACKUP_KIND_AUTO` -> `auto`), or the number if unknown.
+fn short_name(name: Option<&str>, prefix: &str, value: i32) -> String {
+    name.map_or_else(
+        || value.to_string(),
+        |n| n.trim_start_matches(prefix).to_lowercase(),
+    )
+}
+
+fn keep_reason(value: i32) -> String {
+    let name = proto::KeepReason::try_from(value).ok();
+    short_name(
+        name.as_ref().map(|r| r.as_str_name()),
+        "KEEP_REASON_",
+        value,
+    )
+}
+
 fn frequency(value: i32) -> String {
-    proto::Frequency::try_from(value)
-        .map(|f| {
-            f.as_str_name()
-                .trim_start_matches("FREQUENCY_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| value.to_string())
+    let name = proto::Frequency::try_from(value).ok();
+    short_name(name.as_ref().map(|f| f.as_str_name()), "FREQUENCY_", value)
+}
+
+fn kind(value: i32) -> String {
+    let name = proto::BackupKind::try_from(value).ok();
+    short_name(
+        name.as_ref().map(|k| k.as_str_name()),
+        "BACKUP_KIND_",
+        value,
+    )
 }
 
 fn settings_json(s: &proto::BackupSettings) -> Value {
@@ -433,16 +563,6 @@ fn settings_json(s: &proto::BackupSettings) -> Value {
         "last_backup_at": timestamp(s.last_backup_at.as_ref()),
         "next_backup_at": timestamp(s.next_backup_at.as_ref()),
     })
-}
-
-fn kind(value: i32) -> String {
-    proto::BackupKind::try_from(value)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("BACKUP_KIND_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|_| value.to_string())
 }
 
 fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {

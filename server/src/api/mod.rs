@@ -4,6 +4,7 @@
 pub mod backup_files;
 pub mod backup_scheduler;
 pub mod convert;
+pub mod retention;
 pub mod status;
 
 use std::sync::Arc;

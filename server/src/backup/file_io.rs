@@ -227,13 +227,71 @@ pub fn open_backup(dir: &Path, filename: &str) -> Result<File> {
 
 /// Whether a file starts with the SQLite header and is not empty.
 pub fn looks_like_sqlite(dir: &Path, filename: &str) -> Result<bool> {
-    let mut header = [0u8; 16];
+    Ok(sniff(dir, filename)? == Content::Sqlite)
+}
+
+/// What a backup file holds, judged by its size and header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Zero bytes.
+    Empty,
+    /// Not empty, but without the SQLite header.
+    NotSqlite,
+    /// Starts with the SQLite header.
+    Sqlite,
+}
+
+/// Classifies a regular file in the backups directory by size and header
+/// (never following a symlink).
+pub fn sniff(dir: &Path, filename: &str) -> Result<Content> {
     let mut file = open_backup(dir, filename)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Content::Empty);
+    }
+    let mut header = [0u8; 16];
     match file.read_exact(&mut header) {
-        Ok(()) => Ok(&header == b"SQLite format 3\0"),
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+        Ok(()) if &header == b"SQLite format 3\0" => Ok(Content::Sqlite),
+        Ok(()) => Ok(Content::NotSqlite),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(Content::NotSqlite),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Identifies one version of a file: same device, inode, size, modification
+/// and change times. Any write, replacement or `touch` changes it; the change
+/// time cannot be set back by user tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The stamp of a regular file in the backups directory (a symlink or
+/// anything else is an error).
+pub fn stamp(dir: &Path, filename: &str) -> Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(dir.join(filename))?;
+    if !meta.is_file() {
+        return Err(Error::Io(ErrorKind::InvalidInput.into()));
+    }
+    Ok(FileStamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    })
+}
+
+/// Runs [`verify`] on a backup in `dir`; returns the stamp the file had
+/// before the check, so a later change to the file is noticed.
+pub fn verify_backup(dir: &Path, filename: &str) -> Result<FileStamp> {
+    let before = stamp(dir, filename)?;
+    verify(&dir.join(filename), "the backup")?;
+    Ok(before)
 }
 
 /// Deletes a backup file crash-safely in two steps: [`begin_delete`] renames
@@ -270,6 +328,10 @@ fn sync_dir(dir: &Path) -> Result<()> {
 struct TempFile {
     path: PathBuf,
     persisted: bool,
+    /// Holds an exclusive `flock` while the file is written, so another
+    /// process's start-up cleanup can tell a live write from a crash's
+    /// leftover (the lock dies with its process).
+    _lock: File,
 }
 
 impl TempFile {
@@ -279,14 +341,16 @@ impl TempFile {
             "{TEMP_PREFIX}{filename}-{:016x}",
             rand::random::<u64>()
         ));
-        OpenOptions::new()
+        let lock = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
+        lock.lock()?;
         Ok(Self {
             path,
             persisted: false,
+            _lock: lock,
         })
     }
 
@@ -319,17 +383,46 @@ impl Drop for TempFile {
 
 /// Removes what a crash can leave behind in the backups directory:
 /// temporary snapshot files. Returns their names.
+/// A snapshot still being written by a live process (this one or another
+/// sharing the directory) is locked and left alone; its SQLite journal
+/// goes with it.
 pub fn remove_temp_files(dir: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(TEMP_PREFIX) {
-            fs::remove_file(entry.path())?;
-            removed.push(name);
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(TEMP_PREFIX) || name.ends_with("-journal") {
+            continue;
+        }
+        let path = dir.join(&name);
+        let abandoned = match File::open(&path) {
+            Ok(file) => file.try_lock().is_ok(),
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if abandoned {
+            fs::remove_file(&path)?;
+            removed.push(name.clone());
+            let journal = dir.join(format!("{name}-journal"));
+            if fs::remove_file(&journal).is_ok() {
+                removed.push(format!("{name}-journal"));
+            }
         }
     }
     Ok(removed)
+}
+
+/// Takes an exclusive advisory lock on `path` (created if missing), held
+/// until the returned file is dropped or the process dies. Serializes work
+/// across processes: migrations, changes to the backups directory.
+pub fn lock_exclusive(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// Regular files in the backups directory that can be backups, with the

@@ -83,6 +83,12 @@ pub struct Backups {
     max_copies: u32,
 }
 
+/// Held while the set of backup files changes; see [`Backups::lock_dir`].
+pub struct DirGuard<'a> {
+    _mutex: MutexGuard<'a, ()>,
+    _file: std::fs::File,
+}
+
 /// Source-database wording for errors: callers see what, never where.
 const SOURCE: &str = "the source database";
 
@@ -109,9 +115,17 @@ impl Backups {
         &self.dir
     }
 
-    /// Takes the directory lock; retention holds it for a whole run.
-    pub async fn lock_dir(&self) -> MutexGuard<'_, ()> {
-        self.dir_lock.lock().await
+    /// Takes the directory lock: this process's mutex, then an advisory
+    /// lock on `.lock` in the directory, shared with other processes on the
+    /// same backups. Retention holds it for a whole run.
+    pub async fn lock_dir(&self) -> Result<DirGuard<'_>> {
+        let mutex = self.dir_lock.lock().await;
+        let path = self.dir.join(".lock");
+        let file = blocking(move || file_io::lock_exclusive(&path)).await?;
+        Ok(DirGuard {
+            _mutex: mutex,
+            _file: file,
+        })
     }
 
     /// Snapshots the source into a new backup and catalogs it, recording
@@ -161,7 +175,7 @@ impl Backups {
         // Written to a temporary name; linked into place under the lock below.
         let staged =
             blocking(move || file_io::stage_snapshot(&source, SOURCE, &dir, &filename)).await?;
-        let _dir = self.dir_lock.lock().await;
+        let _dir = self.lock_dir().await?;
         if catalog::get(&self.db, &new.filename).await?.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "backup {:?} already exists",
@@ -332,6 +346,9 @@ impl Backups {
     /// DeleteBackup. A protected backup needs an admin and `force`.
     pub async fn delete(&self, caller: Caller, filename: &str, force: bool) -> Result<()> {
         let result = async {
+            // Looked up under the lock: a backup another deleter (retention)
+            // removed meanwhile is NOT_FOUND, never deleted twice.
+            let _dir = self.lock_dir().await?;
             let backup = self.get(caller, filename).await?;
             if backup.is_protected {
                 caller.require_admin()?;
@@ -341,7 +358,6 @@ impl Backups {
                     )));
                 }
             }
-            let _dir = self.dir_lock.lock().await;
             let event = NewEvent::new("backup_files.delete", caller.user_id)
                 .resource("backup", filename)
                 .details(json!({ "forced": force, "protected": backup.is_protected }));
@@ -395,7 +411,7 @@ impl Backups {
     /// the kind and owner their names imply), and drops rows whose file is
     /// gone. What changed is audited as `backup_files.reconciled`.
     pub async fn reconcile(&self) -> Result<()> {
-        let _dir = self.dir_lock.lock().await;
+        let _dir = self.lock_dir().await?;
         let dir = self.dir.clone();
         let scan = blocking(move || file_io::scan_dir(&dir)).await?;
         let known = catalog::all_filenames(&self.db).await?;

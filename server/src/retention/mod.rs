@@ -1,12 +1,928 @@
-//! PLACEHOLDER until the retention branch lands (not committed).
-use crate::error::Result;
-pub struct Retention;
+//! Retention: per-owner policies that delete old regular backups, previews
+//! of them, and maintenance of the backups directory.
+//!
+//! What goes is decided by [`plan`], a pure function of one owner's catalog
+//! rows; [`OwnerPlan::secure`] then makes sure the owner's newest backup that
+//! passes verification stays. The preview ([`Retention::summary`]) and the
+//! deletions ([`Retention::apply`]) run the same two steps under the
+//! directory lock, so a preview is exactly what an apply right after deletes,
+//! and concurrent runs never delete more than asked. Files are deleted one
+//! at a time through [`Backups::remove_locked`] (crash-safe, audited in the
+//! catalog's transaction); one that fails is audited and the rest go on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use serde_json::{Value, json};
+
+use crate::audit::{NewEvent, Recorder};
+use crate::auth::Caller;
+use crate::backup::{BackupKind, Backups, blocking, catalog, file_io};
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::entity::backup::Model as Backup;
+
+/// The smallest and largest `keep_count` a policy may have.
+pub const KEEP_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
+
+/// The owner of system backups (pre-restore, pre-migration, adopted files).
+pub const SYSTEM_OWNER: i64 = 0;
+
+/// Why a backup is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepReason {
+    /// One of its owner's newest `keep_count` regular backups.
+    NewestN,
+    /// A protected backup (or one whose kind retention does not manage).
+    Protected,
+    /// Its owner's newest backup that passes verification, kept because the
+    /// newer ones do not.
+    NewestVerified,
+    /// A system backup, outside every user's policy.
+    System,
+    /// No regular backup of its owner passes verification, so retention
+    /// deletes none of them.
+    NoVerifiedBackup,
+}
+
+/// A backup that stays, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub filename: String,
+    pub reason: KeepReason,
+}
+
+/// What a policy does to one owner's backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerPlan {
+    pub owner: i64,
+    /// The owner's backups.
+    pub total: usize,
+    /// Of those, the ones retention never deletes by policy.
+    pub protected: usize,
+    /// Kept backups with their reasons: newest first, then any kept by
+    /// [`OwnerPlan::secure`].
+    pub keep: Vec<Kept>,
+    /// Backups to delete, newest first.
+    pub delete: Vec<String>,
+}
+
+/// Newest first: by recorded creation time, then file name, descending.
+/// File modification times play no part.
+fn newest_first(a: &Backup, b: &Backup) -> std::cmp::Ordering {
+    b.created_at
+        .cmp(&a.created_at)
+        .then_with(|| b.filename.cmp(&a.filename))
+}
+
+/// Regular backups are the ones a policy manages: AUTO and MANUAL, not
+/// protected. Anything else (including a kind this code does not know) is
+/// treated as protected.
+fn is_regular(backup: &Backup) -> bool {
+    !backup.is_protected
+        && matches!(
+            BackupKind::parse(&backup.kind),
+            Some(BackupKind::Auto | BackupKind::Manual)
+        )
+}
+
+/// Plans `keep_count` for `owner`: the owner's newest `keep_count` regular
+/// backups stay, older regular ones go; protected backups stay; a system
+/// owner's backups all stay. Rows of any other owner are ignored, so a plan
+/// can only ever delete its own owner's backups.
+pub fn plan(owner: i64, rows: &[Backup], keep_count: usize) -> OwnerPlan {
+    let mut mine: Vec<&Backup> = rows.iter().filter(|b| b.owner_user_id == owner).collect();
+    mine.sort_by(|a, b| newest_first(a, b));
+    let mut plan = OwnerPlan {
+        owner,
+        total: mine.len(),
+        protected: 0,
+        keep: Vec::new(),
+        delete: Vec::new(),
+    };
+    let mut regular_kept = 0;
+    for backup in mine {
+        let reason = if !is_regular(backup) {
+            plan.protected += 1;
+            KeepReason::Protected
+        } else if owner == SYSTEM_OWNER {
+            KeepReason::System
+        } else if regular_kept < keep_count {
+            regular_kept += 1;
+            KeepReason::NewestN
+        } else {
+            plan.delete.push(backup.filename.clone());
+            continue;
+        };
+        plan.keep.push(Kept {
+            filename: backup.filename.clone(),
+            reason,
+        });
+    }
+    plan
+}
+
+/// What [`OwnerPlan::secure`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Safety {
+    /// Nothing to delete, so nothing was verified.
+    NotNeeded,
+    /// `verified`, one of the newest N, passes; `failed` are newer ones of
+    /// the newest N that do not.
+    Verified {
+        verified: String,
+        failed: Vec<String>,
+    },
+    /// None of the newest N passes; `verified`, the newest that does, was
+    /// planned for deletion and is kept instead.
+    Rescued {
+        verified: String,
+        failed: Vec<String>,
+    },
+    /// No regular backup passes; none is deleted.
+    NoneVerified { failed: Vec<String> },
+}
+
+impl Safety {
+    /// Whether a deletion was refused for safety (`backup_retention.safety_check`).
+    pub fn refused(&self) -> bool {
+        matches!(self, Self::Rescued { .. } | Self::NoneVerified { .. })
+    }
+
+    /// The backups that failed verification, newest first.
+    pub fn failed(&self) -> &[String] {
+        match self {
+            Self::NotNeeded => &[],
+            Self::Verified { failed, .. }
+            | Self::Rescued { failed, .. }
+            | Self::NoneVerified { failed } => failed,
+        }
+    }
+}
+
+impl OwnerPlan {
+    /// Makes sure the owner's newest backup that passes verification is
+    /// kept. `passes` is asked about the newest N in order until one passes;
+    /// if none does, about the ones planned for deletion, the first that
+    /// passes being kept instead; if no backup passes at all, nothing is
+    /// deleted. Nothing is verified when nothing would be deleted.
+    pub fn secure(&mut self, mut passes: impl FnMut(&str) -> bool) -> Safety {
+        if self.delete.is_empty() {
+            return Safety::NotNeeded;
+        }
+        let mut failed = Vec::new();
+        let newest: Vec<String> = self
+            .keep
+            .iter()
+            .filter(|k| k.reason == KeepReason::NewestN)
+            .map(|k| k.filename.clone())
+            .collect();
+        for name in newest {
+            if passes(&name) {
+                return Safety::Verified {
+                    verified: name,
+                    failed,
+                };
+            }
+            failed.push(name);
+        }
+        for i in 0..self.delete.len() {
+            if passes(&self.delete[i]) {
+                let verified = self.delete.remove(i);
+                self.keep.push(Kept {
+                    filename: verified.clone(),
+                    reason: KeepReason::NewestVerified,
+                });
+                return Safety::Rescued { verified, failed };
+            }
+            failed.push(self.delete[i].clone());
+        }
+        for filename in self.delete.drain(..) {
+            self.keep.push(Kept {
+                filename,
+                reason: KeepReason::NoVerifiedBackup,
+            });
+        }
+        Safety::NoneVerified { failed }
+    }
+}
+
+/// Whose backups a policy applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One owner (a user, or 0 for the system, whose backups all stay).
+    Owner(i64),
+    /// Every owner, each on its own.
+    AllOwners,
+}
+
+/// A checked policy: a `keep_count` in range and a scope the caller may act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub keep_count: u32,
+    pub scope: Scope,
+}
+
+impl Policy {
+    /// Checks a request: bad values are INVALID_ARGUMENT naming every bad
+    /// field; a non-admin naming another owner or every owner is
+    /// PERMISSION_DENIED. `user_id` absent means the caller.
+    pub fn checked(
+        caller: Caller,
+        keep_count: i32,
+        user_id: Option<i64>,
+        all_users: bool,
+    ) -> Result<Self> {
+        let mut bad = Vec::new();
+        let keep = u32::try_from(keep_count)
+            .ok()
+            .filter(|k| KEEP_COUNT_RANGE.contains(k));
+        if keep.is_none() {
+            bad.push(keep_count_violation(i64::from(keep_count)));
+        }
+        match user_id {
+            Some(_) if all_users => bad.push(FieldViolation::new(
+                "user_id",
+                "must be absent when all_users is set",
+            )),
+            Some(id) if id < 0 => bad.push(FieldViolation::new(
+                "user_id",
+                format!("must be a user id (0 for system backups); got {id}"),
+            )),
+            _ => {}
+        }
+        let Some(keep_count) = keep.filter(|_| bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        let scope = if all_users {
+            caller.require_admin()?;
+            Scope::AllOwners
+        } else {
+            let owner = user_id.unwrap_or(caller.user_id);
+            if !caller.can_access(owner) {
+                return Err(Error::PermissionDenied(
+                    "only an admin may apply retention to another user's backups".into(),
+                ));
+            }
+            Scope::Owner(owner)
+        };
+        Ok(Self { keep_count, scope })
+    }
+}
+
+fn keep_count_violation(got: i64) -> FieldViolation {
+    FieldViolation::new(
+        "keep_count",
+        format!(
+            "must be between {} and {}; got {got}",
+            KEEP_COUNT_RANGE.start(),
+            KEEP_COUNT_RANGE.end()
+        ),
+    )
+}
+
+/// A preview of a policy over its scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub total: usize,
+    pub protected: usize,
+    pub keep: Vec<Kept>,
+    pub delete: Vec<String>,
+}
+
+impl Summary {
+    fn add(&mut self, plan: OwnerPlan) {
+        self.total += plan.total;
+        self.protected += plan.protected;
+        self.keep.extend(plan.keep);
+        self.delete.extend(plan.delete);
+    }
+}
+
+/// Who started a run, for the audit record.
+#[derive(Clone, Copy, Debug)]
+struct Actor {
+    user_id: i64,
+    trigger: &'static str,
+}
+
+/// Files known to pass verification, by name, with the stamp they had when
+/// they passed: an unchanged file is not checked again.
+#[derive(Default)]
+struct VerifiedFiles(Mutex<HashMap<String, file_io::FileStamp>>);
+
+impl VerifiedFiles {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, file_io::FileStamp>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `dir/filename` passes a full integrity check (blocking).
+    fn passes(&self, dir: &Path, filename: &str) -> bool {
+        match file_io::stamp(dir, filename) {
+            Ok(now) if self.map().get(filename) == Some(&now) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = %filename, error = %e, "backup cannot be verified");
+                self.forget(filename);
+                return false;
+            }
+        }
+        match file_io::verify_backup(dir, filename) {
+            Ok(stamp) => {
+                self.map().insert(filename.to_owned(), stamp);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file = %filename, error = %e, "backup fails verification");
+                self.forget(filename);
+                false
+            }
+        }
+    }
+
+    fn forget(&self, filename: &str) {
+        self.map().remove(filename);
+    }
+}
+
+/// The retention service's domain side.
+pub struct Retention {
+    db: DatabaseConnection,
+    audit: Recorder,
+    backups: Arc<Backups>,
+    verified: Arc<VerifiedFiles>,
+}
+
 impl Retention {
+    pub fn new(db: DatabaseConnection, audit: Recorder, backups: Arc<Backups>) -> Self {
+        Self {
+            db,
+            audit,
+            backups,
+            verified: Arc::default(),
+        }
+    }
+
+    /// GetRetentionSummary: exactly what [`Retention::apply`] with the same
+    /// arguments would delete now, and why every other backup stays.
+    pub async fn summary(
+        &self,
+        caller: Caller,
+        keep_count: i32,
+        user_id: Option<i64>,
+        all_users: bool,
+    ) -> Result<Summary> {
+        let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
+        let _dir = self.backups.lock_dir().await?;
+        let mut summary = Summary::default();
+        for (plan, _) in self.secured_plans(policy).await? {
+            summary.add(plan);
+        }
+        Ok(summary)
+    }
+
+    /// ApplyRetentionPolicy: deletes the selected owners' regular backups
+    /// beyond their newest `keep_count`. Returns the deleted file names.
+    pub async fn apply(
+        &self,
+        caller: Caller,
+        keep_count: i32,
+        user_id: Option<i64>,
+        all_users: bool,
+    ) -> Result<Vec<String>> {
+        let actor = Actor {
+            user_id: caller.user_id,
+            trigger: "request",
+        };
+        let result = async {
+            let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
+            let _dir = self.backups.lock_dir().await?;
+            self.apply_locked(actor, policy).await
+        }
+        .await;
+        self.audit_error(actor.user_id, "apply", result).await
+    }
+
+    /// The scheduler's step after an automatic backup: applies the owner's
+    /// `keep_count` to the owner's backups, audited like
+    /// [`Retention::apply`]. Returns the deleted file names.
     pub async fn apply_for_owner(
         &self,
-        _owner_user_id: i64,
-        _keep_count: u32,
+        owner_user_id: i64,
+        keep_count: u32,
     ) -> Result<Vec<String>> {
-        Ok(Vec::new())
+        let actor = Actor {
+            user_id: owner_user_id,
+            trigger: "scheduler",
+        };
+        let result = async {
+            if !KEEP_COUNT_RANGE.contains(&keep_count) {
+                return Err(Error::InvalidArgument(vec![keep_count_violation(
+                    i64::from(keep_count),
+                )]));
+            }
+            let policy = Policy {
+                keep_count,
+                scope: Scope::Owner(owner_user_id),
+            };
+            let _dir = self.backups.lock_dir().await?;
+            self.apply_locked(actor, policy).await
+        }
+        .await;
+        self.audit_error(actor.user_id, "apply", result).await
+    }
+
+    /// Plans, secures and deletes. The caller holds the directory lock.
+    async fn apply_locked(&self, actor: Actor, policy: Policy) -> Result<Vec<String>> {
+        let mut all_deleted = Vec::new();
+        for (plan, safety) in self.secured_plans(policy).await? {
+            let owner = plan.owner;
+            if safety.refused() {
+                let kept: Vec<&str> = plan
+                    .keep
+                    .iter()
+                    .filter(|k| {
+                        matches!(
+                            k.reason,
+                            KeepReason::NewestVerified | KeepReason::NoVerifiedBackup
+                        )
+                    })
+                    .map(|k| k.filename.as_str())
+                    .collect();
+                let why = match &safety {
+                    Safety::NoneVerified { .. } => {
+                        "no backup of this owner passes verification; none is deleted"
+                    }
+                    _ => "none of the newest keep_count backups passes verification",
+                };
+                self.audit
+                    .record_or_log(
+                        NewEvent::new("backup_retention.safety_check", actor.user_id).details(
+                            json!({
+                                "owner": owner,
+                                "keep_count": policy.keep_count,
+                                "reason": why,
+                                "failed_verification": safety.failed(),
+                                "kept": kept,
+                            }),
+                        ),
+                    )
+                    .await;
+            }
+            let doomed = plan.delete.iter().map(|name| {
+                let details = json!({
+                    "owner": owner,
+                    "keep_count": policy.keep_count,
+                    "reason": "older than the newest keep_count",
+                    "trigger": actor.trigger,
+                });
+                (name.clone(), details)
+            });
+            let (deleted, failed) = self.delete_each(actor.user_id, doomed.collect()).await;
+            // Every owner named in the request gets a record; with every
+            // owner selected, those where something happened.
+            let named = matches!(policy.scope, Scope::Owner(_));
+            if named || !plan.delete.is_empty() || safety.refused() {
+                self.audit
+                    .record_or_log(
+                        NewEvent::new("backup_retention.applied", actor.user_id).details(json!({
+                            "owner": owner,
+                            "keep_count": policy.keep_count,
+                            "deleted": deleted,
+                            "failed": failed,
+                            "trigger": actor.trigger,
+                        })),
+                    )
+                    .await;
+            }
+            all_deleted.extend(deleted);
+        }
+        Ok(all_deleted)
+    }
+
+    /// Every selected owner's plan, secured. The caller holds the directory
+    /// lock, so the catalog and the files stay as planned.
+    async fn secured_plans(&self, policy: Policy) -> Result<Vec<(OwnerPlan, Safety)>> {
+        let owner = match policy.scope {
+            Scope::Owner(owner) => Some(owner),
+            Scope::AllOwners => None,
+        };
+        let rows = catalog::page(&self.db, owner, None, i64::MAX.unsigned_abs()).await?;
+        let mut by_owner: BTreeMap<i64, Vec<Backup>> = BTreeMap::new();
+        for row in rows {
+            by_owner.entry(row.owner_user_id).or_default().push(row);
+        }
+        if let Some(owner) = owner {
+            by_owner.entry(owner).or_default();
+        }
+        let keep_count = policy.keep_count as usize;
+        let (dir, verified) = (self.backups.dir().to_owned(), Arc::clone(&self.verified));
+        blocking(move || {
+            Ok(by_owner
+                .into_iter()
+                .map(|(owner, rows)| {
+                    let mut plan = plan(owner, &rows, keep_count);
+                    let safety = plan.secure(|name| verified.passes(&dir, name));
+                    (plan, safety)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// CleanupEmptyBackups (admin): deletes zero-byte backups and
+    /// unprotected files that are not SQLite databases (by their header). A
+    /// protected file that is not empty is left alone, whatever it holds.
+    pub async fn cleanup_empty(&self, caller: Caller) -> Result<Vec<String>> {
+        let result = async {
+            caller.require_admin()?;
+            // Files other tools dropped in are judged too.
+            self.backups.reconcile().await?;
+            let _dir = self.backups.lock_dir().await?;
+            let rows = catalog::page(&self.db, None, None, i64::MAX.unsigned_abs()).await?;
+            let dir = self.backups.dir().to_owned();
+            let judged = blocking(move || Ok(sniff_all(&dir, rows))).await?;
+            let mut doomed = Vec::new();
+            let mut spared = Vec::new();
+            for (row, content) in judged {
+                let reason = match content {
+                    Ok(file_io::Content::Empty) => "empty",
+                    Ok(file_io::Content::NotSqlite) if !row.is_protected => "not a SQLite database",
+                    Ok(file_io::Content::NotSqlite) => {
+                        spared.push(row.filename);
+                        continue;
+                    }
+                    Ok(file_io::Content::Sqlite) => continue,
+                    Err(e) => {
+                        tracing::warn!(file = %row.filename, error = %e, "cannot inspect a backup; leaving it");
+                        continue;
+                    }
+                };
+                let details = json!({ "owner": row.owner_user_id, "reason": reason, "trigger": "cleanup_empty" });
+                doomed.push((row.filename, details));
+            }
+            let (deleted, failed) = self.delete_each(caller.user_id, doomed).await;
+            self.audit
+                .record_or_log(
+                    NewEvent::new("backup_retention.cleanup_empty", caller.user_id).details(json!({
+                        "deleted": deleted,
+                        "failed": failed,
+                        "spared_protected": spared,
+                    })),
+                )
+                .await;
+            Ok(deleted)
+        }
+        .await;
+        self.audit_error(caller.user_id, "cleanup_empty", result)
+            .await
+    }
+
+    /// DeleteOldProtectedBackups (admin): deletes protected backups created
+    /// more than `days_old` (at least 1) days ago.
+    pub async fn delete_old_protected(&self, caller: Caller, days_old: i32) -> Result<Vec<String>> {
+        let result = async {
+            if days_old < 1 {
+                return Err(Error::invalid(
+                    "days_old",
+                    format!("must be at least 1; got {days_old}"),
+                ));
+            }
+            caller.require_admin()?;
+            let cutoff = Utc::now().checked_sub_signed(chrono::Duration::days(days_old.into()));
+            let _dir = self.backups.lock_dir().await?;
+            let rows = catalog::page(&self.db, None, None, i64::MAX.unsigned_abs()).await?;
+            let doomed: Vec<(String, Value)> = rows
+                .into_iter()
+                .filter(|b| b.is_protected && cutoff.is_some_and(|c| b.created_at < c))
+                .map(|b| {
+                    let details = json!({
+                        "owner": b.owner_user_id,
+                        "reason": "protected and older than days_old",
+                        "days_old": days_old,
+                        "created_at": b.created_at,
+                        "trigger": "cleanup_old_protected",
+                    });
+                    (b.filename, details)
+                })
+                .collect();
+            let (deleted, failed) = self.delete_each(caller.user_id, doomed).await;
+            self.audit
+                .record_or_log(
+                    NewEvent::new("backup_retention.cleanup_old_protected", caller.user_id)
+                        .details(json!({
+                            "days_old": days_old,
+                            "cutoff": cutoff,
+                            "deleted": deleted,
+                            "failed": failed,
+                        })),
+                )
+                .await;
+            Ok(deleted)
+        }
+        .await;
+        self.audit_error(caller.user_id, "delete_old_protected", result)
+            .await
+    }
+
+    /// Deletes each file through [`Backups::remove_locked`], recording a
+    /// `backup_retention.delete` event with `details` in the catalog change's
+    /// transaction. A file that cannot be deleted is audited
+    /// `backup_retention.delete_error` and the rest go on. The caller holds
+    /// the directory lock. Returns (deleted, failed).
+    async fn delete_each(
+        &self,
+        actor: i64,
+        doomed: Vec<(String, Value)>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut deleted = Vec::new();
+        let mut failed = Vec::new();
+        for (filename, details) in doomed {
+            let event = NewEvent::new("backup_retention.delete", actor)
+                .resource("backup", &filename)
+                .details(details.clone());
+            let outcome = self.backups.remove_locked(&filename, event).await;
+            self.verified.forget(&filename);
+            let Err(e) = outcome else {
+                deleted.push(filename);
+                continue;
+            };
+            // The row and its event may have committed before the failure
+            // (unlinking the renamed file): then the backup is gone, and the
+            // next start finishes removing the file.
+            if let Ok(None) = catalog::get(&self.db, &filename).await {
+                tracing::warn!(file = %filename, error = %e, "backup deleted; its file is removed at the next start");
+                deleted.push(filename);
+                continue;
+            }
+            tracing::warn!(file = %filename, error = %e, "could not delete a backup; going on with the rest");
+            self.audit
+                .record_or_log(
+                    NewEvent::new("backup_retention.delete_error", actor)
+                        .resource("backup", &filename)
+                        .details(details)
+                        .failed(&e),
+                )
+                .await;
+            failed.push(filename);
+        }
+        (deleted, failed)
+    }
+
+    /// Audits a failed run as `backup_retention.error` and passes the result on.
+    async fn audit_error<T>(&self, actor: i64, operation: &str, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            self.audit
+                .record_or_log(
+                    NewEvent::new("backup_retention.error", actor)
+                        .resource("retention", operation)
+                        .details(json!({ "operation": operation }))
+                        .failed(e),
+                )
+                .await;
+        }
+        result
+    }
+}
+
+/// Each backup with what its file holds (blocking).
+fn sniff_all(dir: &Path, rows: Vec<Backup>) -> Vec<(Backup, Result<file_io::Content>)> {
+    rows.into_iter()
+        .map(|row| {
+            let content = file_io::sniff(dir, &row.filename);
+            (row, content)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone};
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap()
+    }
+
+    fn row(name: &str, owner: i64, kind: BackupKind, second: i64) -> Backup {
+        Backup {
+            filename: name.into(),
+            owner_user_id: owner,
+            kind: kind.as_str().into(),
+            size_bytes: 1,
+            sha256: String::new(),
+            is_protected: kind.is_protected(),
+            created_at: at(second),
+        }
+    }
+
+    fn names(kept: &[Kept], reason: KeepReason) -> Vec<&str> {
+        kept.iter()
+            .filter(|k| k.reason == reason)
+            .map(|k| k.filename.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn keeps_the_newest_n_regular_backups_and_deletes_the_rest_newest_first() {
+        let rows = vec![
+            row("a", 7, BackupKind::Auto, 1),
+            row("b", 7, BackupKind::Manual, 2),
+            row("c", 7, BackupKind::Auto, 3),
+            row("d", 7, BackupKind::Auto, 4),
+        ];
+        let p = plan(7, &rows, 2);
+        assert_eq!(names(&p.keep, KeepReason::NewestN), ["d", "c"]);
+        assert_eq!(p.delete, ["b", "a"]);
+        assert_eq!((p.total, p.protected), (4, 0));
+    }
+
+    #[test]
+    fn order_is_by_created_at_then_filename_never_input_order() {
+        // Same creation time: the file name breaks the tie, descending.
+        let rows = vec![
+            row("x-2", 1, BackupKind::Manual, 5),
+            row("x-1", 1, BackupKind::Manual, 5),
+            row("x-3", 1, BackupKind::Manual, 5),
+            row("z-old", 1, BackupKind::Manual, 0),
+        ];
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        for rows in [rows, reversed] {
+            let p = plan(1, &rows, 2);
+            assert_eq!(names(&p.keep, KeepReason::NewestN), ["x-3", "x-2"]);
+            assert_eq!(p.delete, ["x-1", "z-old"]);
+        }
+    }
+
+    #[test]
+    fn protected_backups_are_never_deleted_whatever_keep_count() {
+        let mut rows = vec![
+            row("pre_restore_backup_1.db", 3, BackupKind::PreRestore, 0),
+            row("pre_migration_1.db", 3, BackupKind::PreMigration, 1),
+        ];
+        let mut odd = row("odd", 3, BackupKind::Manual, 2);
+        odd.kind = "from-the-future".into();
+        rows.push(odd);
+        let mut flagged = row("flagged", 3, BackupKind::Manual, 3);
+        flagged.is_protected = true;
+        rows.push(flagged);
+        rows.extend((10..15).map(|i| row(&format!("r{i}"), 3, BackupKind::Auto, i)));
+        for keep in 1..=30 {
+            let p = plan(3, &rows, keep);
+            assert_eq!(p.protected, 4);
+            for name in [
+                "pre_restore_backup_1.db",
+                "pre_migration_1.db",
+                "odd",
+                "flagged",
+            ] {
+                assert!(!p.delete.iter().any(|d| d == name), "{name} at keep {keep}");
+                assert!(names(&p.keep, KeepReason::Protected).contains(&name));
+            }
+            assert_eq!(p.delete.len(), 5usize.saturating_sub(keep));
+        }
+    }
+
+    #[test]
+    fn a_plan_never_touches_another_owner_or_the_system() {
+        let rows = vec![
+            row("mine-1", 2, BackupKind::Auto, 1),
+            row("mine-2", 2, BackupKind::Auto, 2),
+            row("theirs-1", 3, BackupKind::Auto, 0),
+            row("theirs-2", 3, BackupKind::Auto, 3),
+            row("system", 0, BackupKind::Manual, 0),
+        ];
+        let p = plan(2, &rows, 1);
+        assert_eq!(p.delete, ["mine-1"]);
+        assert_eq!(p.total, 2);
+        let system = plan(0, &rows, 1);
+        assert!(system.delete.is_empty());
+        assert_eq!(names(&system.keep, KeepReason::System), ["system"]);
+    }
+
+    #[test]
+    fn nothing_to_delete_needs_no_verification() {
+        let rows = vec![row("a", 1, BackupKind::Auto, 1)];
+        let mut p = plan(1, &rows, 3);
+        let safety = p.secure(|_| panic!("verified without need"));
+        assert_eq!(safety, Safety::NotNeeded);
+    }
+
+    #[test]
+    fn the_newest_passing_kept_backup_is_enough() {
+        let rows: Vec<Backup> = (0..5)
+            .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
+            .collect();
+        let mut p = plan(1, &rows, 2);
+        let mut asked = Vec::new();
+        let safety = p.secure(|name| {
+            asked.push(name.to_owned());
+            name != "b4"
+        });
+        assert_eq!(asked, ["b4", "b3"]);
+        assert_eq!(
+            safety,
+            Safety::Verified {
+                verified: "b3".into(),
+                failed: vec!["b4".into()]
+            }
+        );
+        assert!(!safety.refused());
+        assert_eq!(p.delete, ["b2", "b1", "b0"]);
+    }
+
+    #[test]
+    fn when_no_kept_backup_passes_the_newest_passing_one_is_kept_too() {
+        let rows: Vec<Backup> = (0..5)
+            .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
+            .collect();
+        let mut p = plan(1, &rows, 2);
+        let safety = p.secure(|name| name == "b2" || name == "b0");
+        assert_eq!(
+            safety,
+            Safety::Rescued {
+                verified: "b2".into(),
+                failed: vec!["b4".into(), "b3".into()]
+            }
+        );
+        assert!(safety.refused());
+        assert_eq!(p.delete, ["b1", "b0"]);
+        assert_eq!(names(&p.keep, KeepReason::NewestVerified), ["b2"]);
+        assert_eq!(names(&p.keep, KeepReason::NewestN), ["b4", "b3"]);
+    }
+
+    #[test]
+    fn when_nothing_passes_nothing_is_deleted() {
+        let rows: Vec<Backup> = (0..4)
+            .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
+            .collect();
+        let mut p = plan(1, &rows, 1);
+        let safety = p.secure(|_| false);
+        assert!(matches!(safety, Safety::NoneVerified { ref failed } if failed.len() == 4));
+        assert!(p.delete.is_empty());
+        assert_eq!(
+            names(&p.keep, KeepReason::NoVerifiedBackup),
+            ["b2", "b1", "b0"]
+        );
+    }
+
+    #[test]
+    fn policies_are_checked_before_anything_happens() {
+        let user = Caller {
+            user_id: 5,
+            is_admin: false,
+        };
+        let admin = Caller {
+            user_id: 1,
+            is_admin: true,
+        };
+        let fields = |r: Result<Policy>| match r {
+            Err(Error::InvalidArgument(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        for bad in [0, 31, -1, i32::MIN, i32::MAX] {
+            assert_eq!(
+                fields(Policy::checked(admin, bad, None, false)),
+                ["keep_count"]
+            );
+        }
+        assert_eq!(
+            fields(Policy::checked(admin, 0, Some(2), true)),
+            ["keep_count", "user_id"]
+        );
+        assert_eq!(
+            fields(Policy::checked(admin, 3, Some(-4), false)),
+            ["user_id"]
+        );
+        assert!(matches!(
+            Policy::checked(user, 3, Some(6), false),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            Policy::checked(user, 3, None, true),
+            Err(Error::PermissionDenied(_))
+        ));
+        assert_eq!(
+            Policy::checked(user, 3, None, false).unwrap(),
+            Policy {
+                keep_count: 3,
+                scope: Scope::Owner(5)
+            }
+        );
+        assert_eq!(
+            Policy::checked(user, 30, Some(5), false).unwrap().scope,
+            Scope::Owner(5)
+        );
+        assert_eq!(
+            Policy::checked(admin, 1, Some(6), false).unwrap().scope,
+            Scope::Owner(6)
+        );
+        assert_eq!(
+            Policy::checked(admin, 1, None, true).unwrap().scope,
+            Scope::AllOwners
+        );
     }
 }

@@ -70,21 +70,6 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
-/// Holds an exclusive advisory lock on `path` until dropped.
-async fn lock_file(path: &Path) -> Result<std::fs::File> {
-    let path = path.to_owned();
-    crate::backup::blocking(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        file.lock()?;
-        Ok(file)
-    })
-    .await
-}
-
 /// Opens and rolls back a write transaction: fails while the store is
 /// unreachable or held by another writer past the busy timeout, when every
 /// RPC (each writes an audit event) would fail too. Health checks use it.
@@ -112,7 +97,13 @@ pub async fn migrate(
     // Two processes starting on one store (a server and `token create`, or
     // two replicas) must not both apply the same migration.
     let _lock = match sqlite_path(url) {
-        Some(path) => Some(lock_file(&path.with_extension("migrate-lock")).await?),
+        Some(path) => {
+            let lock = path.with_extension("migrate-lock");
+            Some(
+                crate::backup::blocking(move || crate::backup::file_io::lock_exclusive(&lock))
+                    .await?,
+            )
+        }
         None => None,
     };
     let pending = Migrator::get_pending_migrations(db).await?;
