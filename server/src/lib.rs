@@ -24,13 +24,18 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use backup_proto::{FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer};
+use backup_proto::{
+    FILE_DESCRIPTOR_SET, SERVICE_NAMES, audit_log_server::AuditLogServer,
+    backup_files_server::BackupFilesServer,
+};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::audit::Recorder;
+use crate::audit::subscription::Hub;
 use crate::backup::Backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -42,6 +47,11 @@ pub struct App {
     pub audit: Recorder,
     pub backups: Arc<Backups>,
     pub page_tokens: PageTokens,
+    /// Live audit subscriptions and their count.
+    pub audit_subscriptions: Hub,
+    /// Cancelled once health is NOT_SERVING at shutdown: long-lived work
+    /// (audit streams) ends on it.
+    pub shutdown: CancellationToken,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -85,11 +95,14 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
+    let shutdown = CancellationToken::new();
     let app = Arc::new(App {
         db: db.clone(),
+        audit_subscriptions: Hub::new(db.clone(), audit.clone(), shutdown.clone()),
         audit,
         backups,
         page_tokens: PageTokens::load(&db).await?,
+        shutdown,
     });
     Ok(Prepared { app, config })
 }
@@ -126,6 +139,7 @@ impl Prepared {
         let draining = {
             let health = health.clone();
             let stopping = Arc::clone(&stopping);
+            let app = Arc::clone(&app);
             async move {
                 shutdown.await;
                 stopping.notify_one();
@@ -135,6 +149,7 @@ impl Prepared {
                         .set_service_status(name, ServingStatus::NotServing)
                         .await;
                 }
+                app.shutdown.cancel();
             }
         };
         let server = tonic::transport::Server::builder()
@@ -144,6 +159,9 @@ impl Prepared {
             .add_service(BackupFilesServer::new(
                 api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
             ))
+            .add_service(AuditLogServer::new(api::audit_log::AuditLogApi::new(
+                Arc::clone(&app),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
         // Clients that keep connections open must not hold the process forever.
         let grace = config.shutdown_grace();
