@@ -5,6 +5,8 @@
 //! Errors keep the gRPC code and the decoded field violations. The protobuf
 //! types are re-exported as [`proto`], so callers need not depend on tonic.
 
+mod audit;
+
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -17,6 +19,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
+pub use audit::{Audit, AuditFilter, AuditPage, AuditStream};
 pub use backup_proto as proto;
 use backup_proto::backup_files_client::BackupFilesClient;
 pub use tonic::Code;
@@ -137,6 +140,13 @@ impl Client {
     /// `backup.v1.BackupFiles`.
     pub fn backups(&self) -> Backups {
         Backups(BackupFilesClient::new(self.authed()))
+    }
+
+    /// `backup.v1.AuditLog`.
+    pub fn audit(&self) -> Audit {
+        Audit(backup_proto::audit_log_client::AuditLogClient::new(
+            self.authed(),
+        ))
     }
 
     /// `grpc.health.v1.Health`.
