@@ -5,7 +5,9 @@
 //! Errors keep the gRPC code and the decoded field violations. The protobuf
 //! types are re-exported as [`proto`], so callers need not depend on tonic.
 
+mod audit;
 mod retention;
+mod scheduler;
 
 use std::path::Path;
 
@@ -19,12 +21,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_types::StatusExt;
 
+pub use audit::{Audit, AuditFilter, AuditPage, AuditStream};
 pub use backup_proto as proto;
 use backup_proto::backup_files_client::BackupFilesClient;
 pub use retention::{Owners, Retention};
 pub use tonic::Code;
 
-mod scheduler;
 pub use scheduler::{Scheduler, SettingsUpdate};
 /// `grpc.health.v1` types.
 pub use tonic_health::pb as proto_health;
@@ -166,6 +168,13 @@ impl Client {
     /// `backup.v1.Retention`.
     pub fn retention(&self) -> Retention {
         Retention::new(self.authed())
+    }
+
+    /// `backup.v1.AuditLog`.
+    pub fn audit(&self) -> Audit {
+        Audit(backup_proto::audit_log_client::AuditLogClient::new(
+            self.authed(),
+        ))
     }
 
     /// `grpc.health.v1.Health`.

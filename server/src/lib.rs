@@ -29,15 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backup_proto::{
-    FILE_DESCRIPTOR_SET, SERVICE_NAMES, backup_files_server::BackupFilesServer,
-    backup_scheduler_server::BackupSchedulerServer, retention_server::RetentionServer,
+    FILE_DESCRIPTOR_SET, SERVICE_NAMES, audit_log_server::AuditLogServer,
+    backup_files_server::BackupFilesServer, backup_scheduler_server::BackupSchedulerServer,
+    retention_server::RetentionServer,
 };
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::audit::Recorder;
+use crate::audit::subscription::Hub;
 use crate::backup::Backups;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -90,6 +93,11 @@ pub struct App {
     pub page_tokens: PageTokens,
     pub scheduler: Arc<Scheduler>,
     pub retention: Arc<retention::Retention>,
+    /// Live audit subscriptions and their count.
+    pub audit_subscriptions: Hub,
+    /// Cancelled once health is NOT_SERVING at shutdown: long-lived work
+    /// (audit streams) ends on it.
+    pub shutdown: CancellationToken,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -149,13 +157,16 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
             max_concurrent_backups: config.max_concurrent_copies as usize,
         },
     ));
+    let shutdown = CancellationToken::new();
     let app = Arc::new(App {
         db: db.clone(),
+        audit_subscriptions: Hub::new(db.clone(), audit.clone(), shutdown.clone()),
         audit,
         backups,
         page_tokens: PageTokens::load(&db).await?,
         scheduler,
         retention,
+        shutdown,
     });
     Ok(Prepared { app, config })
 }
@@ -197,6 +208,7 @@ impl Prepared {
         let draining = {
             let health = health.clone();
             let stopping = Arc::clone(&stopping);
+            let app = Arc::clone(&app);
             async move {
                 shutdown.await;
                 // Health stays NOT_SERVING from here on, whatever the store does.
@@ -208,6 +220,7 @@ impl Prepared {
                         .set_service_status(name, ServingStatus::NotServing)
                         .await;
                 }
+                app.shutdown.cancel();
             }
         };
         if !config.no_scheduler {
@@ -239,6 +252,9 @@ impl Prepared {
                 api::backup_scheduler::BackupSchedulerApi::new(Arc::clone(&app)),
             ))
             .add_service(RetentionServer::new(api::retention::RetentionApi::new(
+                Arc::clone(&app),
+            )))
+            .add_service(AuditLogServer::new(api::audit_log::AuditLogApi::new(
                 Arc::clone(&app),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);

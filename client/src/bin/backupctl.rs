@@ -8,11 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backup_client::{Client, Error, Owners, SettingsUpdate, proto};
+use backup_client::{AuditFilter, Client, Error, Owners, SettingsUpdate, proto};
 use clap::{CommandFactory, Parser, Subcommand};
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use tokio_stream::StreamExt;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +75,9 @@ enum RemoteCommand {
     /// Retention: preview and apply keep-N policies, clean up the directory.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Audit events: list stored ones, or watch them as they commit.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Exit 0 only if the server reports SERVING (usable as an exec probe).
     Health {
         /// A service name, e.g. backup.v1.BackupFiles; empty for the server.
@@ -218,6 +222,34 @@ enum RetentionCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List stored events, oldest first: one line each (JSON lines with --json).
+    #[command(after_help = "Example: backupctl audit list --type backup_files. --json")]
+    List {
+        /// Only event types starting with this, e.g. `backup_files.`.
+        #[arg(long = "type", value_name = "PREFIX", default_value = "")]
+        event_type: String,
+        /// Only this user's events (admins; others see only their own).
+        #[arg(long = "user", value_name = "ID")]
+        user_id: Option<i64>,
+    },
+    /// Print events as they commit until interrupted (JSON lines with --json).
+    /// If the stream ends, the error says which --after resumes it.
+    #[command(after_help = "Example: backupctl audit watch --after 1200 --type auth.")]
+    Watch {
+        /// Replay stored events with a greater id first; default: only new ones.
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
+        /// Only event types starting with this.
+        #[arg(long = "type", value_name = "PREFIX", default_value = "")]
+        event_type: String,
+        /// Only this user's events (admins; others see only their own).
+        #[arg(long = "user", value_name = "ID")]
+        user_id: Option<i64>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -317,6 +349,42 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     out.settings(&overdue);
                     if !overdue.is_empty() {
                         return Ok(ExitCode::from(5));
+                    }
+                }
+            }
+        }
+        RemoteCommand::Audit(command) => {
+            let mut audit = client.audit();
+            match command {
+                AuditCommand::List {
+                    event_type,
+                    user_id,
+                } => {
+                    let filter = AuditFilter {
+                        event_type_prefix: event_type,
+                        user_id,
+                        ..AuditFilter::default()
+                    };
+                    let mut token = String::new();
+                    loop {
+                        let page = audit.list_page(&filter, 1000, &token).await?;
+                        for event in &page.events {
+                            out.event(event);
+                        }
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                }
+                AuditCommand::Watch {
+                    after,
+                    event_type,
+                    user_id,
+                } => {
+                    let mut events = audit.subscribe(after, &event_type, user_id).await?;
+                    while let Some(event) = events.next().await {
+                        out.event(&event?);
                     }
                 }
             }
@@ -455,6 +523,47 @@ impl Output {
         });
     }
 
+    /// One line per event, printed at once.
+    fn event(&self, e: &proto::AuditEvent) {
+        let details = e.details.as_ref().map_or(json!({}), struct_json);
+        self.value(
+            json!({
+                "id": e.id,
+                "event_type": e.event_type,
+                "user_id": e.user_id,
+                "resource_type": e.resource_type,
+                "resource_id": e.resource_id,
+                "action": e.action,
+                "success": e.success,
+                "details": details,
+                "error_message": e.error_message,
+                "timestamp": timestamp(e.timestamp.as_ref()),
+            }),
+            || {
+                let outcome = if e.success {
+                    "ok".to_owned()
+                } else {
+                    format!("FAILED ({})", e.error_message)
+                };
+                let resource = if e.resource_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}={}", e.resource_type, e.resource_id)
+                };
+                println!(
+                    "{} {} {} user={}{} {} {}",
+                    e.id,
+                    timestamp(e.timestamp.as_ref()),
+                    e.event_type,
+                    e.user_id,
+                    resource,
+                    outcome,
+                    details
+                );
+            },
+        );
+    }
+
     fn backups(&self, backups: &[proto::Backup]) {
         let values: Vec<Value> = backups.iter().map(backup_json).collect();
         self.value(Value::Array(values), || {
@@ -569,6 +678,29 @@ fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()
+}
+
+fn struct_json(s: &prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect(),
+    )
+}
+
+fn value_json(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        // Whole numbers print as integers (sizes, ids), not 1234.0.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_json).collect()),
+        Some(Kind::StructValue(s)) => struct_json(s),
+    }
 }
 
 fn backup_json(b: &proto::Backup) -> Value {

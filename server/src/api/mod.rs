@@ -1,6 +1,7 @@
 //! The gRPC services: thin translations from protobuf to domain calls and
 //! from domain errors to `tonic::Status`. No decisions are made here.
 
+pub mod audit_log;
 pub mod backup_files;
 pub mod backup_scheduler;
 pub mod convert;

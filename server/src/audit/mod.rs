@@ -1,6 +1,11 @@
 //! The audit recorder: every operation of the service becomes an event in
 //! the state store, written in the same transaction as the change it records
 //! where there is one, then published to live subscribers after commit.
+//!
+//! [`query`] reads stored events; [`subscription`] streams them live.
+
+pub mod query;
+pub mod subscription;
 
 use std::sync::Arc;
 
@@ -81,7 +86,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(db: DatabaseConnection) -> Self {
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self::with_live_buffer(db, LIVE_BUFFER)
+    }
+
+    /// A recorder whose live subscribers may lag `events` behind before
+    /// they read the store instead.
+    pub fn with_live_buffer(db: DatabaseConnection, events: usize) -> Self {
+        let (live, _) = broadcast::channel(events);
         Self { db, live }
     }
 
@@ -135,5 +146,18 @@ impl Recorder {
     /// A receiver of events committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::DatabaseConnection;
+
+    /// A migrated in-memory state store (one connection, so it persists).
+    pub(crate) async fn memory_store() -> DatabaseConnection {
+        let db = crate::store::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        db
     }
 }

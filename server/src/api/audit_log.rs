@@ -1,0 +1,150 @@
+//! `backup.v1.AuditLog`.
+
+use std::pin::Pin;
+
+use backup_proto as pb;
+use backup_proto::audit_log_server::AuditLog;
+use chrono::{DateTime, Utc};
+use prost_types::value::Kind;
+use serde_json::Value;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::timestamp;
+use crate::audit::Event;
+use crate::audit::query::{self, Filter};
+use crate::error::{Error, Result};
+use crate::paging::page_size;
+
+const LISTING: &str = "audit_events";
+
+pub struct AuditLogApi {
+    app: Shared,
+}
+
+impl AuditLogApi {
+    pub fn new(app: Shared) -> Self {
+        Self { app }
+    }
+}
+
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::SubscribeAuditEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditLog for AuditLogApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.app.caller(&request, "ListAuditEvents").await?;
+        let req = request.into_inner();
+        let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?.between(
+            time(req.start_time, "start_time")?,
+            time(req.end_time, "end_time")?,
+        )?;
+        let limit = page_size(req.page_size, 100, 1000)?;
+        let after = match self.app.page_tokens.cursor(LISTING, &req.page_token)? {
+            Some(cursor) => cursor
+                .parse()
+                .map_err(|_| Error::invalid("page_token", "does not hold an event id"))?,
+            None => 0,
+        };
+        let events = query::page(&self.app.db, &filter, after, None, limit).await?;
+        let next_page_token = match events.last() {
+            Some(last) if events.len() as u64 == limit => {
+                self.app.page_tokens.issue(LISTING, &last.id.to_string())
+            }
+            _ => String::new(),
+        };
+        let active_subscribers = caller
+            .is_admin
+            .then(|| i32::try_from(self.app.audit_subscriptions.active()).unwrap_or(i32::MAX));
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.iter().map(event).collect(),
+            next_page_token,
+            active_subscribers,
+        }))
+    }
+
+    type SubscribeAuditEventsStream = EventStream;
+
+    async fn subscribe_audit_events(
+        &self,
+        request: Request<pb::SubscribeAuditEventsRequest>,
+    ) -> Result<Response<Self::SubscribeAuditEventsStream>, Status> {
+        let caller = self.app.caller(&request, "SubscribeAuditEvents").await?;
+        let req = request.into_inner();
+        let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?;
+        let rx = self
+            .app
+            .audit_subscriptions
+            .subscribe(filter, req.after_id)
+            .await?;
+        let stream = ReceiverStream::new(rx).map(|delivery| {
+            delivery
+                .map(|e| pb::SubscribeAuditEventsResponse {
+                    event: Some(event(&e)),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A request timestamp as a time; out of range is INVALID_ARGUMENT.
+fn time(ts: Option<prost_types::Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>> {
+    ts.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn event(e: &Event) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: e.id,
+        event_type: e.event_type.clone(),
+        user_id: e.user_id,
+        resource_type: e.resource_type.clone(),
+        resource_id: e.resource_id.clone(),
+        action: e.action.clone(),
+        success: e.success,
+        details: Some(details(&e.details)),
+        error_message: e.error_message.clone(),
+        timestamp: Some(timestamp(e.timestamp)),
+    }
+}
+
+/// Details are a JSON object; anything else is kept under `value`.
+fn details(value: &Value) -> prost_types::Struct {
+    match value {
+        Value::Object(map) => prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        },
+        Value::Null => prost_types::Struct::default(),
+        other => prost_types::Struct {
+            fields: [("value".to_owned(), json_value(other))].into(),
+        },
+    }
+}
+
+fn json_value(value: &Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        Value::Object(_) => Kind::StructValue(details(value)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
