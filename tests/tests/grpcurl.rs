@@ -133,3 +133,60 @@ async fn authenticated_calls_work_and_anonymous_ones_are_refused() {
     assert!(!ok);
     assert!(err.contains("Unauthenticated"), "{err}");
 }
+
+#[tokio::test]
+async fn every_service_including_the_audit_stream_answers_grpcurl() {
+    let data = DataDir::new();
+    let server = data.start(&[]);
+    let header = format!("authorization: Bearer {}", data.token(1, true));
+    let call = |method: &str, body: &str| {
+        let (ok, out, err) = grpcurl(&[
+            "-plaintext",
+            "-H",
+            &header,
+            "-d",
+            body,
+            &addr(&server),
+            method,
+        ]);
+        assert!(ok, "{method}: {err}");
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{method}: {e}: {out}"))
+    };
+    call(
+        "backup.v1.BackupFiles/CreateBackup",
+        r#"{"customFilename":"a"}"#,
+    );
+    let stats = call("backup.v1.BackupScheduler/GetSchedulerStats", "{}");
+    assert_eq!(stats["stats"]["isRunning"], true);
+    let summary = call(
+        "backup.v1.Retention/GetRetentionSummary",
+        r#"{"keepCount":1}"#,
+    );
+    assert_eq!(summary["summary"]["total"], 1);
+    let events = call(
+        "backup.v1.AuditLog/ListAuditEvents",
+        r#"{"eventTypePrefix":"backup_files."}"#,
+    );
+    assert_eq!(events["events"][0]["eventType"], "backup_files.create");
+
+    // The stream replays from after_id 0, then stays open until -max-time.
+    let (_, out, err) = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-max-time",
+        "2",
+        "-d",
+        r#"{"afterId":0}"#,
+        &addr(&server),
+        "backup.v1.AuditLog/SubscribeAuditEvents",
+    ]);
+    assert!(
+        err.contains("DeadlineExceeded"),
+        "the stream ended early: {err}"
+    );
+    assert!(
+        out.contains(r#""eventType": "backup_files.create""#),
+        "{out}"
+    );
+}

@@ -234,3 +234,41 @@ async fn health_follows_the_state_store() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn an_oversized_request_is_out_of_range_and_changes_nothing() {
+    let data = DataDir::new();
+    let server = data.start(&[]);
+    let mut backups = server.client(&data.token(1, false)).await.backups();
+    let huge = "a".repeat(5 * 1024 * 1024);
+    assert_eq!(code(backups.create(Some(&huge)).await), Code::OutOfRange);
+    assert!(file_names(&data.backups_dir()).is_empty());
+}
+
+#[test]
+fn the_example_config_file_parses() {
+    let data = DataDir::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../server/deploy/backup-server.toml");
+    // `token list` reads the whole configuration; point the paths at the
+    // test's directory on the command line, which wins over the file.
+    let out = data
+        .command()
+        .args(["--config", example.to_str().unwrap(), "--source-db"])
+        .arg(data.source())
+        .args([
+            "--tls-cert",
+            "/nonexistent",
+            "--tls-key",
+            "/nonexistent",
+            "token",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -117,7 +117,8 @@ impl Hub {
             None => last,
         };
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        self.active.fetch_add(1, Ordering::Relaxed);
+        let now_active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("audit_subscribers").set(now_active as f64);
         let subscription = Subscription {
             db: self.db.clone(),
             filter,
@@ -174,7 +175,8 @@ struct Counted(Arc<AtomicUsize>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let now_active = self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        metrics::gauge!("audit_subscribers").set(now_active as f64);
     }
 }
 

@@ -646,6 +646,7 @@ impl Retention {
             let outcome = self.backups.remove_locked(&filename, event).await;
             self.verified.forget(&filename);
             let Err(e) = outcome else {
+                metrics::counter!("retention_deleted_total").increment(1);
                 deleted.push(filename);
                 continue;
             };
