@@ -19,11 +19,11 @@ fn stored_ids_after(data: &DataDir, after: i64) -> Vec<i64> {
     let conn = open(&state_db(data));
     let mut stmt = conn
         .prepare("SELECT id FROM audit_events WHERE id > ?1 ORDER BY id")
-        .unwrap();
+        .expect("prepare");
     stmt.query_map([after], |r| r.get(0))
-        .unwrap()
+        .expect("query ids")
         .collect::<Result<_, _>>()
-        .unwrap()
+        .expect("read ids")
 }
 
 fn last_stored_id(data: &DataDir) -> i64 {
@@ -31,7 +31,7 @@ fn last_stored_id(data: &DataDir) -> i64 {
         .query_row("SELECT coalesce(max(id), 0) FROM audit_events", [], |r| {
             r.get(0)
         })
-        .unwrap()
+        .expect("read the newest id")
 }
 
 async fn next_event(stream: &mut AuditStream) -> proto::AuditEvent {
@@ -97,8 +97,14 @@ fn spawn_writers(
         .map(|t| {
             let (url, token) = (url.to_owned(), token.to_owned());
             tokio::spawn(async move {
-                let mut backups = Client::connect(&url, &token).await.unwrap().backups();
-                let mut stranger = Client::connect(&url, "bk_wrong").await.unwrap().backups();
+                let mut backups = Client::connect(&url, &token)
+                    .await
+                    .expect("connect")
+                    .backups();
+                let mut stranger = Client::connect(&url, "bk_wrong")
+                    .await
+                    .expect("connect")
+                    .backups();
                 for i in 0..per_task {
                     if i % 2 == 0 {
                         delete_missing(&mut backups, &format!("w{t}-{i}.db")).await;
@@ -506,7 +512,7 @@ async fn cancelling_frees_the_subscription_and_empty_filters_stay_open() {
 
 async fn wait_for_subscribers(audit: &mut backup_client::Audit, n: i32) {
     let deadline = Instant::now() + PATIENCE;
-    while audit.active_subscribers().await.unwrap() != Some(n) {
+    while audit.active_subscribers().await.expect("the gauge") != Some(n) {
         assert!(
             Instant::now() < deadline,
             "the server still counts more than {n} subscribers"

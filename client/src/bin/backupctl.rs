@@ -537,7 +537,7 @@ impl Output {
                 "success": e.success,
                 "details": details,
                 "error_message": e.error_message,
-                "timestamp": timestamp(e.timestamp.as_ref()),
+                "timestamp": rfc3339(e.timestamp.as_ref()),
             }),
             || {
                 let outcome = if e.success {
@@ -550,8 +550,12 @@ impl Output {
                 } else {
                     format!(" {}={}", e.resource_type, e.resource_id)
                 };
+                let details = match &details {
+                    Value::Object(fields) if fields.is_empty() => String::new(),
+                    other => format!(" {other}"),
+                };
                 println!(
-                    "{} {} {} user={}{} {} {}",
+                    "{} {} {} user={}{} {}{}",
                     e.id,
                     timestamp(e.timestamp.as_ref()),
                     e.event_type,
@@ -677,6 +681,13 @@ fn settings_json(s: &proto::BackupSettings) -> Value {
 fn timestamp(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// A timestamp for machines: RFC 3339, UTC, microseconds.
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()
 }
 

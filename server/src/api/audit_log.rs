@@ -7,7 +7,7 @@ use backup_proto::audit_log_server::AuditLog;
 use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 use serde_json::Value;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
@@ -77,12 +77,12 @@ impl AuditLog for AuditLogApi {
         let caller = self.app.caller(&request, "SubscribeAuditEvents").await?;
         let req = request.into_inner();
         let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?;
-        let rx = self
+        let events = self
             .app
             .audit_subscriptions
             .subscribe(filter, req.after_id)
             .await?;
-        let stream = ReceiverStream::new(rx).map(|delivery| {
+        let stream = events.map(|delivery| {
             delivery
                 .map(|e| pb::SubscribeAuditEventsResponse {
                     event: Some(event(&e)),

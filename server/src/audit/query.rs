@@ -79,7 +79,7 @@ impl Filter {
     /// Whether a (live) event passes the filter; the same test as
     /// [`Filter::condition`] applies in the store.
     pub fn matches(&self, event: &audit_event::Model) -> bool {
-        event.event_type.starts_with(&self.event_type_prefix)
+        (self.event_type_prefix.is_empty() || event.event_type.starts_with(&self.event_type_prefix))
             && self.user_id.is_none_or(|id| event.user_id == id)
             && self.start_time.is_none_or(|t| event.timestamp >= t)
             && self.end_time.is_none_or(|t| event.timestamp < t)
@@ -104,6 +104,9 @@ impl Filter {
         if let Some(id) = self.user_id {
             condition = condition.add(Column::UserId.eq(id));
         }
+        // SQLite keeps the times as RFC 3339 text, all `+00:00`, where text
+        // order is time order (`+` sorts before `.` and digits, so a shorter
+        // fraction compares right).
         if let Some(t) = self.start_time {
             condition = condition.add(Column::Timestamp.gte(t));
         }
@@ -152,6 +155,16 @@ mod tests {
     use super::*;
     use crate::audit::tests::memory_store;
     use crate::audit::{NewEvent, Recorder};
+
+    async fn ids(
+        db: &sea_orm::DatabaseConnection,
+        filter: &Filter,
+        after: i64,
+        up_to: Option<i64>,
+    ) -> Vec<i64> {
+        let events = page(db, filter, after, up_to, 100).await.unwrap();
+        events.iter().map(|e| e.id).collect()
+    }
 
     fn caller(user_id: i64, is_admin: bool) -> Caller {
         Caller { user_id, is_admin }
@@ -240,12 +253,7 @@ mod tests {
                 .unwrap(),
         ];
         for filter in filters {
-            let stored: Vec<i64> = page(&db, &filter, 0, None, 100)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| e.id)
-                .collect();
+            let stored = ids(&db, &filter, 0, None).await;
             let live: Vec<i64> = all
                 .iter()
                 .filter(|e| filter.matches(e))
@@ -257,20 +265,8 @@ mod tests {
             event_type_prefix: "backup_files.".into(),
             ..Filter::default()
         };
-        let ids: Vec<i64> = page(&db, &prefixed, 0, None, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(ids, [1, 4]);
-        let window: Vec<i64> = page(&db, &Filter::default(), 1, Some(3), 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        assert_eq!(window, [2, 3]);
+        assert_eq!(ids(&db, &prefixed, 0, None).await, [1, 4]);
+        assert_eq!(ids(&db, &Filter::default(), 1, Some(3)).await, [2, 3]);
         assert_eq!(
             page(&db, &Filter::default(), 0, None, 2)
                 .await

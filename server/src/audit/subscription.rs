@@ -15,19 +15,24 @@
 //! once id N is committed every id below it is committed or never will be:
 //! reading the store up to N leaves nothing behind.
 //!
-//! Delivery goes through a bounded channel per subscriber. A subscriber that
-//! stops reading only stalls its own task; the broadcast never waits for it,
-//! and when it resumes it is caught up from the store.
+//! Delivery goes through a bounded channel per subscriber, in batches of
+//! what is at hand (one channel operation for a burst, not one per event).
+//! A subscriber that stops reading only stalls its own task; the broadcast
+//! never waits for it, and when it resumes it is caught up from the store.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::query::{self, Filter};
@@ -37,11 +42,13 @@ use crate::error::{Error, Result};
 /// How often the store is polled for events other processes wrote.
 pub const STORE_POLL: Duration = Duration::from_millis(500);
 
-/// Events queued per subscriber before its task waits for it.
-const SUBSCRIBER_BUFFER: usize = 256;
+/// Batches queued per subscriber before its task waits for it.
+const QUEUED_BATCHES: usize = 16;
 
-/// Rows read from the store at a time while catching up.
-const CATCH_UP_BATCH: u64 = 500;
+/// The most events in one batch; also the most read from the store at a
+/// time while catching up. At most `QUEUED_BATCHES * MAX_BATCH` events
+/// wait in memory for a subscriber.
+const MAX_BATCH: usize = 256;
 
 /// What a subscriber receives: events, then possibly one error that ends
 /// the stream (shutdown, a failing store) and says where to resume.
@@ -85,12 +92,8 @@ impl Hub {
 
     /// Starts a subscription. With `after_id`, stored matching events with a
     /// greater id come first; without, only events committed from now on.
-    /// Dropping the receiver ends the subscription.
-    pub async fn subscribe(
-        &self,
-        filter: Filter,
-        after_id: Option<i64>,
-    ) -> Result<mpsc::Receiver<Delivery>> {
+    /// Dropping the returned [`Events`] ends the subscription.
+    pub async fn subscribe(&self, filter: Filter, after_id: Option<i64>) -> Result<Events> {
         if self.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
@@ -116,7 +119,7 @@ impl Hub {
             Some(after) => after,
             None => last,
         };
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let now_active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("audit_subscribers").set(now_active as f64);
         let subscription = Subscription {
@@ -126,12 +129,52 @@ impl Hub {
             watermark: self.watermark.clone(),
             shutdown: self.shutdown.clone(),
             tx,
+            batch: Vec::new(),
             handled: start,
             delivered: start,
             _counted: Counted(Arc::clone(&self.active)),
         };
         tokio::spawn(subscription.run(last));
-        Ok(rx)
+        Ok(Events {
+            rx,
+            pending: VecDeque::new(),
+        })
+    }
+}
+
+/// A subscription's events, one at a time, in id order. Dropping it ends
+/// the subscription.
+pub struct Events {
+    rx: mpsc::Receiver<Result<Vec<Event>>>,
+    pending: VecDeque<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the subscription has ended.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(batch))) => self.pending.extend(batch),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Stream for Events {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.get_mut().poll_recv(cx)
     }
 }
 
@@ -194,10 +237,12 @@ struct Subscription {
     live: broadcast::Receiver<Event>,
     watermark: watch::Receiver<i64>,
     shutdown: CancellationToken,
-    tx: mpsc::Sender<Delivery>,
-    /// Every id up to this one has been delivered or filtered out.
+    tx: mpsc::Sender<Result<Vec<Event>>>,
+    /// Matching events not yet handed over; always empty while waiting.
+    batch: Vec<Event>,
+    /// Every id up to this one is handed over, batched or filtered out.
     handled: i64,
-    /// The last id delivered (the start point before the first).
+    /// The last id handed over (the start point before the first).
     delivered: i64,
     _counted: Counted,
 }
@@ -244,6 +289,7 @@ impl Subscription {
                                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                             }
                         }
+                        self.flush().await?;
                     }
                     Err(RecvError::Lagged(_)) => committed = self.fell_behind().await?,
                     Err(RecvError::Closed) => return Err(Stop::ShuttingDown),
@@ -276,7 +322,7 @@ impl Subscription {
         }
         let id = event.id;
         if self.filter.matches(&event) {
-            self.deliver(event).await?;
+            self.push(event).await?;
         }
         self.handled = id;
         Ok(())
@@ -290,38 +336,51 @@ impl Subscription {
                 &self.filter,
                 self.handled,
                 Some(up_to),
-                CATCH_UP_BATCH,
+                MAX_BATCH as u64,
             )
             .await
             .map_err(Stop::Failed)?;
-            let complete = (rows.len() as u64) < CATCH_UP_BATCH;
+            let complete = rows.len() < MAX_BATCH;
             for event in rows {
                 let id = event.id;
-                self.deliver(event).await?;
+                self.push(event).await?;
                 self.handled = id;
             }
             if complete {
                 self.handled = up_to;
             }
+            self.flush().await?;
         }
         Ok(())
     }
 
-    /// Hands one event to the subscriber, waiting while its queue is full.
-    async fn deliver(&mut self, event: Event) -> Result<(), Stop> {
-        let id = event.id;
-        match self.tx.try_send(Ok(event)) {
+    /// Adds a matching event to the batch, handing the batch over when full.
+    async fn push(&mut self, event: Event) -> Result<(), Stop> {
+        self.batch.push(event);
+        if self.batch.len() >= MAX_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the subscriber, waiting while its queue is full.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        let Some(last) = self.batch.last().map(|e| e.id) else {
+            return Ok(());
+        };
+        let batch = std::mem::take(&mut self.batch);
+        match self.tx.try_send(Ok(batch)) {
             Ok(()) => {}
             Err(TrySendError::Closed(_)) => return Err(Stop::Gone),
-            Err(TrySendError::Full(item)) => {
+            Err(TrySendError::Full(batch)) => {
                 tokio::select! {
                     biased;
                     () = self.shutdown.cancelled() => return Err(Stop::ShuttingDown),
-                    sent = self.tx.send(item) => sent.map_err(|_| Stop::Gone)?,
+                    sent = self.tx.send(batch) => sent.map_err(|_| Stop::Gone)?,
                 }
             }
         }
-        self.delivered = id;
+        self.delivered = last;
         Ok(())
     }
 }
@@ -345,7 +404,7 @@ mod tests {
         (db, recorder, hub, shutdown)
     }
 
-    async fn next(rx: &mut mpsc::Receiver<Delivery>) -> Delivery {
+    async fn next(rx: &mut Events) -> Delivery {
         tokio::time::timeout(PATIENCE, rx.recv())
             .await
             .expect("an event in time")
@@ -353,7 +412,7 @@ mod tests {
     }
 
     /// Reads ids until `last` arrives.
-    async fn ids_until(rx: &mut mpsc::Receiver<Delivery>, last: i64) -> Vec<i64> {
+    async fn ids_until(rx: &mut Events, last: i64) -> Vec<i64> {
         let mut ids = Vec::new();
         while ids.last().is_none_or(|id| *id < last) {
             ids.push(next(rx).await.unwrap().id);
@@ -460,7 +519,7 @@ mod tests {
         let (db, recorder, hub, _shutdown) = setup(4).await;
         let mut rx = hub.subscribe(Filter::default(), None).await.unwrap();
         // Far more than the subscriber's queue and the live buffer hold.
-        for _ in 0..(SUBSCRIBER_BUFFER + 600) {
+        for _ in 0..(QUEUED_BATCHES + 600) {
             recorder
                 .record(NewEvent::new("test.burst", 1))
                 .await
@@ -471,6 +530,19 @@ mod tests {
             ids_until(&mut rx, last).await,
             (1..=last).collect::<Vec<_>>()
         );
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_the_live_buffer_is_read_from_the_store() {
+        let (db, recorder, hub, _shutdown) = setup(4).await;
+        let mut rx = hub.subscribe(Filter::default(), None).await.unwrap();
+        let mut burst = Vec::new();
+        for _ in 0..50 {
+            burst.push(commit_unpublished(&db, &recorder, 1).await);
+        }
+        // Published without a pause: the receiver is lagged at once.
+        recorder.publish(burst);
+        assert_eq!(ids_until(&mut rx, 50).await, (1..=50).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -509,10 +581,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next(&mut rx).await.unwrap().id, wanted.id);
-        assert!(matches!(
-            empty.try_recv(),
-            Err(mpsc::error::TryRecvError::Empty)
-        ));
+        assert!(
+            tokio::time::timeout(Duration::ZERO, empty.recv())
+                .await
+                .is_err(),
+            "nothing is ready and the stream is open"
+        );
         assert_eq!(hub.active(), 2);
     }
 
