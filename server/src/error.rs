@@ -45,6 +45,10 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller stopped waiting (a deadline, a dropped connection) and the
+    /// work was called off.
+    #[error("{0}")]
+    Cancelled(String),
     /// A dependency (the state store) is briefly unavailable; retrying may help.
     #[error("{0}")]
     Unavailable(String),

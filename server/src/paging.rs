@@ -12,6 +12,9 @@ use crate::store::{self, entity::secret};
 
 const KEY_NAME: &str = "page_token_key";
 
+/// Bytes of HMAC-SHA256 a token carries (128 bits).
+const TAG_BYTES: usize = 16;
+
 /// The page size a listing uses: 0 means `default`, more than `max` is
 /// clamped, negative is invalid.
 pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64> {
@@ -32,6 +35,12 @@ pub struct PageTokens {
 }
 
 impl PageTokens {
+    /// A signer with a given key (tests, and deployments that manage the key
+    /// themselves).
+    pub fn from_key(key: Vec<u8>) -> Self {
+        Self { key }
+    }
+
     /// Loads the signing key from the store, creating it on first use.
     pub async fn load(db: &DatabaseConnection) -> Result<Self> {
         let txn = store::begin_write(db).await?;
@@ -67,7 +76,7 @@ impl PageTokens {
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(cursor),
-            URL_SAFE_NO_PAD.encode(&tag[..16])
+            URL_SAFE_NO_PAD.encode(&tag[..TAG_BYTES])
         )
     }
 
@@ -87,6 +96,10 @@ impl PageTokens {
         let cursor = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
         let cursor = String::from_utf8(cursor).map_err(|_| invalid())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
+        // Exactly the issued length: a shorter tag would be a weaker MAC.
+        if tag.len() != TAG_BYTES {
+            return Err(invalid());
+        }
         self.mac(listing, &cursor)
             .verify_truncated_left(&tag)
             .map_err(|_| invalid())?;

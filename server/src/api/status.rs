@@ -23,6 +23,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Cancelled(_) => Code::Cancelled,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Store(_) | Error::Io(_) | Error::Sqlite(_) | Error::Internal(_) => {
                 tracing::error!(error = %error, "request failed");

@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, backup::StepResult};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 
 /// How long a backup or restore waits for a lock held by another connection.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Pages copied per backup step of a cancellable copy (4 MiB at 4 KiB
+/// pages): how often it looks whether it was cancelled.
+const STEP_PAGES: i32 = 1024;
 
 /// Prefix of a snapshot being written; never a backup name (those never
 /// start with '.'), and removed at start if a crash left one behind.
@@ -58,16 +63,47 @@ fn open_existing(path: &Path, what: &str, flags: OpenFlags) -> Result<Connection
     conn.busy_timeout(LOCK_WAIT)?;
     // Reading the schema fails at once on a file that is not SQLite.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-        .map_err(|e| {
-            Error::FailedPrecondition(format!("{what} is not a readable SQLite database: {e}"))
-        })?;
+        .map_err(|e| unreadable(what, e))?;
     Ok(conn)
+}
+
+/// A failed read of a database: locked past [`LOCK_WAIT`] (worth a retry)
+/// or not SQLite at all.
+fn unreadable(what: &str, e: rusqlite::Error) -> Error {
+    if matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    ) {
+        return Error::FailedPrecondition(format!(
+            "{what} stayed locked by another connection for {} s; try again later",
+            LOCK_WAIT.as_secs()
+        ));
+    }
+    Error::FailedPrecondition(format!("{what} is not a readable SQLite database: {e}"))
+}
+
+/// A failed change to the backups directory, in terms an operator can act
+/// on: the directory is gone or not writable (FAILED_PRECONDITION). A full
+/// disk and anything else stay I/O errors (RESOURCE_EXHAUSTED, INTERNAL).
+pub fn dir_error(error: Error) -> Error {
+    let Error::Io(e) = &error else {
+        return error;
+    };
+    match e.kind() {
+        ErrorKind::NotFound => Error::FailedPrecondition(
+            "the backups directory does not exist; recreate it (or restart the server)".into(),
+        ),
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            Error::FailedPrecondition(format!("the backups directory is not writable: {e}"))
+        }
+        _ => error,
+    }
 }
 
 /// Writes a consistent snapshot of the live database at `source` to
 /// `dir/filename`, never replacing an existing file.
 pub fn snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> Result<FileFacts> {
-    stage_snapshot(source, what, dir, filename)?.persist()
+    stage_snapshot(source, what, dir, filename, &CancellationToken::new())?.persist()
 }
 
 /// A finished, fsynced snapshot under a temporary name, waiting to be
@@ -91,11 +127,18 @@ impl Staged {
 /// Copies the live database at `source` to a temporary file in `dir`,
 /// fsynced and hashed, ready to become `filename`.
 ///
-/// The copy is one `sqlite3_backup_step(-1)`: a single read transaction, so
-/// writers on other connections neither block it (WAL) nor restart it.
-/// Together with [`Staged::persist`] a crash leaves no file or a complete
-/// one under `filename`.
-pub fn stage_snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> Result<Staged> {
+/// The copy runs in one read transaction on the source, so writers on
+/// other connections neither block it (WAL) nor restart it. It is copied in
+/// steps of [`STEP_PAGES`], and `cancel` stops it between steps (the
+/// temporary file is removed). Together with [`Staged::persist`] a crash
+/// leaves no file or a complete one under `filename`.
+pub fn stage_snapshot(
+    source: &Path,
+    what: &str,
+    dir: &Path,
+    filename: &str,
+    cancel: &CancellationToken,
+) -> Result<Staged> {
     let target = dir.join(filename);
     if fs::symlink_metadata(&target).is_ok() {
         return Err(Error::AlreadyExists(format!(
@@ -103,17 +146,24 @@ pub fn stage_snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> 
         )));
     }
     let src = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    let temp = TempFile::create(dir, filename)?;
+    check_cancelled(cancel)?;
+    let temp = TempFile::create(dir, filename).map_err(dir_error)?;
     {
         let mut dst = Connection::open_with_flags(
             &temp.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        copy_database(&src, &mut dst)?;
+        // One read transaction across every step: a consistent snapshot
+        // that other connections' commits do not restart.
+        src.execute_batch("BEGIN")?;
+        src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .map_err(|e| unreadable(what, e))?;
+        copy_steps(&src, &mut dst, STEP_PAGES, cancel)?;
         // The copy carries the source's WAL flag; a backup file stands alone.
         dst.pragma_update(None, "journal_mode", "DELETE")?;
     }
     drop(src);
+    check_cancelled(cancel)?;
     let file = File::open(&temp.path)?;
     file.sync_all()?;
     let facts = hash_file(file)?;
@@ -174,10 +224,26 @@ pub fn restore(backup: VerifiedBackup, source: &Path, what: &str) -> Result<()> 
 /// One-step online backup from `src` into `dst`, waiting out locks held by
 /// other connections for up to [`LOCK_WAIT`].
 fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
+    copy_steps(src, dst, -1, &CancellationToken::new())
+}
+
+/// Online backup from `src` into `dst`, `pages` at a time (-1: all in one
+/// step), stopping between steps once `cancel` fires and waiting out locks
+/// held by other connections for up to [`LOCK_WAIT`].
+///
+/// `sqlite3_interrupt` cannot stop a copy (`sqlite3_backup_step` never
+/// looks at it), hence the steps.
+fn copy_steps(
+    src: &Connection,
+    dst: &mut Connection,
+    pages: i32,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let backup = rusqlite::backup::Backup::new(src, dst)?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match backup.step(-1)? {
+        check_cancelled(cancel)?;
+        match backup.step(pages)? {
             StepResult::Done => return Ok(()),
             StepResult::More => {}
             StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
@@ -191,6 +257,21 @@ fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
             _ => return Err(Error::Internal("unexpected backup step result".into())),
         }
     }
+}
+
+/// The error of a backup whose caller stopped waiting.
+pub fn cancelled() -> Error {
+    Error::Cancelled(
+        "the backup was cancelled: the caller stopped waiting; nothing was kept".into(),
+    )
+}
+
+/// Fails with [`cancelled`] once `cancel` fired.
+pub fn check_cancelled(cancel: &CancellationToken) -> Result<()> {
+    if cancel.is_cancelled() {
+        return Err(cancelled());
+    }
+    Ok(())
 }
 
 /// Size and SHA-256 of an open file, read from the start.
@@ -415,12 +496,18 @@ pub fn remove_temp_files(dir: &Path) -> Result<Vec<String>> {
 /// until the returned file is dropped or the process dies. Serializes work
 /// across processes: migrations, changes to the backups directory.
 pub fn lock_exclusive(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
-        .open(path)?;
+        .open(path);
+    let file = match opened {
+        // A read-only file system still takes locks on an existing file
+        // opened for reading: listing and downloading go on.
+        Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => File::open(path)?,
+        opened => opened?,
+    };
     file.lock()?;
     Ok(file)
 }

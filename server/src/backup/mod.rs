@@ -12,11 +12,13 @@ pub mod naming;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{SubsecRound, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
-use tokio::sync::{Mutex, MutexGuard, Semaphore};
+use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit, TryAcquireError};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
@@ -81,6 +83,21 @@ pub struct Backups {
     /// requests queues instead of exhausting disk bandwidth or descriptors.
     copies: Semaphore,
     max_copies: u32,
+    /// Backups waiting for a copy permit; beyond [`WAITING_PER_COPY`] per
+    /// permit more are turned away (RESOURCE_EXHAUSTED) instead of queued.
+    waiting: AtomicUsize,
+}
+
+/// How many backups may wait for each copy permit.
+const WAITING_PER_COPY: usize = 4;
+
+/// Counts a backup as waiting for a copy permit while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Held while the set of backup files changes; see [`Backups::lock_dir`].
@@ -108,6 +125,7 @@ impl Backups {
             dir_lock: Mutex::new(()),
             copies: Semaphore::new(max_concurrent_copies as usize),
             max_copies: max_concurrent_copies,
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -121,11 +139,36 @@ impl Backups {
     pub async fn lock_dir(&self) -> Result<DirGuard<'_>> {
         let mutex = self.dir_lock.lock().await;
         let path = self.dir.join(".lock");
-        let file = blocking(move || file_io::lock_exclusive(&path)).await?;
+        let file =
+            blocking(move || file_io::lock_exclusive(&path).map_err(file_io::dir_error)).await?;
         Ok(DirGuard {
             _mutex: mutex,
             _file: file,
         })
+    }
+
+    /// A copy permit. Waiting for one is bounded: beyond
+    /// [`WAITING_PER_COPY`] waiters per permit a backup is turned away at
+    /// once rather than queued without limit. `cancel` ends the wait.
+    async fn copy_permit(&self, cancel: &CancellationToken) -> Result<SemaphorePermit<'_>> {
+        let shutting_down = || Error::Unavailable("the server is shutting down".into());
+        match self.copies.try_acquire() {
+            Ok(permit) => return Ok(permit),
+            Err(TryAcquireError::Closed) => return Err(shutting_down()),
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let limit = WAITING_PER_COPY * self.max_copies as usize;
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        if ahead >= limit {
+            return Err(Error::ResourceExhausted(
+                "too many backups in progress; retry later".into(),
+            ));
+        }
+        tokio::select! {
+            permit = self.copies.acquire() => permit.map_err(|_| shutting_down()),
+            () = cancel.cancelled() => Err(file_io::cancelled()),
+        }
     }
 
     /// Snapshots the source into a new backup and catalogs it, recording
@@ -139,11 +182,24 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
     ) -> Result<Backup> {
         let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.measured_snapshot(new, event, &CancellationToken::new())
+                .await
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
+    /// [`Backups::snapshot_inner`], counted in the metrics.
+    async fn measured_snapshot(
+        &self,
+        new: NewBackup,
+        event: impl FnOnce(&Backup) -> NewEvent,
+        cancel: &CancellationToken,
+    ) -> Result<Backup> {
         let kind = new.kind.as_str();
         let started = std::time::Instant::now();
-        let result = tokio::spawn(async move { this.snapshot_inner(new, event).await })
-            .await
-            .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?;
+        let result = self.snapshot_inner(new, event, cancel).await;
         let outcome = if result.is_ok() {
             "completed"
         } else {
@@ -159,30 +215,33 @@ impl Backups {
         result
     }
 
+    /// The backup itself. `cancel` stops it until the file is linked into
+    /// place (nothing is kept); from there on it completes.
     async fn snapshot_inner(
         &self,
         new: NewBackup,
         event: impl FnOnce(&Backup) -> NewEvent,
+        cancel: &CancellationToken,
     ) -> Result<Backup> {
-        let _permit = self
-            .copies
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        let _permit = self.copy_permit(cancel).await?;
         // Microseconds, the precision page cursors carry.
         let created_at = Utc::now().trunc_subsecs(6);
         let (source, dir, filename) = (self.source.clone(), self.dir.clone(), new.filename.clone());
+        let copy_cancel = cancel.clone();
         // Written to a temporary name; linked into place under the lock below.
-        let staged =
-            blocking(move || file_io::stage_snapshot(&source, SOURCE, &dir, &filename)).await?;
+        let staged = blocking(move || {
+            file_io::stage_snapshot(&source, SOURCE, &dir, &filename, &copy_cancel)
+        })
+        .await?;
         let _dir = self.lock_dir().await?;
+        file_io::check_cancelled(cancel)?;
         if catalog::get(&self.db, &new.filename).await?.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "backup {:?} already exists",
                 new.filename
             )));
         }
-        let facts = blocking(move || staged.persist()).await?;
+        let facts = blocking(move || staged.persist().map_err(file_io::dir_error)).await?;
         let row = Backup {
             filename: new.filename.clone(),
             owner_user_id: new.owner_user_id,
@@ -227,18 +286,28 @@ impl Backups {
             owner_user_id: caller.user_id,
             kind: BackupKind::Manual,
         };
-        let result = self
-            .snapshot(new, move |b| {
-                NewEvent::new("backup_files.create", caller.user_id)
-                    .resource("backup", &b.filename)
-                    .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind }))
-            })
-            .await;
-        if let Err(e) = &result {
-            self.audit_failure("backup_files.create", caller, &filename, e)
-                .await;
-        }
-        result
+        let event = move |b: &Backup| {
+            NewEvent::new("backup_files.create", caller.user_id)
+                .resource("backup", &b.filename)
+                .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind }))
+        };
+        // A caller that stops waiting (a client deadline, a dropped
+        // connection) cancels the backup: nothing is kept and the task
+        // still audits the failure. Once the file is being linked into
+        // place the backup completes instead, catalogued as usual.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = this.measured_snapshot(new, event, &cancel).await;
+            if let Err(e) = &result {
+                this.audit_failure("backup_files.create", caller, &filename, e)
+                    .await;
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
     /// A backup the caller may see. Another user's backup is NOT_FOUND, as
@@ -276,7 +345,25 @@ impl Backups {
         let result = async {
             let backup = self.get(caller, filename).await?;
             let (dir, name) = (self.dir.clone(), backup.filename.clone());
-            let file = blocking(move || file_io::open_backup(&dir, &name)).await?;
+            let file = blocking(move || {
+                file_io::open_backup(&dir, &name).map_err(|e| match e {
+                    Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
+                        file_io::dir_error(Error::Io(e))
+                    }
+                    // Deleted meanwhile, or no longer a regular file (never
+                    // followed): as if it did not exist.
+                    Error::Io(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
+                        ) || e.raw_os_error() == Some(libc::ELOOP) =>
+                    {
+                        Error::NotFound(format!("no backup named {name:?}"))
+                    }
+                    e => e,
+                })
+            })
+            .await?;
             Ok((backup, file))
         }
         .await;
@@ -379,7 +466,7 @@ impl Backups {
             Ok(path) => Some(path),
             // Already gone from disk: still drop the row.
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            Err(e) => return Err(file_io::dir_error(e)),
         };
         let committed = async {
             let txn = store::begin_write(&self.db).await?;

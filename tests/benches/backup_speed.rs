@@ -1,0 +1,508 @@
+//! Benchmark for issue 2 ("Speed"): how long CreateBackup takes on a ~1 GiB
+//! source database, next to `sqlite3 SRC '.backup DST'` (the tool a user
+//! would reach for) and a plain copy + fsync (the physical limit of a full
+//! copy), idle and under a continuous writer; plus the server's idle RSS.
+//!
+//! Run with `cargo build --release --workspace --bins` then
+//! `cargo bench -p backup-tests --bench backup_speed`.
+//!
+//! Environment overrides (for a quick run):
+//! - `BENCH_SOURCE_MB` size of the source database in MiB (default 1024)
+//! - `BENCH_RUNS` measurements per row, the median is reported (default 3)
+//!
+//! Targets (issue 2): CreateBackup <= 1.1x sqlite3 `.backup` idle; under a
+//! writer <= 3x its idle time; idle RSS <= 20 MB.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use backup_tests::DataDir;
+
+/// Rows of `randomblob(4000)` each take about one 4 KiB page.
+const ROW_BYTES: u64 = 4096;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// One measurement: wall-clock time and the CPU time (user + system) of
+/// the process doing the work. The machine is shared, so CPU time is the
+/// figure other load does not distort.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    cpu: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let source_mb = env_u64("BENCH_SOURCE_MB", 1024);
+    let runs = env_u64("BENCH_RUNS", 3).max(1) as usize;
+    let load_start = load_average();
+
+    // The data directory holds the source, the backups and every copy this
+    // benchmark makes, so all of them are on the same filesystem.
+    let data = DataDir::with_rows(1);
+    let source = data.path().join("bench-source.db");
+    let started = Instant::now();
+    build_source(&source, source_mb);
+    let source_size = file_size(&source);
+    println!(
+        "built {} ({:.0} MiB) in {:.1} s",
+        source.display(),
+        source_size as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+
+    // The server, started before any copy so its idle RSS is measured on a
+    // fresh process: a few seconds after the listening line.
+    let source_flag = source.to_str().expect("utf-8 temp path").to_owned();
+    let server = data.start(&["--source-db", &source_flag]);
+    let pid = server.child.id();
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rss_kb = proc_status_kb(pid, "VmRSS");
+    println!("server pid {pid}: idle VmRSS {idle_rss_kb} kB");
+
+    let token = data.token(1, true);
+    let client = server.client(&token).await;
+    let mut backups = client.backups();
+
+    // CreateBackup through the client, idle source. Each backup is deleted
+    // (untimed) so the disk holds at most one copy at a time.
+    let mut create_idle = Vec::new();
+    for i in 0..runs {
+        warm_cache(&source);
+        let s = timed_create(&mut backups, &format!("bench-idle-{i}"), pid, source_size).await;
+        println!("CreateBackup idle #{i}: {}", show(s));
+        create_idle.push(s);
+    }
+
+    // `sqlite3 SRC '.backup DST'`, if the CLI is installed.
+    let sqlite3_cli = sqlite3_version();
+    let mut sqlite_backup = Vec::new();
+    match &sqlite3_cli {
+        None => println!(
+            "!! sqlite3 CLI NOT FOUND: the `.backup` row is missing. \
+             Install it with `apt-get install -y sqlite3` and rerun."
+        ),
+        Some(version) => {
+            println!("sqlite3 CLI {version}");
+            for i in 0..runs {
+                warm_cache(&source);
+                let dst = data.path().join(format!("sqlite3-backup-{i}.db"));
+                let s = sqlite3_backup(&source, &dst);
+                remove(&dst);
+                println!("sqlite3 .backup #{i}: {}", show(s));
+                sqlite_backup.push(s);
+            }
+        }
+    }
+
+    // std::fs::copy + fsync of the same file (the source is checkpointed,
+    // so the main file holds everything).
+    let mut copy_fsync = Vec::new();
+    for i in 0..runs {
+        warm_cache(&source);
+        let dst = data.path().join(format!("copy-{i}.db"));
+        let s = in_process(|| {
+            std::fs::copy(&source, &dst).expect("copy the source");
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .expect("fsync the copy");
+        });
+        remove(&dst);
+        println!("copy + fsync #{i}: {}", show(s));
+        copy_fsync.push(s);
+    }
+
+    // For orientation: SHA-256 of the same file in this process (sha2 0.10,
+    // 1 MiB reads, warm cache), the hash CreateBackup computes after its copy.
+    let mut sha = Vec::new();
+    for i in 0..runs {
+        warm_cache(&source);
+        let s = in_process(|| {
+            sha256_file(&source);
+        });
+        println!("sha256 of the source #{i}: {}", show(s));
+        sha.push(s);
+    }
+
+    // CreateBackup while another process keeps writing to the source.
+    warm_cache(&source);
+    let mut writer = start_writer(&source);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut create_writer = Vec::new();
+    for i in 0..runs {
+        let s = timed_create(&mut backups, &format!("bench-writer-{i}"), pid, source_size).await;
+        println!("CreateBackup under writer #{i}: {}", show(s));
+        create_writer.push(s);
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let written = ledger_rows(&source);
+    let after_rss_kb = proc_status_kb(pid, "VmRSS");
+    let peak_rss_kb = proc_status_kb(pid, "VmHWM");
+    drop(client);
+    drop(server);
+
+    // The table.
+    let create_idle_m = median(&create_idle);
+    let mib = source_size as f64 / 1048576.0;
+    println!();
+    println!(
+        "## backup_speed: {mib:.0} MiB source, warm cache, median of {runs} \
+         (sqlite3 CLI: {}; 1-min load average {load_start} at start, {} at end, {} cores)",
+        sqlite3_cli.as_deref().unwrap_or("MISSING"),
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!(
+        "| measurement | median wall (s) | all runs wall (s) | MiB/s | median CPU (s) | ratio (wall) | target |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let row = |label: &str, all: &[Sample], ratio: &str, target: &str| {
+        let m = median(all);
+        println!(
+            "| {label} | {:.3} | {} | {:.0} | {:.2} | {ratio} | {target} |",
+            secs(m.wall),
+            all.iter()
+                .map(|s| format!("{:.3}", secs(s.wall)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            mib / secs(m.wall),
+            median_cpu(all),
+        )
+    };
+    let vs_sqlite = if sqlite_backup.is_empty() {
+        "n/a (sqlite3 missing)".to_owned()
+    } else {
+        let sq = median(&sqlite_backup);
+        format!(
+            "{:.2}x sqlite3 .backup (CPU {:.2}x)",
+            secs(create_idle_m.wall) / secs(sq.wall),
+            median_cpu(&create_idle) / median_cpu(&sqlite_backup)
+        )
+    };
+    row(
+        "CreateBackup, idle source (CPU: server process)",
+        &create_idle,
+        &vs_sqlite,
+        "<= 1.1x sqlite3 .backup",
+    );
+    if sqlite_backup.is_empty() {
+        println!("| sqlite3 SRC '.backup DST' | MISSING: sqlite3 CLI not installed | | | | | |");
+    } else {
+        row(
+            "sqlite3 SRC '.backup DST' (CPU: sqlite3 process)",
+            &sqlite_backup,
+            &format!(
+                "{:.2}x copy+fsync",
+                secs(median(&sqlite_backup).wall) / secs(median(&copy_fsync).wall)
+            ),
+            "",
+        );
+    }
+    row(
+        "std::fs::copy + File::sync_all",
+        &copy_fsync,
+        "1.00x",
+        "(physical limit)",
+    );
+    row(
+        "CreateBackup under a continuous writer (CPU: server process)",
+        &create_writer,
+        &format!(
+            "{:.2}x CreateBackup idle",
+            secs(median(&create_writer).wall) / secs(create_idle_m.wall)
+        ),
+        "<= 3x idle",
+    );
+    row(
+        "(orientation) SHA-256 of the file, sha2 crate in-process",
+        &sha,
+        &format!(
+            "{:.0}% of CreateBackup idle (CPU {:.0}%)",
+            100.0 * secs(median(&sha).wall) / secs(create_idle_m.wall),
+            100.0 * median_cpu(&sha) / median_cpu(&create_idle)
+        ),
+        "",
+    );
+    println!(
+        "| server VmRSS idle, 3 s after start | {:.1} MB ({idle_rss_kb} kB) | | | | | <= 20 MB |",
+        idle_rss_kb as f64 / 1024.0
+    );
+    println!(
+        "| server VmRSS after the backups / VmHWM peak | {:.1} MB / {:.1} MB | | | | | |",
+        after_rss_kb as f64 / 1024.0,
+        peak_rss_kb as f64 / 1024.0
+    );
+    println!();
+    println!(
+        "writer committed {written} ledger rows (10 per transaction) in total, during the writer runs"
+    );
+
+    // Remove the big files now rather than leave them to the temp dir's drop.
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(PathBuf::from(format!("{}{ext}", source.display())));
+    }
+    drop(data);
+}
+
+fn show(s: Sample) -> String {
+    format!("{:.3} s (CPU {:.2} s)", secs(s.wall), s.cpu)
+}
+
+/// CreateBackup through the client: wall time and the server's CPU time
+/// (every thread) meanwhile. The backup is then deleted, untimed.
+async fn timed_create(
+    backups: &mut backup_client::Backups,
+    name: &str,
+    pid: u32,
+    source_size: u64,
+) -> Sample {
+    let cpu0 = cpu_secs(&format!("/proc/{pid}/stat"));
+    let t = Instant::now();
+    let b = backups
+        .create(Some(name))
+        .await
+        .unwrap_or_else(|e| panic!("CreateBackup {name} failed: {e}"));
+    let wall = t.elapsed();
+    let cpu = cpu_secs(&format!("/proc/{pid}/stat")) - cpu0;
+    assert!(
+        b.size_bytes as u64 >= source_size / 2,
+        "backup too small: {b:?}"
+    );
+    backups
+        .delete(&b.filename, false)
+        .await
+        .unwrap_or_else(|e| panic!("DeleteBackup {} failed: {e}", b.filename));
+    Sample { wall, cpu }
+}
+
+/// `sqlite3 SRC '.backup DST'`, run by bash so its `times` builtin reports
+/// the child's CPU time (bash adds a few milliseconds of wall time).
+fn sqlite3_backup(source: &Path, dst: &Path) -> Sample {
+    let t = Instant::now();
+    let out = Command::new("bash")
+        .args(["-c", r#"sqlite3 "$1" "$2" && times"#, "bash"])
+        .arg(source)
+        .arg(format!(".backup '{}'", dst.display()))
+        .output()
+        .expect("run bash -c sqlite3");
+    let wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "sqlite3 .backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `times` prints the shell's user/system times, then its children's:
+    // "0m3.100s 0m0.500s".
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let children = stdout
+        .lines()
+        .rfind(|l| l.contains("m") && l.ends_with('s'))
+        .unwrap_or_else(|| panic!("no `times` output in {stdout:?}"));
+    let cpu = children
+        .split_whitespace()
+        .map(|t| {
+            let (m, s) = t
+                .trim_end_matches('s')
+                .split_once('m')
+                .unwrap_or_else(|| panic!("bad `times` field {t:?}"));
+            m.parse::<f64>().expect("minutes") * 60.0 + s.parse::<f64>().expect("seconds")
+        })
+        .sum();
+    Sample { wall, cpu }
+}
+
+/// Runs `work` in this process, measuring its wall and CPU time (the rest
+/// of this process is idle meanwhile).
+fn in_process(work: impl FnOnce()) -> Sample {
+    let cpu0 = cpu_secs("/proc/self/stat");
+    let t = Instant::now();
+    work();
+    let wall = t.elapsed();
+    Sample {
+        wall,
+        cpu: cpu_secs("/proc/self/stat") - cpu0,
+    }
+}
+
+/// Creates a WAL-mode database of about `mb` MiB: rows of `randomblob(4000)`
+/// (incompressible, one page each) from a recursive CTE, then a checkpoint
+/// so the main file holds everything.
+fn build_source(path: &Path, mb: u64) {
+    let rows = (mb * 1024 * 1024 / ROW_BYTES).max(1);
+    let conn = rusqlite::Connection::open(path).expect("create the source database");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .expect("set WAL mode");
+    assert_eq!(mode, "wal");
+    conn.execute_batch(
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+         CREATE TABLE ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);",
+    )
+    .expect("create tables");
+    // Batches of 16k rows keep the WAL small between checkpoints.
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(16384);
+        conn.execute(
+            "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?1)
+             INSERT INTO blobs (payload) SELECT randomblob(4000) FROM seq",
+            [n as i64],
+        )
+        .expect("insert blobs");
+        done += n;
+    }
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .expect("checkpoint the source");
+}
+
+/// utime + stime of a process in seconds, from a /proc/PID/stat file
+/// (fields 14 and 15, in clock ticks of `getconf CLK_TCK`).
+fn cpu_secs(stat_path: &str) -> f64 {
+    let stat =
+        std::fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("read {stat_path}: {e}"));
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[14 - 3].parse::<u64>().expect("utime")
+        + fields[15 - 3].parse::<u64>().expect("stime");
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf CLK_TCK");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("getconf CLK_TCK prints a number")
+}
+
+/// The 1-minute load average: the machine is shared, so say how busy it was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).expect("open the source to hash");
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read the source");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Reads the whole file so the copies below start from a warm page cache.
+fn warm_cache(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("open the source to warm the cache");
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).expect("read the source") > 0 {}
+}
+
+/// A separate process (python3's sqlite3 module) that appends to `ledger`
+/// in transactions of 10 rows until killed, like the writer of the
+/// backup_files tests.
+fn start_writer(source: &Path) -> Child {
+    let script = r#"
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+print("ready", flush=True)
+while True:
+    conn.execute("BEGIN IMMEDIATE")
+    for _ in range(10):
+        conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
+    conn.execute("COMMIT")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(source)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 (with its sqlite3 module) is needed for the writer process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("writer stdout"))
+        .read_line(&mut line)
+        .expect("read the writer's ready line");
+    assert_eq!(line.trim(), "ready", "the writer did not start");
+    child
+}
+
+fn ledger_rows(source: &Path) -> i64 {
+    backup_tests::open(source)
+        .query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))
+        .expect("count ledger rows")
+}
+
+/// `sqlite3 --version`, or `None` when the CLI is not installed.
+fn sqlite3_version() -> Option<String> {
+    let out = Command::new("sqlite3").arg("--version").output().ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_owned()
+    })
+}
+
+/// A `kB` field of /proc/PID/status, such as VmRSS.
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .len()
+}
+
+fn remove(path: &Path) {
+    std::fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+}
+
+/// The sample with the median wall time.
+fn median(samples: &[Sample]) -> Sample {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by_key(|s| s.wall);
+    sorted[sorted.len() / 2]
+}
+
+/// The median CPU time, on its own.
+fn median_cpu(samples: &[Sample]) -> f64 {
+    let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
+    cpu.sort_by(f64::total_cmp);
+    cpu[cpu.len() / 2]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

@@ -1,0 +1,156 @@
+//! SIGKILL at many points of backup, restore and retention: after each kill
+//! and restart, the source is the old or the restored database and passes
+//! integrity_check, the catalog matches the directory, and no backup that
+//! existed before is lost (beyond what retention was asked to delete).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backup_client::Owners;
+use backup_tests::*;
+
+/// Catalogued backup names, read from the state store.
+fn catalog(data: &DataDir) -> BTreeSet<String> {
+    let conn = state_store(data);
+    let mut stmt = conn.prepare("SELECT filename FROM backups").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Backup files on disk (not the lock file, nor temporary or deleting ones).
+fn on_disk(data: &DataDir) -> BTreeSet<String> {
+    file_names(&data.backups_dir())
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_many_points_of_backup_restore_and_retention_loses_nothing() {
+    let data = DataDir::with_rows(5000);
+    // About 24 MB, so each operation takes long enough to be killed inside.
+    open(&data.source())
+        .execute_batch(
+            "CREATE TABLE blobs (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+             INSERT INTO blobs SELECT randomblob(4000) FROM n;",
+        )
+        .unwrap();
+    let admin = data.token(1, true);
+    let other = data.token(2, false);
+    let (content_a, content_b) = {
+        let server = data.start(&["--no-scheduler"]);
+        let mut backups = server.client(&admin).await.backups();
+        backups.create(Some("a")).await.unwrap();
+        let a = orders(&data.source());
+        open(&data.source())
+            .execute("DELETE FROM orders WHERE id % 3 = 0", [])
+            .unwrap();
+        backups.create(Some("b")).await.unwrap();
+        let b = orders(&data.source());
+        let mut theirs = server.client(&other).await.backups();
+        for i in 0..6 {
+            theirs.create(Some(&format!("r{i}"))).await.unwrap();
+        }
+        assert!(server.shutdown().await.success());
+        (a, b)
+    };
+    let mut source = content_b.clone();
+    let mut interrupted = 0;
+
+    for round in 0..15u64 {
+        let mut server = data.start(&["--no-scheduler"]);
+        let before = catalog(&data);
+        let (admin_client, other_client) =
+            (server.client(&admin).await, server.client(&other).await);
+        let target = if round % 2 == 0 {
+            &content_a
+        } else {
+            &content_b
+        };
+        let op = round % 3;
+        let call = tokio::spawn(async move {
+            match op {
+                0 => admin_client
+                    .backups()
+                    .create(Some(&format!("c{round}")))
+                    .await
+                    .map(|_| ()),
+                1 => {
+                    let name = if round % 2 == 0 { "a.db" } else { "b.db" };
+                    admin_client.backups().restore(name).await.map(|_| ())
+                }
+                _ => other_client
+                    .retention()
+                    .apply(2, Owners::Caller)
+                    .await
+                    .map(|_| ()),
+            }
+        });
+        // Kill at a different point of the operation each round.
+        tokio::time::sleep(Duration::from_millis(5 + (round * 17) % 90)).await;
+        server.kill();
+        if call.await.unwrap().is_err() {
+            interrupted += 1;
+        }
+
+        let restarted = data.start(&["--no-scheduler"]);
+        let after = catalog(&data);
+        assert_eq!(
+            after,
+            on_disk(&data),
+            "round {round}: catalog and directory differ"
+        );
+        assert!(
+            file_names(&data.backups_dir())
+                .iter()
+                .all(|n| !n.starts_with(".tmp-") && !n.starts_with(".deleting-")),
+            "round {round}: leftovers {:?}",
+            file_names(&data.backups_dir())
+        );
+        assert!(
+            integrity_ok(&data.source()),
+            "round {round}: the source fails integrity_check"
+        );
+        let now = orders(&data.source());
+        if op == 1 {
+            assert!(
+                now == source || &now == target,
+                "round {round}: the source is neither old nor restored"
+            );
+        } else {
+            assert_eq!(now, source, "round {round}: the source changed");
+        }
+        source = now;
+        let lost: Vec<&String> = before.difference(&after).collect();
+        if op == 2 {
+            // Only user 2's backups beyond their newest two may go.
+            assert!(
+                lost.iter().all(|n| n.starts_with('r')),
+                "round {round}: lost {lost:?}"
+            );
+            for newest in ["r4.db", "r5.db"] {
+                assert!(
+                    after.contains(newest),
+                    "round {round}: retention deleted {newest}"
+                );
+            }
+        } else {
+            assert!(lost.is_empty(), "round {round}: lost {lost:?}");
+        }
+        for name in &after {
+            assert!(
+                integrity_ok(&data.backups_dir().join(name)),
+                "round {round}: {name} is damaged"
+            );
+        }
+        drop(restarted);
+    }
+    // The kills must land inside operations, not only between them.
+    assert!(
+        interrupted >= 5,
+        "only {interrupted} of 15 operations were interrupted"
+    );
+}
