@@ -139,27 +139,25 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr)?;
     }
+    let shutdown = shutdown_signal()?;
     let server = backup_server::prepare(config).await?;
     // The one stdout line, printed once requests can be served: scripts and
     // tests read the bound address here.
     println!("listening on {}", listener.local_addr()?);
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, shutdown).await?;
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C. The SIGTERM handler is registered
+/// here, at once, so a SIGTERM right after the ready line still shuts the
+/// server down cleanly instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-            let _ = ctrl_c.await;
-            return;
+    Ok(async move {
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
+    })
 }

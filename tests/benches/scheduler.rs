@@ -70,6 +70,14 @@ async fn main() {
         report.push(idle_table(secs));
     }
     println!();
+    println!(
+        "1-min load average at the end: {} ({} cores; the machine is shared)\n",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "?".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     for section in report {
         println!("{section}");
     }
@@ -86,6 +94,8 @@ struct Lateness {
     errors: usize,
     /// From the slot to the last backup_completed event.
     drain: Duration,
+    /// CPU time of the server process from its start to the last event.
+    server_cpu: f64,
 }
 
 async fn lateness_table(users: i64, copies: &[u32]) -> String {
@@ -95,13 +105,13 @@ async fn lateness_table(users: i64, copies: &[u32]) -> String {
     }
     let mut out = format!(
         "## (a) lateness: {users} users due at the same instant (demo source, 200 rows)\n\n\
-         | --max-concurrent-copies | p50 (ms) | p99 (ms) | max (ms) | min (ms) | slot -> last completed (s) | backups/s | errors | target p99 <= 1000 ms |\n\
-         |---|---|---|---|---|---|---|---|---|\n"
+         | --max-concurrent-copies | p50 (ms) | p99 (ms) | max (ms) | min (ms) | slot -> last completed (s) | backups/s | server CPU (s) | errors | target p99 <= 1000 ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in results {
         let l = &r.lateness_ms;
         out += &format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} | {} | {} |\n",
             r.copies,
             percentile(l, 50.0),
             percentile(l, 99.0),
@@ -109,6 +119,7 @@ async fn lateness_table(users: i64, copies: &[u32]) -> String {
             l.first().copied().unwrap_or(0),
             r.drain.as_secs_f64(),
             r.users as f64 / r.drain.as_secs_f64(),
+            r.server_cpu,
             r.errors,
             if percentile(l, 99.0) <= 1000 {
                 "met"
@@ -150,9 +161,10 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
     );
     drop(scheduler);
     drop(admin);
+    let status = server.shutdown().await;
     assert!(
-        server.shutdown().await.success(),
-        "the setup server did not exit cleanly on SIGTERM"
+        status.success(),
+        "the setup server did not exit cleanly on SIGTERM: {status}"
     );
 
     // Everyone due at the same whole second, ~15 s from now.
@@ -166,6 +178,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
     assert_eq!(changed as i64, users);
 
     let server = data.start(&["--max-concurrent-copies", &copies_flag]);
+    let pid = server.child.id();
     let wait_until = Instant::now()
         + (slot - Utc::now()).to_std().unwrap_or_default()
         + Duration::from_secs(600);
@@ -201,6 +214,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
         .unwrap_or_else(|e| panic!("audit timestamp {last:?}: {e}"))
         .with_timezone(&Utc);
     let errors = count("backup_scheduler.backup_error") as usize;
+    let server_cpu = cpu_ticks(pid) as f64 / clock_ticks();
     drop(conn);
     drop(server);
 
@@ -225,6 +239,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
         lateness_ms,
         errors,
         drain: (last - slot).to_std().unwrap_or_default(),
+        server_cpu,
     }
 }
 
@@ -310,9 +325,13 @@ async fn query_cost(rows: i64) -> QueryCost {
     let data = DataDir::new();
     // One start applies the migrations: the real schema and indexes.
     let server = data.start(&["--no-scheduler"]);
+    // The server installs its SIGTERM handler only after printing the
+    // listening line: a SIGTERM at once can meet the default action.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = server.shutdown().await;
     assert!(
-        server.shutdown().await.success(),
-        "the migrating server did not exit cleanly"
+        status.success(),
+        "the migrating server did not exit cleanly on SIGTERM: {status}"
     );
 
     let now = Utc::now();
@@ -451,17 +470,20 @@ fn ms(d: Duration) -> f64 {
 // ---------------------------------------------------------------------------
 // (c) Idle CPU and RSS.
 
+/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf CLK_TCK");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("getconf CLK_TCK prints a number")
+}
+
 fn idle_table(window_secs: u64) -> String {
-    let ticks_per_sec: f64 = {
-        let out = Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("run getconf CLK_TCK");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("getconf CLK_TCK prints a number")
-    };
+    let ticks_per_sec = clock_ticks();
     let data = DataDir::new();
     let server = data.start(&[]);
     let pid = server.child.id();
