@@ -41,7 +41,7 @@ trap 'rm -rf "$work"' EXIT
 if [ -z "${BACKUP_SERVER_BIN:-}" ]; then
     need cargo "to build backup-server (or set BACKUP_SERVER_BIN)"
     cargo build -p backup-server --locked
-    export BACKUP_SERVER_BIN="$root/target/debug/backup-server"
+    export BACKUP_SERVER_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/backup-server"
 fi
 [ -x "$BACKUP_SERVER_BIN" ] || die "server binary $BACKUP_SERVER_BIN is missing or not executable"
 echo "polyglot: server binary $BACKUP_SERVER_BIN"

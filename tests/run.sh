@@ -21,4 +21,4 @@ cargo build --workspace --bins --locked
 # Unit and end-to-end tests (benches are run on their own: see the README).
 cargo test --workspace --locked --lib --bins --tests
 # Python and Node clients, buf lint and breaking; prints the closing count.
-BACKUP_SERVER_BIN="$PWD/target/debug/backup-server" tests/polyglot.sh
+BACKUP_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/backup-server" tests/polyglot.sh
