@@ -13,9 +13,9 @@
 //! Targets (issue 2): CreateBackup <= 1.1x sqlite3 `.backup` idle; under a
 //! writer <= 3x its idle time; idle RSS <= 20 MB.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backup_tests::DataDir;
@@ -136,7 +136,7 @@ async fn main() {
 
     // CreateBackup while another process keeps writing to the source.
     warm_cache(&source);
-    let mut writer = start_writer(&source);
+    let mut writer = backup_tests::start_wal_writer(&source);
     std::thread::sleep(Duration::from_millis(500));
     let mut create_writer = Vec::new();
     for i in 0..runs {
@@ -418,36 +418,6 @@ fn warm_cache(path: &Path) {
     let mut f = std::fs::File::open(path).expect("open the source to warm the cache");
     let mut buf = vec![0u8; 1 << 20];
     while f.read(&mut buf).expect("read the source") > 0 {}
-}
-
-/// A separate process (python3's sqlite3 module) that appends to `ledger`
-/// in transactions of 10 rows until killed, like the writer of the
-/// backup_files tests.
-fn start_writer(source: &Path) -> Child {
-    let script = r#"
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
-conn.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
-print("ready", flush=True)
-while True:
-    conn.execute("BEGIN IMMEDIATE")
-    for _ in range(10):
-        conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
-    conn.execute("COMMIT")
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .arg(source)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 (with its sqlite3 module) is needed for the writer process");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("writer stdout"))
-        .read_line(&mut line)
-        .expect("read the writer's ready line");
-    assert_eq!(line.trim(), "ready", "the writer did not start");
-    child
 }
 
 fn ledger_rows(source: &Path) -> i64 {

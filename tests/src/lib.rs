@@ -264,3 +264,40 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A separate process that appends to `ledger` in transactions of 10 rows
+/// (WAL) until killed.
+pub fn start_wal_writer(source: &Path) -> std::process::Child {
+    let script = r#"
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+print("ready", flush=True)
+while True:
+    conn.execute("BEGIN IMMEDIATE")
+    for _ in range(10):
+        conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
+    conn.execute("COMMIT")
+"#;
+    start_python(script, source)
+}
+
+/// Runs a python3 script with `source` as its argument and waits for its
+/// `ready` line.
+pub fn start_python(script: &str, source: &Path) -> std::process::Child {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(source)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the writer process");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}

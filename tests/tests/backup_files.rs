@@ -1,6 +1,5 @@
 //! BackupFiles end to end: a real server process, real SQLite files.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backup_tests::*;
@@ -92,44 +91,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A separate process that appends to `ledger` in transactions of 10 rows
-/// until killed, so a consistent snapshot holds a multiple of 10 rows with
-/// ids 1..=n and no gap.
-fn start_writer(source: &std::path::Path) -> std::process::Child {
-    let script = r#"
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
-conn.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
-print("ready", flush=True)
-while True:
-    conn.execute("BEGIN IMMEDIATE")
-    for _ in range(10):
-        conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
-    conn.execute("COMMIT")
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .arg(source)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the writer process");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
-    child
-}
-
 #[tokio::test]
 async fn backups_under_a_continuous_writer_are_consistent() {
     let data = DataDir::new();
     let server = data.start(&[]);
     let mut backups = server.client(&data.token(1, false)).await.backups();
-    let mut writer = start_writer(&data.source());
+    let mut writer = start_wal_writer(&data.source());
     let mut counts = Vec::new();
     for i in 0..5 {
         std::thread::sleep(Duration::from_millis(150));

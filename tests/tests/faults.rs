@@ -249,41 +249,6 @@ async fn a_deleted_backups_directory_is_reported_and_the_server_keeps_serving() 
     );
 }
 
-/// A separate process that appends to `ledger` in transactions of 10 rows
-/// (WAL) until killed.
-fn start_wal_writer(source: &Path) -> Child {
-    let script = r#"
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
-conn.execute("PRAGMA journal_mode=WAL")
-conn.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
-print("ready", flush=True)
-while True:
-    conn.execute("BEGIN IMMEDIATE")
-    for _ in range(10):
-        conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
-    conn.execute("COMMIT")
-"#;
-    start_python(script, source)
-}
-
-fn start_python(script: &str, source: &Path) -> Child {
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .arg(source)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the writer process");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
-    child
-}
-
 /// Kills a helper process on drop.
 struct Killed(Child);
 
