@@ -376,18 +376,7 @@ fn cpu_secs(stat_path: &str) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields[14 - 3].parse::<u64>().expect("utime")
         + fields[15 - 3].parse::<u64>().expect("stime");
-    ticks as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("run getconf CLK_TCK");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("getconf CLK_TCK prints a number")
+    ticks as f64 / backup_tests::clock_ticks()
 }
 
 /// The 1-minute load average: the machine is shared, so say how busy it was.

@@ -16,7 +16,6 @@
 //! <= 0.05 s per minute.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backup_client::SettingsUpdate;
@@ -214,7 +213,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
         .unwrap_or_else(|e| panic!("audit timestamp {last:?}: {e}"))
         .with_timezone(&Utc);
     let errors = count("backup_scheduler.backup_error") as usize;
-    let server_cpu = cpu_ticks(pid) as f64 / clock_ticks();
+    let server_cpu = cpu_ticks(pid) as f64 / backup_tests::clock_ticks();
     drop(conn);
     drop(server);
 
@@ -470,20 +469,8 @@ fn ms(d: Duration) -> f64 {
 // ---------------------------------------------------------------------------
 // (c) Idle CPU and RSS.
 
-/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`).
-fn clock_ticks() -> f64 {
-    let out = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("run getconf CLK_TCK");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("getconf CLK_TCK prints a number")
-}
-
 fn idle_table(window_secs: u64) -> String {
-    let ticks_per_sec = clock_ticks();
+    let ticks_per_sec = backup_tests::clock_ticks();
     let data = DataDir::new();
     let server = data.start(&[]);
     let pid = server.child.id();

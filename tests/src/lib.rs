@@ -301,3 +301,15 @@ pub fn start_python(script: &str, source: &Path) -> std::process::Child {
     assert_eq!(line.trim(), "ready");
     child
 }
+
+/// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`).
+pub fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf CLK_TCK");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("getconf CLK_TCK prints a number")
+}
