@@ -113,8 +113,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Times `call` `n` times: (median wall time, mean server CPU time).
-async fn sample<F, Fut>(pid: u32, n: usize, mut call: F) -> (Duration, Duration)
+/// Times `call` `n` times and prints `what` with the median wall time and
+/// the mean server CPU time.
+async fn sample<F, Fut>(what: &str, pid: u32, n: usize, mut call: F)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -127,7 +128,11 @@ where
         walls.push(t.elapsed());
     }
     let cpu = (cpu_seconds(pid) - cpu_before) / n as f64;
-    (median(walls), Duration::from_secs_f64(cpu))
+    println!(
+        "{what}: median {} wall, mean {} server CPU, of {n}",
+        ms(median(walls)),
+        ms(Duration::from_secs_f64(cpu))
+    );
 }
 
 /// One more automatic backup for every owner, newer than all the others.
@@ -184,51 +189,49 @@ async fn run() {
     assert_eq!(first.to_delete as i64, OWNERS * (PER_OWNER - 30));
     let r = retention.clone();
     let r = &r;
-    let (wall, cpu) = sample(pid, 9, |_| {
-        let mut r = r.clone();
-        let first = first.clone();
-        async move {
-            let s = r.summary(30, Owners::All).await.expect("summary");
-            assert_eq!(s, first);
-        }
-    })
+    sample(
+        "GetRetentionSummary all owners (100,000 backups, 70,000 to delete)",
+        pid,
+        9,
+        |_| {
+            let mut r = r.clone();
+            let first = first.clone();
+            async move {
+                let s = r.summary(30, Owners::All).await.expect("summary");
+                assert_eq!(s, first);
+            }
+        },
+    )
     .await;
-    println!(
-        "GetRetentionSummary all owners (100,000 backups, 70,000 to delete): median {} wall, mean {} server CPU, of 9",
-        ms(wall),
-        ms(cpu)
-    );
-    let (wall, cpu) = sample(pid, sampled.len(), |i| {
-        let mut r = r.clone();
-        let owner = sampled[i];
-        async move {
-            r.summary(30, Owners::User(owner)).await.expect("summary");
-        }
-    })
+    sample(
+        "GetRetentionSummary one owner (100 of the 100,000)",
+        pid,
+        sampled.len(),
+        |i| {
+            let mut r = r.clone();
+            let owner = sampled[i];
+            async move {
+                r.summary(30, Owners::User(owner)).await.expect("summary");
+            }
+        },
+    )
     .await;
-    println!(
-        "GetRetentionSummary one owner (100 of the 100,000): median {} wall, mean {} server CPU, of {}",
-        ms(wall),
-        ms(cpu),
-        sampled.len()
-    );
 
     // ApplyRetentionPolicy for one owner: 70 of its 100 go.
-    let (wall, cpu) = sample(pid, sampled.len(), |i| {
-        let mut r = r.clone();
-        let owner = sampled[i];
-        async move {
-            let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
-            assert_eq!(deleted.len(), 70);
-        }
-    })
+    sample(
+        "ApplyRetentionPolicy one owner deleting 70 of 100",
+        pid,
+        sampled.len(),
+        |i| {
+            let mut r = r.clone();
+            let owner = sampled[i];
+            async move {
+                let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
+                assert_eq!(deleted.len(), 70);
+            }
+        },
+    )
     .await;
-    println!(
-        "ApplyRetentionPolicy one owner deleting 70 of 100: median {} wall, mean {} server CPU, of {}",
-        ms(wall),
-        ms(cpu),
-        sampled.len()
-    );
 
     // Every other owner at once: the bulk case.
     let cpu = cpu_seconds(pid);
@@ -246,21 +249,20 @@ async fn run() {
 
     // The scheduler's steady state: one new backup each, one old one goes.
     add_one_each(&data);
-    let (wall, cpu) = sample(pid, sampled.len(), |i| {
-        let mut r = r.clone();
-        let owner = sampled[i];
-        async move {
-            let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
-            assert_eq!(deleted.len(), 1);
-        }
-    })
+    sample(
+        "ApplyRetentionPolicy one owner deleting 1 of 31 (after each automatic backup)",
+        pid,
+        sampled.len(),
+        |i| {
+            let mut r = r.clone();
+            let owner = sampled[i];
+            async move {
+                let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
+                assert_eq!(deleted.len(), 1);
+            }
+        },
+    )
     .await;
-    println!(
-        "ApplyRetentionPolicy one owner deleting 1 of 31 (after each automatic backup): median {} wall, mean {} server CPU, of {}",
-        ms(wall),
-        ms(cpu),
-        sampled.len()
-    );
     let cpu = cpu_seconds(pid);
     let t = Instant::now();
     let deleted = retention.apply(30, Owners::All).await.expect("apply");
@@ -270,17 +272,17 @@ async fn run() {
         ms(t.elapsed()),
         ms(Duration::from_secs_f64(cpu_seconds(pid) - cpu))
     );
-    let (wall, cpu) = sample(pid, 5, |_| {
-        let mut r = r.clone();
-        async move {
-            let s = r.summary(30, Owners::All).await.expect("summary");
-            assert_eq!(s.to_delete, 0);
-        }
-    })
+    sample(
+        "GetRetentionSummary all owners after (30,000 backups, nothing to delete)",
+        pid,
+        5,
+        |_| {
+            let mut r = r.clone();
+            async move {
+                let s = r.summary(30, Owners::All).await.expect("summary");
+                assert_eq!(s.to_delete, 0);
+            }
+        },
+    )
     .await;
-    println!(
-        "GetRetentionSummary all owners after (30,000 backups, nothing to delete): median {} wall, mean {} server CPU",
-        ms(wall),
-        ms(cpu)
-    );
 }
