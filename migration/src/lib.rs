@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_create_core_tables;
 mod m20261121_000002_create_scheduler_tables;
+mod m20261121_000003_backups_retention_index;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_create_core_tables::Migration),
             Box::new(m20261121_000002_create_scheduler_tables::Migration),
+            Box::new(m20261121_000003_backups_retention_index::Migration),
         ]
     }
 }

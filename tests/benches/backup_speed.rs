@@ -268,14 +268,14 @@ async fn timed_create(
     pid: u32,
     source_size: u64,
 ) -> Sample {
-    let cpu0 = cpu_secs(&format!("/proc/{pid}/stat"));
+    let cpu0 = backup_tests::cpu_seconds(pid);
     let t = Instant::now();
     let b = backups
         .create(Some(name))
         .await
         .unwrap_or_else(|e| panic!("CreateBackup {name} failed: {e}"));
     let wall = t.elapsed();
-    let cpu = cpu_secs(&format!("/proc/{pid}/stat")) - cpu0;
+    let cpu = backup_tests::cpu_seconds(pid) - cpu0;
     assert!(
         b.size_bytes as u64 >= source_size / 2,
         "backup too small: {b:?}"
@@ -326,13 +326,13 @@ fn sqlite3_backup(source: &Path, dst: &Path) -> Sample {
 /// Runs `work` in this process, measuring its wall and CPU time (the rest
 /// of this process is idle meanwhile).
 fn in_process(work: impl FnOnce()) -> Sample {
-    let cpu0 = cpu_secs("/proc/self/stat");
+    let cpu0 = backup_tests::cpu_seconds("self");
     let t = Instant::now();
     work();
     let wall = t.elapsed();
     Sample {
         wall,
-        cpu: cpu_secs("/proc/self/stat") - cpu0,
+        cpu: backup_tests::cpu_seconds("self") - cpu0,
     }
 }
 
@@ -365,18 +365,6 @@ fn build_source(path: &Path, mb: u64) {
     }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .expect("checkpoint the source");
-}
-
-/// utime + stime of a process in seconds, from a /proc/PID/stat file
-/// (fields 14 and 15, in clock ticks of `getconf CLK_TCK`).
-fn cpu_secs(stat_path: &str) -> f64 {
-    let stat =
-        std::fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("read {stat_path}: {e}"));
-    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[14 - 3].parse::<u64>().expect("utime")
-        + fields[15 - 3].parse::<u64>().expect("stime");
-    ticks as f64 / backup_tests::clock_ticks()
 }
 
 /// The 1-minute load average: the machine is shared, so say how busy it was.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use backup_client::SettingsUpdate;
 use backup_tests::proto::Frequency;
-use backup_tests::{DataDir, db_time, state_store};
+use backup_tests::{DataDir, cpu_ticks, db_time, median, state_store};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::Connection;
 
@@ -213,7 +213,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
         .unwrap_or_else(|e| panic!("audit timestamp {last:?}: {e}"))
         .with_timezone(&Utc);
     let errors = count("backup_scheduler.backup_error") as usize;
-    let server_cpu = cpu_ticks(pid) as f64 / backup_tests::clock_ticks();
+    let server_cpu = backup_tests::cpu_seconds(pid);
     drop(conn);
     drop(server);
 
@@ -457,11 +457,6 @@ fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Ve
         .expect("read the plan")
 }
 
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -502,17 +497,6 @@ fn idle_table(window_secs: u64) -> String {
         rss1 as f64 / 1024.0,
         switches1 - switches0,
     )
-}
-
-/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14, 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
-    // Fields after the parenthesised command name start at field 3.
-    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a tick count") };
-    field(14) + field(15)
 }
 
 fn vm_rss_kb(pid: u32) -> u64 {

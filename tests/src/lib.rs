@@ -302,6 +302,30 @@ pub fn start_python(script: &str, source: &Path) -> std::process::Child {
     child
 }
 
+/// CPU time (utime + stime, every thread) a process has used so far, in
+/// clock ticks: fields 14 and 15 of /proc/PROCESS/stat, where `process` is a
+/// pid or `"self"`.
+pub fn cpu_ticks(process: impl std::fmt::Display) -> u64 {
+    let path = format!("/proc/{process}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    // Fields after the parenthesised command name start at field 3.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a tick count") };
+    field(14) + field(15)
+}
+
+/// [`cpu_ticks`] in seconds.
+pub fn cpu_seconds(process: impl std::fmt::Display) -> f64 {
+    cpu_ticks(process) as f64 / clock_ticks()
+}
+
+/// The middle sample (the upper one of an even count); sorts `samples`.
+pub fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 /// Clock ticks per second of /proc/PID/stat times (`getconf CLK_TCK`).
 pub fn clock_ticks() -> f64 {
     let out = Command::new("getconf")

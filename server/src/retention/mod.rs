@@ -10,7 +10,7 @@
 //! at a time through [`Backups::remove_locked`] (crash-safe, audited in the
 //! catalog's transaction); one that fails is audited and the rest go on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
-use crate::backup::{BackupKind, Backups, blocking, catalog, file_io};
+use crate::backup::catalog::{self, Entry};
+use crate::backup::{BackupKind, Backups, blocking, file_io};
 use crate::error::{Error, FieldViolation, Result};
-use crate::store::entity::backup::Model as Backup;
 
 /// The smallest and largest `keep_count` a policy may have.
 pub const KEEP_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
@@ -71,7 +71,7 @@ pub struct OwnerPlan {
 
 /// Newest first: by recorded creation time, then file name, descending.
 /// File modification times play no part.
-fn newest_first(a: &Backup, b: &Backup) -> std::cmp::Ordering {
+fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
     b.created_at
         .cmp(&a.created_at)
         .then_with(|| b.filename.cmp(&a.filename))
@@ -80,7 +80,7 @@ fn newest_first(a: &Backup, b: &Backup) -> std::cmp::Ordering {
 /// Regular backups are the ones a policy manages: AUTO and MANUAL, not
 /// protected. Anything else (including a kind this code does not know) is
 /// treated as protected.
-fn is_regular(backup: &Backup) -> bool {
+fn is_regular(backup: &Entry) -> bool {
     !backup.is_protected
         && matches!(
             BackupKind::parse(&backup.kind),
@@ -92,8 +92,8 @@ fn is_regular(backup: &Backup) -> bool {
 /// backups stay, older regular ones go; protected backups stay; a system
 /// owner's backups all stay. Rows of any other owner are ignored, so a plan
 /// can only ever delete its own owner's backups.
-pub fn plan(owner: i64, rows: &[Backup], keep_count: usize) -> OwnerPlan {
-    let mut mine: Vec<&Backup> = rows.iter().filter(|b| b.owner_user_id == owner).collect();
+pub fn plan(owner: i64, rows: &[Entry], keep_count: usize) -> OwnerPlan {
+    let mut mine: Vec<&Entry> = rows.iter().filter(|b| b.owner_user_id == owner).collect();
     mine.sort_by(|a, b| newest_first(a, b));
     let mut plan = OwnerPlan {
         owner,
@@ -509,11 +509,7 @@ impl Retention {
             Scope::Owner(owner) => Some(owner),
             Scope::AllOwners => None,
         };
-        let rows = catalog::page(&self.db, owner, None, i64::MAX.unsigned_abs()).await?;
-        let mut by_owner: BTreeMap<i64, Vec<Backup>> = BTreeMap::new();
-        for row in rows {
-            by_owner.entry(row.owner_user_id).or_default().push(row);
-        }
+        let mut by_owner = catalog::entries_by_owner(&self.db, owner).await?;
         if let Some(owner) = owner {
             by_owner.entry(owner).or_default();
         }
@@ -541,7 +537,7 @@ impl Retention {
             // Files other tools dropped in are judged too.
             self.backups.reconcile().await?;
             let _dir = self.backups.lock_dir().await?;
-            let rows = catalog::page(&self.db, None, None, i64::MAX.unsigned_abs()).await?;
+            let rows = catalog::entries(&self.db, None).await?;
             let dir = self.backups.dir().to_owned();
             let judged = blocking(move || Ok(sniff_all(&dir, rows))).await?;
             let mut doomed = Vec::new();
@@ -593,7 +589,7 @@ impl Retention {
             caller.require_admin()?;
             let cutoff = Utc::now().checked_sub_signed(chrono::Duration::days(days_old.into()));
             let _dir = self.backups.lock_dir().await?;
-            let rows = catalog::page(&self.db, None, None, i64::MAX.unsigned_abs()).await?;
+            let rows = catalog::entries(&self.db, None).await?;
             let doomed: Vec<(String, Value)> = rows
                 .into_iter()
                 .filter(|b| b.is_protected && cutoff.is_some_and(|c| b.created_at < c))
@@ -689,7 +685,7 @@ impl Retention {
 }
 
 /// Each backup with what its file holds (blocking).
-fn sniff_all(dir: &Path, rows: Vec<Backup>) -> Vec<(Backup, Result<file_io::Content>)> {
+fn sniff_all(dir: &Path, rows: Vec<Entry>) -> Vec<(Entry, Result<file_io::Content>)> {
     rows.into_iter()
         .map(|row| {
             let content = file_io::sniff(dir, &row.filename);
@@ -707,13 +703,11 @@ mod tests {
         Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap()
     }
 
-    fn row(name: &str, owner: i64, kind: BackupKind, second: i64) -> Backup {
-        Backup {
+    fn row(name: &str, owner: i64, kind: BackupKind, second: i64) -> Entry {
+        Entry {
             filename: name.into(),
             owner_user_id: owner,
             kind: kind.as_str().into(),
-            size_bytes: 1,
-            sha256: String::new(),
             is_protected: kind.is_protected(),
             created_at: at(second),
         }
@@ -814,7 +808,7 @@ mod tests {
 
     #[test]
     fn the_newest_passing_kept_backup_is_enough() {
-        let rows: Vec<Backup> = (0..5)
+        let rows: Vec<Entry> = (0..5)
             .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
             .collect();
         let mut p = plan(1, &rows, 2);
@@ -837,7 +831,7 @@ mod tests {
 
     #[test]
     fn when_no_kept_backup_passes_the_newest_passing_one_is_kept_too() {
-        let rows: Vec<Backup> = (0..5)
+        let rows: Vec<Entry> = (0..5)
             .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
             .collect();
         let mut p = plan(1, &rows, 2);
@@ -857,7 +851,7 @@ mod tests {
 
     #[test]
     fn when_nothing_passes_nothing_is_deleted() {
-        let rows: Vec<Backup> = (0..4)
+        let rows: Vec<Entry> = (0..4)
             .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
             .collect();
         let mut p = plan(1, &rows, 1);
