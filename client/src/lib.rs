@@ -11,7 +11,6 @@ mod scheduler;
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -266,7 +265,7 @@ impl Backups {
             .into_inner();
         let partial = dest.with_extension("part");
         let mut file = tokio::fs::File::create(&partial).await?;
-        let mut hasher = Sha256::new();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut meta = None;
         let mut received = 0u64;
         let outcome = async {
@@ -282,7 +281,7 @@ impl Backups {
             }
             file.sync_all().await?;
             let backup = present(meta.take(), "the backup's metadata")?;
-            let actual = hex::encode(hasher.finalize());
+            let actual = hex::encode(hasher.finish());
             if actual != backup.sha256 {
                 return Err(Error::ChecksumMismatch {
                     filename: filename.to_owned(),

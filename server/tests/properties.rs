@@ -317,7 +317,7 @@ proptest! {
     /// Whatever cursor a listing hands out comes back unchanged.
     #[test]
     fn token_round_trips(key in key(), listing in text(), cursor in text()) {
-        let tokens = PageTokens::from_key(key);
+        let tokens = PageTokens::from_key(&key);
         let token = tokens.issue(&listing, &cursor);
         prop_assert!(!token.is_empty(), "an issued token must not read as the first page");
         prop_assert!(token.is_ascii());
@@ -338,7 +338,7 @@ proptest! {
             "[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_-]{22}",
         ],
     ) {
-        let tokens = PageTokens::from_key(key);
+        let tokens = PageTokens::from_key(&key);
         match tokens.cursor(&listing, &token) {
             Ok(None) => prop_assert!(token.is_empty()),
             Ok(Some(cursor)) => prop_assert_eq!(
@@ -359,7 +359,7 @@ proptest! {
         other_listing in text(),
         cursor in text(),
     ) {
-        let tokens = PageTokens::from_key(key.clone());
+        let tokens = PageTokens::from_key(&key);
         let token = tokens.issue(&listing, &cursor);
         if other_listing != listing {
             prop_assert!(tokens.cursor(&other_listing, &token).is_err());
@@ -369,7 +369,7 @@ proptest! {
             // zero bytes (within one 64-byte block) are the same key.
             let trimmed = |k: &[u8]| k.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
             if key[..trimmed(&key)] != other_key[..trimmed(&other_key)] {
-                prop_assert!(PageTokens::from_key(other_key).cursor(&listing, &token).is_err());
+                prop_assert!(PageTokens::from_key(&other_key).cursor(&listing, &token).is_err());
             }
         }
     }
@@ -392,7 +392,7 @@ proptest! {
             1 => any::<char>(),
         ],
     ) {
-        let tokens = PageTokens::from_key(key);
+        let tokens = PageTokens::from_key(&key);
         let token = tokens.issue(&listing, &cursor);
         let mut chars: Vec<char> = token.chars().collect();
         let at = at.index(chars.len());
@@ -428,7 +428,7 @@ proptest! {
         cursor in text(),
         keep in 0..TAG_BYTES,
     ) {
-        let tokens = PageTokens::from_key(key);
+        let tokens = PageTokens::from_key(&key);
         let token = tokens.issue(&listing, &cursor);
         let (_, tag) = decode_parts(&token).expect("an issued token decodes");
         prop_assert_eq!(tag.len(), TAG_BYTES);
@@ -447,7 +447,7 @@ proptest! {
 /// the key, a token for any cursor is found among the 256 one-byte tags.
 #[test]
 fn token_cannot_be_forged_by_guessing_a_one_byte_tag() {
-    let tokens = PageTokens::from_key(vec![7; 32]);
+    let tokens = PageTokens::from_key(&[7; 32]);
     let forged: Vec<String> = (0..=u8::MAX)
         .map(|byte| token_with_tag("9999|y.db", &[byte]))
         .filter(|token| tokens.cursor("backups", token).is_ok())
