@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_create_core_tables;
 mod m20261121_000002_create_scheduler_tables;
 mod m20261121_000003_backups_retention_index;
+mod m20261121_000004_backup_settings_overdue_index;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_core_tables::Migration),
             Box::new(m20261121_000002_create_scheduler_tables::Migration),
             Box::new(m20261121_000003_backups_retention_index::Migration),
+            Box::new(m20261121_000004_backup_settings_overdue_index::Migration),
         ]
     }
 }

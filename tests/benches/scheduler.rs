@@ -324,9 +324,6 @@ async fn query_cost(rows: i64) -> QueryCost {
     let data = DataDir::new();
     // One start applies the migrations: the real schema and indexes.
     let server = data.start(&["--no-scheduler"]);
-    // The server installs its SIGTERM handler only after printing the
-    // listening line: a SIGTERM at once can meet the default action.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let status = server.shutdown().await;
     assert!(
         status.success(),

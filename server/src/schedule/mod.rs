@@ -551,7 +551,7 @@ impl Scheduler {
             next_due_at: settings::next_due(&self.db).await?,
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-            overdue_users: settings::overdue(&self.db, Utc::now()).await?.len() as u64,
+            overdue_users: settings::count_overdue(&self.db, Utc::now()).await?,
             instance_id: self.instance_id.clone(),
         })
     }

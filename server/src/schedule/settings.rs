@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
 use serde_json::json;
 
@@ -325,36 +325,124 @@ pub async fn counts(db: &DatabaseConnection) -> Result<(u64, u64)> {
 }
 
 /// Enabled settings whose last success (or creation, before the first) is
-/// older than their longest interval plus [`OVERDUE_GRACE`].
+/// older than their longest interval plus [`OVERDUE_GRACE`], by user id.
 pub async fn overdue(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<Vec<Settings>> {
-    let mut late = Condition::any();
-    for frequency in [Frequency::Daily, Frequency::Weekly, Frequency::Monthly] {
-        let cutoff = now - frequency.max_interval() - OVERDUE_GRACE;
-        late = late.add(
-            Condition::all()
-                .add(backup_settings::Column::Frequency.eq(frequency.as_str()))
-                .add(
-                    Condition::any()
-                        .add(backup_settings::Column::LastBackupAt.lt(cutoff))
-                        .add(
-                            Condition::all()
-                                .add(backup_settings::Column::LastBackupAt.is_null())
-                                .add(backup_settings::Column::CreatedAt.lt(cutoff)),
-                        ),
-                ),
-        );
-    }
-    Ok(backup_settings::Entity::find()
-        .filter(backup_settings::Column::Enabled.eq(true))
-        .filter(late)
+    Ok(overdue_query(now)
         .order_by_asc(backup_settings::Column::UserId)
         .all(db)
         .await?)
 }
 
+/// How many users [`overdue`] would list, without loading them.
+pub async fn count_overdue(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<u64> {
+    Ok(overdue_query(now).count(db).await?)
+}
+
+/// The overdue condition as one OR of plain conjunctions (enabled, one
+/// frequency, one range), so SQLite answers each term with a range scan of
+/// `idx_backup_settings_overdue` rather than reading every row.
+fn overdue_query(now: DateTime<Utc>) -> Select<backup_settings::Entity> {
+    use backup_settings::Column;
+    let mut late = Condition::any();
+    for frequency in [Frequency::Daily, Frequency::Weekly, Frequency::Monthly] {
+        let cutoff = now - frequency.max_interval() - OVERDUE_GRACE;
+        let this = || {
+            Condition::all()
+                .add(Column::Enabled.eq(true))
+                .add(Column::Frequency.eq(frequency.as_str()))
+        };
+        late = late.add(this().add(Column::LastBackupAt.lt(cutoff))).add(
+            this()
+                .add(Column::LastBackupAt.is_null())
+                .add(Column::CreatedAt.lt(cutoff)),
+        );
+    }
+    backup_settings::Entity::find().filter(late)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::QueryTrait;
+
+    /// A settings row whose last success was `last_days_ago` days ago
+    /// (`None`: never, and created 60 days ago).
+    fn row(
+        user_id: i64,
+        enabled: bool,
+        frequency: Frequency,
+        last_days_ago: Option<i64>,
+    ) -> Settings {
+        let now = Utc::now();
+        Settings {
+            id: user_id as i32,
+            user_id,
+            enabled,
+            frequency: frequency.as_str().into(),
+            backup_time: "03:00".into(),
+            keep_count: 7,
+            last_backup_at: last_days_ago.map(|d| now - Duration::days(d)),
+            next_backup_at: None,
+            created_at: now - Duration::days(60),
+            updated_at: now,
+            timezone: "UTC".into(),
+            anchor_date: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn overdue_users_are_listed_counted_and_found_through_the_index() {
+        let db = store::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let rows = [
+            row(1, true, Frequency::Daily, Some(3)),    // overdue
+            row(2, true, Frequency::Daily, Some(0)),    // on time
+            row(3, true, Frequency::Weekly, Some(3)),   // on time
+            row(4, true, Frequency::Weekly, None),      // never ran: overdue
+            row(5, false, Frequency::Daily, Some(30)),  // disabled
+            row(6, true, Frequency::Monthly, Some(40)), // overdue
+            row(7, true, Frequency::Monthly, Some(20)), // on time
+        ];
+        for r in rows {
+            backup_settings::Entity::insert(r.into_active_model())
+                .exec(&db)
+                .await
+                .unwrap();
+        }
+        let now = Utc::now();
+        let listed: Vec<i64> = overdue(&db, now)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.user_id)
+            .collect();
+        assert_eq!(listed, [1, 4, 6]);
+        assert_eq!(count_overdue(&db, now).await.unwrap(), 3);
+
+        let sql = overdue_query(now)
+            .build(db.get_database_backend())
+            .to_string();
+        let plan: Vec<String> = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").unwrap())
+            .collect();
+        assert!(
+            plan.iter().all(|l| !l.starts_with("SCAN backup_settings")),
+            "the overdue query reads every row: {plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("idx_backup_settings_overdue")),
+            "the overdue query does not use its index: {plan:?}"
+        );
+    }
 
     #[test]
     fn every_bad_field_is_reported_at_once() {
