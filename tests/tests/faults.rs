@@ -474,14 +474,16 @@ async fn a_burst_beyond_the_copy_bound_is_resource_exhausted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_deadline_cancels_the_backup_and_leaves_nothing() {
     let data = DataDir::new();
-    grow_source(&data, 60000);
+    // About 1 GB: copying and hashing it takes seconds even on a fast
+    // machine, so the 1.5 s deadlines below land inside the backup.
+    grow_source(&data, 250_000);
     let server = data.start(&["--max-concurrent-copies", "1"]);
     let token = data.token(1, false);
     let client = server.client(&token).await;
     let dir = data.backups_dir();
 
     let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
-    let mut call = tokio::process::Command::new(&grpcurl)
+    let call = tokio::process::Command::new(&grpcurl)
         .args(["-plaintext", "-max-time", "1.5", "-H"])
         .arg(format!("authorization: Bearer {token}"))
         .args(["-d", r#"{"custom_filename": "slow"}"#])
@@ -493,18 +495,18 @@ async fn a_client_deadline_cancels_the_backup_and_leaves_nothing() {
         .unwrap_or_else(|e| {
             panic!("cannot run {grpcurl} ({e}): run the tests with .tools/venv/bin on PATH")
         });
-    let stderr = call.stderr.take().unwrap();
+    let mut output = None;
     let seen_temp = watch_for_temp_files(&dir, async {
-        call.wait().await.unwrap();
+        output = Some(call.wait_with_output().await.unwrap());
     })
     .await;
-    let mut message = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(stderr), &mut message)
-        .await
-        .unwrap();
+    let output = output.unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
     assert!(
         message.contains("DeadlineExceeded"),
-        "grpcurl said: {message}"
+        "grpcurl ({}) said: {message}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
     );
     assert!(seen_temp, "the copy never started before the deadline");
     assert_cancelled_and_clean(&data, 1).await;
