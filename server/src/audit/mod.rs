@@ -176,6 +176,21 @@ impl Recorder {
         }
     }
 
+    /// Records how an operation ended: `event` with `details` of its
+    /// result, or marked failed with its error; logged if auditing fails.
+    pub async fn record_outcome<T>(
+        &self,
+        event: NewEvent,
+        result: &Result<T>,
+        details: impl FnOnce(&T) -> Value,
+    ) {
+        let event = match result {
+            Ok(value) => event.details(details(value)),
+            Err(e) => event.failed(e),
+        };
+        self.record_or_log(event).await;
+    }
+
     /// A receiver of events committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()

@@ -369,14 +369,9 @@ impl Backups {
         .await;
         let event =
             NewEvent::new("backup_files.download", caller.user_id).resource("backup", filename);
-        match &result {
-            Ok((b, _)) => {
-                self.audit
-                    .record_or_log(event.details(json!({ "size": b.size_bytes })))
-                    .await;
-            }
-            Err(e) => self.audit.record_or_log(event.failed(e)).await,
-        }
+        self.audit
+            .record_outcome(event, &result, |(b, _)| json!({ "size": b.size_bytes }))
+            .await;
         result
     }
 
@@ -419,14 +414,13 @@ impl Backups {
         .await;
         let event =
             NewEvent::new("backup_files.restore", caller.user_id).resource("backup", filename);
-        match &result {
-            Ok((_, pre)) => {
-                self.audit
-                    .record_or_log(event.details(json!({ "pre_restore_backup": pre.filename })))
-                    .await;
-            }
-            Err(e) => self.audit.record_or_log(event.failed(e)).await,
-        }
+        self.audit
+            .record_outcome(
+                event,
+                &result,
+                |(_, pre)| json!({ "pre_restore_backup": pre.filename }),
+            )
+            .await;
         result
     }
 
