@@ -272,6 +272,15 @@ async fn a_wal_source_under_a_steady_writer_is_backed_up_consistently() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let b = backups.create(Some(&format!("live-{i}"))).await.unwrap();
         let path = data.backups_dir().join(&b.filename);
+        // A backup stands alone: rollback-journal format (header bytes 18
+        // and 19 are 1) although the source is in WAL mode.
+        let header = std::fs::read(&path).unwrap();
+        assert_eq!(
+            header[18..20],
+            [1, 1],
+            "{} keeps the WAL format",
+            b.filename
+        );
         assert!(integrity_ok(&path), "{} fails integrity_check", b.filename);
         let (n, max, blobs): (i64, i64, i64) = open(&path)
             .query_row(

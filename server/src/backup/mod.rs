@@ -233,7 +233,7 @@ impl Backups {
             file_io::stage_snapshot(&source, SOURCE, &dir, &filename, &copy_cancel)
         })
         .await?;
-        let _dir = self.lock_dir().await?;
+        let dir_lock = self.lock_dir().await?;
         file_io::check_cancelled(cancel)?;
         if catalog::get(&self.db, &new.filename).await?.is_some() {
             return Err(Error::AlreadyExists(format!(
@@ -241,7 +241,7 @@ impl Backups {
                 new.filename
             )));
         }
-        let facts = blocking(move || staged.persist().map_err(file_io::dir_error)).await?;
+        let facts = blocking(move || staged.link().map_err(file_io::dir_error)).await?;
         let row = Backup {
             filename: new.filename.clone(),
             owner_user_id: new.owner_user_id,
@@ -259,19 +259,26 @@ impl Backups {
             Ok::<_, Error>(stored)
         }
         .await;
-        match committed {
-            Ok(stored) => {
-                self.audit.publish([stored]);
-                Ok(row)
-            }
+        let stored = match committed {
+            Ok(stored) => stored,
             Err(e) => {
                 // No catalog row: take the file back out so nothing is left
                 // under the backup's name.
                 let doomed = file_io::begin_delete(&self.dir, &row.filename)?;
                 file_io::finish_delete(&doomed)?;
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        // The new name is made durable outside the lock, so concurrent
+        // backups share directory fsyncs instead of queueing behind each
+        // other's; nobody hears of the backup before it is durable. A crash
+        // before the fsync at worst loses the link, and the start-up
+        // reconcile drops the row.
+        drop(dir_lock);
+        let dir = self.dir.clone();
+        blocking(move || file_io::sync_dir(&dir).map_err(file_io::dir_error)).await?;
+        self.audit.publish([stored]);
+        Ok(row)
     }
 
     /// CreateBackup: a manual backup owned by the caller.
