@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
 use crate::backup::catalog::{self, Entry};
-use crate::backup::{BackupKind, Backups, blocking, file_io};
+use crate::backup::{BackupKind, Backups, DirGuard, blocking, file_io};
 use crate::error::{Error, FieldViolation, Result};
 
 /// The smallest and largest `keep_count` a policy may have.
@@ -398,7 +398,7 @@ impl Retention {
         };
         let result = async {
             let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
-            let _dir = self.backups.lock_dir().await?;
+            let _dir = self.lock_after_verifying(policy).await?;
             self.apply_locked(actor, policy).await
         }
         .await;
@@ -427,11 +427,19 @@ impl Retention {
                 keep_count,
                 scope: Scope::Owner(owner_user_id),
             };
-            let _dir = self.backups.lock_dir().await?;
+            let _dir = self.lock_after_verifying(policy).await?;
             self.apply_locked(actor, policy).await
         }
         .await;
         self.audit_error(actor.user_id, "apply", result).await
+    }
+
+    /// Verifies the policy's backups first (reading files needs no lock),
+    /// then takes the directory lock: the locked pass finds every result
+    /// cached, so concurrent backups do not queue behind integrity checks.
+    async fn lock_after_verifying(&self, policy: Policy) -> Result<DirGuard<'_>> {
+        self.secured_plans(policy).await?;
+        self.backups.lock_dir().await
     }
 
     /// Plans, secures and deletes. The caller holds the directory lock.
