@@ -88,7 +88,8 @@ async fn main() {
 struct Lateness {
     copies: u32,
     users: i64,
-    /// `lateness_ms` of each backup_completed event, sorted.
+    /// `lateness_ms` of each backup_completed event (when its snapshot was
+    /// taken, after its slot), sorted.
     lateness_ms: Vec<i64>,
     errors: usize,
     /// From the slot to the last backup_completed event.
@@ -103,7 +104,7 @@ async fn lateness_table(users: i64, copies: &[u32]) -> String {
         results.push(lateness(users, c).await);
     }
     let mut out = format!(
-        "## (a) lateness: {users} users due at the same instant (demo source, 200 rows)\n\n\
+        "## (a) lateness (snapshot taken - slot): {users} users due at the same instant (demo source, 200 rows)\n\n\
          | --max-concurrent-copies | p50 (ms) | p99 (ms) | max (ms) | min (ms) | slot -> last completed (s) | backups/s | server CPU (s) | errors | target p99 <= 1000 ms |\n\
          |---|---|---|---|---|---|---|---|---|---|\n"
     );

@@ -521,12 +521,14 @@ async fn stop_and_start_control_the_loop_and_overdue_users_show() {
     );
     let started = admin.start().await.unwrap();
     assert!(started.is_running);
+    // Completed (not only catalogued): the run has recorded its success.
     wait_for(
         "the missed backup after start",
         Duration::from_secs(30),
-        || (auto_backups_of(&data, 2).len() == 1).then_some(()),
+        || (!audit_events(&data, "backup_scheduler.backup_completed").is_empty()).then_some(()),
     )
     .await;
+    assert_eq!(auto_backups_of(&data, 2).len(), 1);
     assert!(admin.overdue().await.unwrap().is_empty());
     assert_eq!(audit_events(&data, "backup_scheduler.stop").len(), 1);
 }
@@ -594,4 +596,69 @@ async fn the_scheduled_backup_applies_the_owners_keep_count() {
         .collect();
     assert_eq!(left, [details["filename"].as_str().unwrap()]);
     assert!(data.backups_dir().join("theirs.db").exists());
+}
+
+/// Backups due at the same moment share one snapshot of that moment: one
+/// copy, linked under each user's name, with one checksum and creation
+/// time. Each user's backup is still their own: deleting one leaves the
+/// others whole.
+#[tokio::test]
+async fn backups_due_together_share_one_snapshot_and_stay_independent() {
+    use std::os::unix::fs::MetadataExt;
+    let data = DataDir::new();
+    let users = [2, 3, 4, 5];
+    create_settings(&data, &users).await;
+    let slot = (Utc::now() - chrono::Duration::minutes(1))
+        .with_nanosecond(0)
+        .unwrap();
+    for user in users {
+        set_next(&data, user, slot);
+    }
+    let server = data.start(&[]);
+    wait_for("every due backup", Duration::from_secs(30), || {
+        (audit_events(&data, "backup_scheduler.backup_completed").len() == users.len())
+            .then_some(())
+    })
+    .await;
+    let admin = server.client(&data.token(1, true)).await;
+    let mut backups = admin.backups();
+    let mut made = Vec::new();
+    for user in users {
+        let names = auto_backups_of(&data, user);
+        assert_eq!(names.len(), 1, "user {user}: {names:?}");
+        made.push(backups.get(&names[0]).await.unwrap());
+    }
+    let inode = |name: &str| {
+        std::fs::metadata(data.backups_dir().join(name))
+            .unwrap()
+            .ino()
+    };
+    for b in &made[1..] {
+        assert_eq!(b.sha256, made[0].sha256, "{} differs", b.filename);
+        assert_eq!(b.created_at, made[0].created_at, "{}", b.filename);
+        assert_eq!(inode(&b.filename), inode(&made[0].filename));
+    }
+    assert_eq!(
+        std::fs::metadata(data.backups_dir().join(&made[0].filename))
+            .unwrap()
+            .nlink(),
+        users.len() as u64,
+        "one copy, no temporary name left"
+    );
+
+    backups.delete(&made[0].filename, false).await.unwrap();
+    for b in &made[1..] {
+        let path = data.backups_dir().join(&b.filename);
+        assert!(
+            integrity_ok(&path),
+            "{} damaged by another's delete",
+            b.filename
+        );
+        assert_eq!(backups.get(&b.filename).await.unwrap().sha256, b.sha256);
+    }
+    assert!(
+        file_names(&data.backups_dir())
+            .iter()
+            .all(|n| !n.starts_with(".tmp-"))
+    );
 }

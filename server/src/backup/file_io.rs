@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OpenFlags, backup::StepResult};
 use tokio_util::sync::CancellationToken;
 
@@ -102,61 +102,69 @@ pub fn dir_error(error: Error) -> Error {
 /// Writes a consistent snapshot of the live database at `source` to
 /// `dir/filename`, never replacing an existing file.
 pub fn snapshot(source: &Path, what: &str, dir: &Path, filename: &str) -> Result<FileFacts> {
-    stage_snapshot(source, what, dir, filename, &CancellationToken::new())?.persist()
+    check_free(dir, filename)?;
+    let staged = stage_snapshot(source, what, dir, filename, &CancellationToken::new())?;
+    staged.link_as(filename)?;
+    sync_dir(dir)?;
+    Ok(staged.facts)
+}
+
+/// Fails with ALREADY_EXISTS when something is at `dir/filename`.
+pub fn check_free(dir: &Path, filename: &str) -> Result<()> {
+    if fs::symlink_metadata(dir.join(filename)).is_ok() {
+        return Err(already_exists(filename));
+    }
+    Ok(())
+}
+
+fn already_exists(filename: &str) -> Error {
+    Error::AlreadyExists(format!("backup {filename:?} already exists"))
 }
 
 /// A finished, fsynced snapshot under a temporary name, waiting to be
-/// linked into place; removed if dropped.
+/// linked under one or more backup names; the temporary name goes when it
+/// is dropped.
 pub struct Staged {
     temp: TempFile,
-    target: PathBuf,
-    facts: FileFacts,
+    dir: PathBuf,
+    /// When the copy began: the moment the snapshot shows.
+    pub taken_at: DateTime<Utc>,
+    pub facts: FileFacts,
 }
 
 impl Staged {
-    /// Links the snapshot under its backup name (failing rather than
-    /// replacing an existing file) and fsyncs the directory.
-    pub fn persist(self) -> Result<FileFacts> {
-        let dir = self.target.parent().unwrap_or(Path::new(".")).to_owned();
-        let facts = self.link()?;
-        sync_dir(&dir)?;
-        Ok(facts)
-    }
-
-    /// Links the snapshot under its backup name (failing rather than
-    /// replacing an existing file). The new name is durable only after a
-    /// [`sync_dir`]; one sync covers every link made before it.
-    pub fn link(self) -> Result<FileFacts> {
-        let mut temp = self.temp;
-        temp.link(&self.target)?;
-        Ok(self.facts)
+    /// Links the snapshot under `filename`, failing rather than replacing
+    /// an existing file. The name is durable after a [`sync_dir`] (one sync
+    /// covers every link made before it). Backups due together share one
+    /// snapshot by linking it under each of their names: the file is never
+    /// written again, so the names cannot drift apart.
+    pub fn link_as(&self, filename: &str) -> Result<()> {
+        match fs::hard_link(&self.temp.path, self.dir.join(filename)) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_exists(filename)),
+            linked => Ok(linked?),
+        }
     }
 }
 
-/// Copies the live database at `source` to a temporary file in `dir`,
-/// fsynced and hashed, ready to become `filename`.
+/// Copies the live database at `source` to a temporary file in `dir`
+/// (named after `hint`), fsynced and hashed, ready to be linked.
 ///
 /// The copy runs in one read transaction on the source, so writers on
 /// other connections neither block it (WAL) nor restart it. It is copied in
 /// steps of [`STEP_PAGES`], and `cancel` stops it between steps (the
-/// temporary file is removed). Together with [`Staged::persist`] a crash
-/// leaves no file or a complete one under `filename`.
+/// temporary file is removed). Together with [`Staged::link_as`] a crash
+/// leaves no file or a complete one under a backup's name.
 pub fn stage_snapshot(
     source: &Path,
     what: &str,
     dir: &Path,
-    filename: &str,
+    hint: &str,
     cancel: &CancellationToken,
 ) -> Result<Staged> {
-    let target = dir.join(filename);
-    if fs::symlink_metadata(&target).is_ok() {
-        return Err(Error::AlreadyExists(format!(
-            "backup {filename:?} already exists"
-        )));
-    }
+    let taken_at = Utc::now().trunc_subsecs(6);
     let src = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     check_cancelled(cancel)?;
-    let temp = TempFile::create(dir, filename).map_err(dir_error)?;
+    let temp = TempFile::create(dir, hint).map_err(dir_error)?;
     {
         let mut dst = Connection::open_with_flags(
             &temp.path,
@@ -190,7 +198,8 @@ pub fn stage_snapshot(
     })?;
     Ok(Staged {
         temp,
-        target,
+        dir: dir.to_owned(),
+        taken_at,
         facts,
     })
 }
@@ -433,11 +442,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A file being written under a temporary name, removed on drop unless
-/// persisted.
+/// A file under a temporary name, removed on drop (names linked to it
+/// stay).
 struct TempFile {
     path: PathBuf,
-    persisted: bool,
     /// Holds an exclusive `flock` while the file is written, so another
     /// process's start-up cleanup can tell a live write from a crash's
     /// leftover (the lock dies with its process).
@@ -457,37 +465,13 @@ impl TempFile {
             .mode(0o600)
             .open(&path)?;
         lock.lock()?;
-        Ok(Self {
-            path,
-            persisted: false,
-            _lock: lock,
-        })
-    }
-
-    /// Links the file to `target` (failing if it exists) and drops the
-    /// temporary name.
-    fn link(&mut self, target: &Path) -> Result<()> {
-        match fs::hard_link(&self.path, target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                let name = target.file_name().unwrap_or_default().to_string_lossy();
-                return Err(Error::AlreadyExists(format!(
-                    "backup {name:?} already exists"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.persisted = true;
-        fs::remove_file(&self.path)?;
-        Ok(())
+        Ok(Self { path, _lock: lock })
     }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.persisted {
-            let _ = fs::remove_file(&self.path);
-        }
+        let _ = fs::remove_file(&self.path);
     }
 }
 

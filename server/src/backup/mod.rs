@@ -106,6 +106,11 @@ pub struct DirGuard<'a> {
     _file: std::fs::File,
 }
 
+/// One snapshot shared by the backups given it; see
+/// [`Backups::snapshot_shared`]. Its temporary file goes when it is dropped.
+#[derive(Default)]
+pub struct SharedSnapshot(tokio::sync::OnceCell<Arc<file_io::Staged>>);
+
 /// Source-database wording for errors: callers see what, never where.
 const SOURCE: &str = "the source database";
 
@@ -190,6 +195,35 @@ impl Backups {
         .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
+    /// Like [`Backups::snapshot`], but every backup given the same `shared`
+    /// gets the same snapshot, taken by the first of them: backups due at
+    /// the same moment show the source at that moment, and it is copied
+    /// and hashed once instead of once per backup.
+    pub async fn snapshot_shared(
+        self: &Arc<Self>,
+        shared: &Arc<SharedSnapshot>,
+        new: NewBackup,
+        event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
+    ) -> Result<Backup> {
+        let (this, shared) = (Arc::clone(self), Arc::clone(shared));
+        tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            let kind = new.kind;
+            let work = async {
+                let staged = shared
+                    .0
+                    .get_or_try_init(|| async {
+                        Ok::<_, Error>(Arc::new(this.stage("scheduled", &cancel).await?))
+                    })
+                    .await?;
+                this.catalogue(staged, new, event, &cancel).await
+            };
+            this.measured(kind, work).await
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+    }
+
     /// [`Backups::snapshot_inner`], counted in the metrics.
     async fn measured_snapshot(
         &self,
@@ -197,9 +231,19 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent,
         cancel: &CancellationToken,
     ) -> Result<Backup> {
-        let kind = new.kind.as_str();
+        self.measured(new.kind, self.snapshot_inner(new, event, cancel))
+            .await
+    }
+
+    /// A backup's work, counted in the metrics.
+    async fn measured(
+        &self,
+        kind: BackupKind,
+        work: impl Future<Output = Result<Backup>>,
+    ) -> Result<Backup> {
+        let kind = kind.as_str();
         let started = std::time::Instant::now();
-        let result = self.snapshot_inner(new, event, cancel).await;
+        let result = work.await;
         let outcome = if result.is_ok() {
             "completed"
         } else {
@@ -223,16 +267,31 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent,
         cancel: &CancellationToken,
     ) -> Result<Backup> {
+        let (dir, filename) = (self.dir.clone(), new.filename.clone());
+        // Not worth a copy if the name is taken (checked again under the lock).
+        blocking(move || file_io::check_free(&dir, &filename)).await?;
+        let staged = Arc::new(self.stage(&new.filename, cancel).await?);
+        self.catalogue(&staged, new, event, cancel).await
+    }
+
+    /// Copies the source to a temporary file (named after `hint`), within
+    /// the bound on concurrent copies.
+    async fn stage(&self, hint: &str, cancel: &CancellationToken) -> Result<file_io::Staged> {
         let _permit = self.copy_permit(cancel).await?;
-        // Microseconds, the precision page cursors carry.
-        let created_at = Utc::now().trunc_subsecs(6);
-        let (source, dir, filename) = (self.source.clone(), self.dir.clone(), new.filename.clone());
+        let (source, dir, hint) = (self.source.clone(), self.dir.clone(), hint.to_owned());
         let copy_cancel = cancel.clone();
-        // Written to a temporary name; linked into place under the lock below.
-        let staged = blocking(move || {
-            file_io::stage_snapshot(&source, SOURCE, &dir, &filename, &copy_cancel)
-        })
-        .await?;
+        blocking(move || file_io::stage_snapshot(&source, SOURCE, &dir, &hint, &copy_cancel)).await
+    }
+
+    /// Links a staged snapshot under the new backup's name and catalogs it
+    /// with `event`, under the directory lock.
+    async fn catalogue(
+        &self,
+        staged: &Arc<file_io::Staged>,
+        new: NewBackup,
+        event: impl FnOnce(&Backup) -> NewEvent,
+        cancel: &CancellationToken,
+    ) -> Result<Backup> {
         let dir_lock = self.lock_dir().await?;
         file_io::check_cancelled(cancel)?;
         if catalog::get(&self.db, &new.filename).await?.is_some() {
@@ -241,15 +300,17 @@ impl Backups {
                 new.filename
             )));
         }
-        let facts = blocking(move || staged.link().map_err(file_io::dir_error)).await?;
+        let (linked, filename) = (Arc::clone(staged), new.filename.clone());
+        blocking(move || linked.link_as(&filename).map_err(file_io::dir_error)).await?;
         let row = Backup {
-            filename: new.filename.clone(),
+            filename: new.filename,
             owner_user_id: new.owner_user_id,
             kind: new.kind.as_str().into(),
-            size_bytes: facts.size_bytes,
-            sha256: facts.sha256,
+            size_bytes: staged.facts.size_bytes,
+            sha256: staged.facts.sha256.clone(),
             is_protected: new.kind.is_protected(),
-            created_at,
+            // Microseconds, the precision page cursors carry.
+            created_at: staged.taken_at,
         };
         let txn = store::begin_write(&self.db).await?;
         let committed = async {

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::audit::{NewEvent, Recorder};
-use crate::backup::{BackupKind, Backups, NewBackup, naming};
+use crate::backup::{BackupKind, Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
 use crate::retention::Retention;
 use crate::store::{
@@ -309,6 +309,8 @@ impl Scheduler {
     /// (succeeded, failed). Used by the loop and by CheckAndRunBackups.
     pub async fn run_due(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(u32, u32)> {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_backups.max(1)));
+        // Everything due now is backed up from one snapshot, taken now.
+        let shared = Arc::new(SharedSnapshot::default());
         let (mut ran, mut failed) = (0, 0);
         loop {
             let batch = settings::due(&self.db, now, DUE_BATCH).await?;
@@ -317,10 +319,11 @@ impl Scheduler {
             }
             let mut runs = JoinSet::new();
             for due in batch {
-                let (this, permits) = (Arc::clone(self), Arc::clone(&permits));
+                let (this, permits, shared) =
+                    (Arc::clone(self), Arc::clone(&permits), Arc::clone(&shared));
                 runs.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    this.run_one(due, now).await
+                    this.run_one(due, now, &shared).await
                 });
             }
             let mut progressed = false;
@@ -342,9 +345,14 @@ impl Scheduler {
         Ok((ran, failed))
     }
 
-    /// Claims one due slot, takes the backup, applies the owner's retention
-    /// and records the outcome.
-    async fn run_one(self: Arc<Self>, due: Settings, now: DateTime<Utc>) -> Result<Outcome> {
+    /// Claims one due slot, takes the backup (from the pass's `shared`
+    /// snapshot), applies the owner's retention and records the outcome.
+    async fn run_one(
+        self: Arc<Self>,
+        due: Settings,
+        now: DateTime<Utc>,
+        shared: &Arc<SharedSnapshot>,
+    ) -> Result<Outcome> {
         let Some(slot) = due.next_backup_at else {
             return Ok(Outcome::Skipped);
         };
@@ -352,7 +360,6 @@ impl Scheduler {
             return Ok(Outcome::Skipped);
         };
         let user_id = due.user_id;
-        let started_at = Utc::now();
         let new = NewBackup {
             filename: naming::auto_filename(user_id, slot),
             owner_user_id: user_id,
@@ -360,7 +367,7 @@ impl Scheduler {
         };
         let backup = self
             .backups
-            .snapshot(new, move |b| {
+            .snapshot_shared(shared, new, move |b| {
                 NewEvent::new("backup_files.create", user_id)
                     .resource("backup", &b.filename)
                     .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
@@ -384,8 +391,9 @@ impl Scheduler {
                     "next_backup_at": next,
                     "deleted_old_backups": deleted,
                     "scheduled_for": slot,
-                    "started_at": started_at,
-                    "lateness_ms": (started_at - slot).num_milliseconds(),
+                    // When the snapshot was taken: what the backup shows.
+                    "started_at": backup.created_at,
+                    "lateness_ms": (backup.created_at - slot).num_milliseconds(),
                 });
                 self.finish(
                     &due,
