@@ -111,6 +111,16 @@ pub struct DirGuard<'a> {
 #[derive(Default)]
 pub struct SharedSnapshot(tokio::sync::OnceCell<Arc<file_io::Staged>>);
 
+/// Runs backup work in a task of its own, so a caller that goes away does
+/// not interrupt it half-way: it finishes (or fails and cleans up) either way.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
+}
+
 /// Source-database wording for errors: callers see what, never where.
 const SOURCE: &str = "the source database";
 
@@ -178,21 +188,17 @@ impl Backups {
 
     /// Snapshots the source into a new backup and catalogs it, recording
     /// `event(&backup)` in the same transaction as the catalog row.
-    ///
-    /// The work runs in a task of its own, so a client that goes away does not
-    /// interrupt it half-way: it finishes (or fails and cleans up) either way.
     pub async fn snapshot(
         self: &Arc<Self>,
         new: NewBackup,
         event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
     ) -> Result<Backup> {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        detached(async move {
             this.measured_snapshot(new, event, &CancellationToken::new())
                 .await
         })
         .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
     /// Like [`Backups::snapshot`], but every backup given the same `shared`
@@ -206,7 +212,7 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent + Send + 'static,
     ) -> Result<Backup> {
         let (this, shared) = (Arc::clone(self), Arc::clone(shared));
-        tokio::spawn(async move {
+        detached(async move {
             let cancel = CancellationToken::new();
             let kind = new.kind;
             let work = async {
@@ -221,7 +227,6 @@ impl Backups {
             this.measured(kind, work).await
         })
         .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
     /// [`Backups::snapshot_inner`], counted in the metrics.
@@ -366,7 +371,7 @@ impl Backups {
         let cancel = CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        detached(async move {
             let result = this.measured_snapshot(new, event, &cancel).await;
             if let Err(e) = &result {
                 this.audit_failure("backup_files.create", caller, &filename, e)
@@ -375,7 +380,6 @@ impl Backups {
             result
         })
         .await
-        .map_err(|e| Error::Internal(format!("backup task failed: {e}")))?
     }
 
     /// A backup the caller may see. Another user's backup is NOT_FOUND, as

@@ -510,8 +510,9 @@ impl Retention {
         Ok(all_deleted)
     }
 
-    /// Every selected owner's plan, secured. The caller holds the directory
-    /// lock, so the catalog and the files stay as planned.
+    /// Every selected owner's plan, secured. Under the directory lock the
+    /// catalog and the files stay as planned; without it, a pass only fills
+    /// the verification cache.
     async fn secured_plans(&self, policy: Policy) -> Result<Vec<(OwnerPlan, Safety)>> {
         let owner = match policy.scope {
             Scope::Owner(owner) => Some(owner),
