@@ -431,9 +431,12 @@ pub fn undo_delete(dir: &Path, filename: &str) -> Result<()> {
     Ok(())
 }
 
+/// Unlinks a file [`begin_delete`] renamed. No directory fsync: the
+/// catalog row is already gone, and should a power loss undo the unlink,
+/// the start-up reconcile finishes the `.deleting-` file it finds.
 pub fn finish_delete(doomed: &Path) -> Result<()> {
     fs::remove_file(doomed)?;
-    sync_dir(doomed.parent().unwrap_or(Path::new(".")))
+    Ok(())
 }
 
 /// Makes the directory's entries (new links, renames, unlinks) durable.
