@@ -125,10 +125,13 @@ fn already_exists(filename: &str) -> Error {
 /// linked under one or more backup names; the temporary name goes when it
 /// is dropped.
 pub struct Staged {
+    /// The snapshot's own name, removed when this is dropped.
     temp: TempFile,
+    /// The backups directory, where its names are linked.
     dir: PathBuf,
     /// When the copy began: the moment the snapshot shows.
     pub taken_at: DateTime<Utc>,
+    /// Size and checksum, the same under every name.
     pub facts: FileFacts,
 }
 
