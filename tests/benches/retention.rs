@@ -195,20 +195,18 @@ async fn run() {
     .await;
 
     // ApplyRetentionPolicy for one owner: 70 of its 100 go.
-    sample(
-        "ApplyRetentionPolicy one owner deleting 70 of 100",
-        pid,
-        sampled.len(),
-        |i| {
+    let apply_each = |what: &'static str, expected: usize| {
+        let sampled = &sampled;
+        sample(what, pid, sampled.len(), move |i| {
             let mut r = r.clone();
             let owner = sampled[i];
             async move {
                 let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
-                assert_eq!(deleted.len(), 70);
+                assert_eq!(deleted.len(), expected);
             }
-        },
-    )
-    .await;
+        })
+    };
+    apply_each("ApplyRetentionPolicy one owner deleting 70 of 100", 70).await;
 
     // Every other owner at once: the bulk case.
     let cpu = cpu_seconds(pid);
@@ -226,18 +224,9 @@ async fn run() {
 
     // The scheduler's steady state: one new backup each, one old one goes.
     add_one_each(&data);
-    sample(
+    apply_each(
         "ApplyRetentionPolicy one owner deleting 1 of 31 (after each automatic backup)",
-        pid,
-        sampled.len(),
-        |i| {
-            let mut r = r.clone();
-            let owner = sampled[i];
-            async move {
-                let deleted = r.apply(30, Owners::User(owner)).await.expect("apply");
-                assert_eq!(deleted.len(), 1);
-            }
-        },
+        1,
     )
     .await;
     let cpu = cpu_seconds(pid);

@@ -176,6 +176,17 @@ pub fn open(path: &Path) -> Connection {
     conn
 }
 
+/// Adds `rows` random 4000-byte blobs to the source (in one transaction).
+pub fn grow_source(data: &DataDir, rows: u32) {
+    open(&data.source())
+        .execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS blobs (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO blobs SELECT randomblob(4000) FROM n;"
+        ))
+        .expect("grow the source");
+}
+
 /// `PRAGMA integrity_check` is "ok".
 pub fn integrity_ok(path: &Path) -> bool {
     let conn = open(path);

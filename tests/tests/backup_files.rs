@@ -128,13 +128,7 @@ async fn backups_under_a_continuous_writer_are_consistent() {
 async fn sigkill_mid_backup_leaves_no_partial_backup() {
     let data = DataDir::new();
     // A source big enough that the copy takes a moment.
-    open(&data.source())
-        .execute_batch(
-            "CREATE TABLE blobs (b BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
-             INSERT INTO blobs SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
+    grow_source(&data, 60000);
     let token = data.token(1, false);
     let mut server = data.start(&[]);
     let mut backups = server.client(&token).await.backups();

@@ -31,13 +31,7 @@ fn on_disk(data: &DataDir) -> BTreeSet<String> {
 async fn sigkill_at_many_points_of_backup_restore_and_retention_loses_nothing() {
     let data = DataDir::with_rows(5000);
     // About 24 MB, so each operation takes long enough to be killed inside.
-    open(&data.source())
-        .execute_batch(
-            "CREATE TABLE blobs (b BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
-             INSERT INTO blobs SELECT randomblob(4000) FROM n;",
-        )
-        .unwrap();
+    grow_source(&data, 6000);
     let admin = data.token(1, true);
     let other = data.token(2, false);
     let (content_a, content_b) = {

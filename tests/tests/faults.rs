@@ -58,17 +58,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Adds `rows` random 4000-byte blobs to the source (in one transaction).
-fn grow_source(data: &DataDir, rows: u32) {
-    open(&data.source())
-        .execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS blobs (b BLOB);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
-             INSERT INTO blobs SELECT randomblob(4000) FROM n;"
-        ))
-        .expect("grow the source");
-}
-
 /// Error messages of failed audit events of one type, oldest first.
 fn failures(data: &DataDir, event_type: &str) -> Vec<(i64, String)> {
     let conn = state_store(data);

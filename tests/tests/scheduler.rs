@@ -615,9 +615,14 @@ async fn backups_due_together_share_one_snapshot_and_stay_independent() {
         set_next(&data, user, slot);
     }
     let server = data.start(&[]);
+    // The pass drops the snapshot's temporary name after its last backup
+    // completes: wait for both.
     wait_for("every due backup", Duration::from_secs(30), || {
-        (audit_events(&data, "backup_scheduler.backup_completed").len() == users.len())
-            .then_some(())
+        let completed = audit_events(&data, "backup_scheduler.backup_completed").len();
+        let temporary = file_names(&data.backups_dir())
+            .iter()
+            .any(|n| n.starts_with(".tmp-"));
+        (completed == users.len() && !temporary).then_some(())
     })
     .await;
     let admin = server.client(&data.token(1, true)).await;

@@ -337,8 +337,9 @@ impl Backups {
         };
         // The new name is made durable outside the lock, so concurrent
         // backups share directory fsyncs instead of queueing behind each
-        // other's; nobody hears of the backup before it is durable. A crash
-        // before the fsync at worst loses the link, and the start-up
+        // other's. The caller and audit subscribers hear of the backup only
+        // once it is durable (a listing may show it a moment earlier). A
+        // crash before the fsync at worst loses the link, and the start-up
         // reconcile drops the row.
         drop(dir_lock);
         let dir = self.dir.clone();
