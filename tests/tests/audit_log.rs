@@ -286,9 +286,16 @@ async fn resuming_from_after_id_is_gapless_while_writers_run() {
     let user = data.token(2, false);
     let mut audit = server.client(&admin).await.audit();
     let writers = spawn_writers(&server.url, &user, 4, 1000);
+    let mut writing = tokio::spawn(async move {
+        for w in writers {
+            w.await.expect("a writer succeeds");
+        }
+    });
 
     // Read 500 events, drop the stream, resume after the last id; repeat
     // until the writers are done and the newest stored event has arrived.
+    // The writers' end is awaited beside the stream: their last event may
+    // arrive before they return, and then no event would wake the reader.
     let mut received = Vec::new();
     let mut after = 0;
     let mut resumptions = 0;
@@ -297,19 +304,20 @@ async fn resuming_from_after_id_is_gapless_while_writers_run() {
         let mut stream = audit.subscribe(Some(after), "", None).await.unwrap();
         resumptions += 1;
         for _ in 0..500 {
-            if target.is_none() && writers.iter().all(|w| w.is_finished()) {
-                target = Some(last_stored_id(&data));
-            }
             if target.is_some_and(|t| after >= t) {
                 break 'resume;
             }
-            let event = next_event(&mut stream).await;
-            after = event.id;
-            received.push(event.id);
+            tokio::select! {
+                finished = &mut writing, if target.is_none() => {
+                    finished.expect("the writers succeed");
+                    target = Some(last_stored_id(&data));
+                }
+                event = next_event(&mut stream) => {
+                    after = event.id;
+                    received.push(event.id);
+                }
+            }
         }
-    }
-    for w in writers {
-        w.await.unwrap();
     }
     assert!(received.len() >= 4000, "only {} events", received.len());
     assert!(resumptions >= 8, "only {resumptions} subscriptions");
