@@ -216,6 +216,17 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> Code {
     }
 }
 
+/// Names of the backups `backups` may see, in ListBackups order.
+pub async fn listed(backups: &mut backup_client::Backups) -> Vec<String> {
+    backups
+        .list_all()
+        .await
+        .expect("list backups")
+        .into_iter()
+        .map(|b| b.filename)
+        .collect()
+}
+
 /// Names of the files in a directory, sorted, except the backups
 /// directory's `.lock` (the cross-process lock file, always there).
 pub fn file_names(dir: &Path) -> Vec<String> {

@@ -286,13 +286,7 @@ async fn users_are_isolated_and_admin_only_operations_are_enforced() {
     );
     assert!(data.backups_dir().join("alice.db").exists());
 
-    let all: Vec<String> = admin
-        .list_all()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.filename)
-        .collect();
+    let all = listed(&mut admin).await;
     assert_eq!(all.len(), 2);
     assert!(all.contains(&"alice.db".to_owned()) && all.contains(&"bob.db".to_owned()));
     admin.delete("alice.db", false).await.unwrap();

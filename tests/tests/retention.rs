@@ -79,14 +79,7 @@ fn backup_files(data: &DataDir) -> BTreeSet<String> {
 
 /// The catalog as the admin sees it.
 async fn catalog(admin: &Client) -> BTreeSet<String> {
-    admin
-        .backups()
-        .list_all()
-        .await
-        .expect("list backups")
-        .into_iter()
-        .map(|b| b.filename)
-        .collect()
+    listed(&mut admin.backups()).await.into_iter().collect()
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {

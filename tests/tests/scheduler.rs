@@ -587,13 +587,7 @@ async fn the_scheduled_backup_applies_the_owners_keep_count() {
     deleted.sort();
     assert_eq!(deleted, ["old-1.db", "old-2.db"]);
     let mut backups = server.client(&token).await.backups();
-    let left: Vec<String> = backups
-        .list_all()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.filename)
-        .collect();
+    let left = listed(&mut backups).await;
     assert_eq!(left, [details["filename"].as_str().unwrap()]);
     assert!(data.backups_dir().join("theirs.db").exists());
 }
