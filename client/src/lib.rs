@@ -9,7 +9,7 @@ mod audit;
 mod retention;
 mod scheduler;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -263,7 +263,10 @@ impl Backups {
             })
             .await?
             .into_inner();
-        let partial = dest.with_extension("part");
+        // Beside the destination, so the final rename stays on one filesystem.
+        let mut partial = dest.as_os_str().to_owned();
+        partial.push(".part");
+        let partial = PathBuf::from(partial);
         let mut file = tokio::fs::File::create(&partial).await?;
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut meta = None;

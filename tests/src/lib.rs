@@ -208,6 +208,33 @@ pub fn orders(path: &Path) -> Vec<(i64, i64, i64)> {
         .expect("read orders")
 }
 
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// `backupctl` aimed at `url` with `token`, both through the environment
+/// as a user would set them.
+pub fn backupctl_command(url: &str, token: &str) -> Command {
+    let mut cmd = Command::new(bin("backupctl"));
+    cmd.env("BACKUP_URL", url)
+        .env("BACKUP_TOKEN", token)
+        .env_remove("BACKUP_CA_FILE");
+    cmd
+}
+
+/// Runs `backupctl args` to the end.
+pub fn backupctl(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    backupctl_command(url, token)
+        .args(args)
+        .output()
+        .expect("run backupctl")
+}
+
 /// The gRPC code of a failed call.
 pub fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> Code {
     match result {

@@ -8,14 +8,6 @@ use std::time::Duration;
 use backup_client::proto_health::health_check_response::ServingStatus;
 use backup_tests::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn tls_serves_https_to_clients_that_trust_the_ca() {
     let data = DataDir::new();
@@ -215,21 +207,26 @@ async fn health_follows_the_state_store() {
     locker
         .execute_batch("BEGIN IMMEDIATE; UPDATE secrets SET value = value;")
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while client.health("backup.v1.BackupFiles").await.unwrap() != ServingStatus::NotServing {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health never turned NOT_SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    await_health(&client, "backup.v1.BackupFiles", ServingStatus::NotServing).await;
+    // `backupctl health` as an exec probe: its own exit code when not serving.
+    let probe = backupctl(&server.url, "", &["health"]);
+    assert_eq!(probe.status.code(), Some(4), "{probe:?}");
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "NOT_SERVING");
+
     locker.execute_batch("COMMIT").unwrap();
     drop(locker);
+    await_health(&client, "", ServingStatus::Serving).await;
+    let probe = backupctl(&server.url, "", &["health"]);
+    assert_eq!(probe.status.code(), Some(0), "{probe:?}");
+}
+
+/// Polls the health of `service` until it reports `status`, for at most 40 s.
+async fn await_health(client: &Client, service: &str, status: ServingStatus) {
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while client.health("").await.unwrap() != ServingStatus::Serving {
+    while client.health(service).await.unwrap() != status {
         assert!(
             std::time::Instant::now() < deadline,
-            "health never recovered"
+            "health of {service:?} never turned {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

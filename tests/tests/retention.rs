@@ -334,18 +334,18 @@ async fn the_summary_is_exactly_what_apply_deletes() {
     assert_eq!(deleted, to_delete);
 
     // backupctl shows the same preview as JSON.
-    let out = std::process::Command::new(bin("backupctl"))
-        .args(["--url", &server.url, "--token", &data.token(1, true)])
-        .args([
+    let out = backupctl(
+        &server.url,
+        &data.token(1, true),
+        &[
             "retention",
             "summary",
             "--keep",
             "1",
             "--all-users",
             "--json",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["total"], 3);

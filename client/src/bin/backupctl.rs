@@ -302,7 +302,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             let mut scheduler = client.scheduler();
             match command {
                 SettingsCommand::Get { user } => {
-                    out.settings(&[scheduler.get_settings(user).await?])
+                    out.settings(&[scheduler.get_settings(user).await?], "no backup settings")
                 }
                 SettingsCommand::Update {
                     user,
@@ -324,9 +324,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                         keep_count: keep,
                         timezone,
                     };
-                    out.settings(&[scheduler.update_settings(user, update).await?]);
+                    out.settings(
+                        &[scheduler.update_settings(user, update).await?],
+                        "no backup settings",
+                    );
                 }
-                SettingsCommand::List => out.settings(&scheduler.list_settings().await?),
+                SettingsCommand::List => {
+                    out.settings(&scheduler.list_settings().await?, "no backup settings")
+                }
             }
         }
         RemoteCommand::Scheduler(command) => {
@@ -346,7 +351,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
                 SchedulerCommand::Overdue => {
                     let overdue = scheduler.overdue().await?;
-                    out.settings(&overdue);
+                    out.settings(&overdue, "no overdue users");
                     if !overdue.is_empty() {
                         return Ok(ExitCode::from(5));
                     }
@@ -399,15 +404,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 BackupsCommand::Get { filename } => out.backups(&[backups.get(&filename).await?]),
                 BackupsCommand::Download { filename, output } => {
                     let dest = output.unwrap_or_else(|| PathBuf::from(&filename));
-                    let bar = ProgressBar::new(0).with_style(
-                        ProgressStyle::with_template(
-                            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    let bar = out.progress(
+                        ProgressBar::new(0).with_style(
+                            ProgressStyle::with_template(
+                                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        ),
                     );
-                    if cli.json {
-                        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-                    }
                     let backup = backups
                         .download_to(&filename, &dest, |done, total| {
                             bar.set_length(total);
@@ -420,7 +424,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     });
                 }
                 BackupsCommand::Restore { filename } => {
-                    let (restored, pre) = backups.restore(&filename).await?;
+                    // A large database takes a while to verify and copy in.
+                    let spinner = out.progress(
+                        ProgressBar::new_spinner().with_message(format!("restoring {filename}")),
+                    );
+                    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+                    let restored = backups.restore(&filename).await;
+                    spinner.finish_and_clear();
+                    let (restored, pre) = restored?;
                     out.value(json!({ "restored": backup_json(&restored), "pre_restore_backup": backup_json(&pre) }), || {
                         println!("restored {}; the previous source is saved as {}", restored.filename, pre.filename);
                     });
@@ -467,7 +478,17 @@ impl Output {
         }
     }
 
-    fn settings(&self, settings: &[proto::BackupSettings]) {
+    /// `bar`, drawn on stderr for people (indicatif skips non-terminals)
+    /// and never with `--json`.
+    fn progress(&self, bar: ProgressBar) -> ProgressBar {
+        if self.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar
+    }
+
+    /// Settings as a table; `nothing` is printed instead of an empty one.
+    fn settings(&self, settings: &[proto::BackupSettings], nothing: &str) {
         let values: Vec<Value> = settings.iter().map(settings_json).collect();
         self.value(Value::Array(values), || {
             let mut table = Table::new();
@@ -493,7 +514,7 @@ impl Output {
                     timestamp(s.next_backup_at.as_ref()),
                 ]);
             }
-            println!("{table}");
+            print_rows(&table, nothing);
         });
     }
 
@@ -583,7 +604,7 @@ impl Output {
                     if b.is_protected { "yes" } else { "" }.to_owned(),
                 ]);
             }
-            println!("{table}");
+            print_rows(&table, "no backups");
         });
     }
 }
@@ -616,7 +637,9 @@ impl Output {
             for k in &s.kept_backups {
                 table.add_row([k.filename.clone(), "keep".into(), keep_reason(k.reason)]);
             }
-            println!("{table}");
+            if !table.is_empty() {
+                println!("{table}");
+            }
         });
     }
 
@@ -630,6 +653,16 @@ impl Output {
                 }
             },
         );
+    }
+}
+
+/// Prints `table`, or `nothing` when it has no rows (an empty frame says
+/// less than a sentence).
+fn print_rows(table: &Table, nothing: &str) {
+    if table.is_empty() {
+        println!("{nothing}");
+    } else {
+        println!("{table}");
     }
 }
 
