@@ -69,8 +69,14 @@ async fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    // Logs go to stderr; stdout carries only what scripts read.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries only what scripts read. The one-shot
+    // subcommands log only what needs attention unless RUST_LOG says more.
+    let default_level = match cli.command {
+        None | Some(Command::Serve) => "info",
+        Some(_) => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
