@@ -245,6 +245,12 @@ async fn health_connect_usage_and_overdue_exit_codes() {
     let out = backupctl(&nobody, "", &["health"]);
     exits(&out, 3);
     assert!(stderr(&out).contains("cannot connect"), "{out:?}");
+    // Flags win over the environment.
+    let out = backupctl_command(&nobody, "bk_wrong")
+        .args(["--url", url, "--token", &user, "backups", "list"])
+        .output()
+        .expect("run backupctl");
+    exits(&out, 0);
     exits(&backupctl(url, &user, &["backups", "frobnicate"]), 2);
     exits(
         &backupctl(url, &user, &["settings", "update", "--frequency", "hourly"]),
