@@ -96,6 +96,13 @@ impl DataDir {
 
     /// Starts a server on this directory with extra flags.
     pub fn start(&self, extra: &[&str]) -> Server {
+        self.try_start(extra)
+            .unwrap_or_else(|line| panic!("server did not start: {line:?}"))
+    }
+
+    /// Starts a server, or returns what it printed instead of its ready
+    /// line (it has exited by then).
+    pub fn try_start(&self, extra: &[&str]) -> Result<Server, String> {
         let mut cmd = self.command();
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(extra)
@@ -107,14 +114,16 @@ impl DataDir {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
-            .to_owned();
-        Server {
-            child,
-            url: format!("http://{addr}"),
+        match line.trim().strip_prefix("listening on ") {
+            Some(addr) => Ok(Server {
+                url: format!("http://{addr}"),
+                child,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(line)
+            }
         }
     }
 }
@@ -208,7 +217,19 @@ pub fn orders(path: &Path) -> Vec<(i64, i64, i64)> {
         .expect("read orders")
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port that refuses connections for as long as the socket lives: bound
+/// but not listening, so no other test's server can be given it meanwhile.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind an ephemeral port");
+    let port = socket.local_addr().expect("its address").port();
+    (socket, port)
+}
+
+/// A port free at the moment of asking, for a server that must bind it
+/// itself. Another process may take it first: callers retry.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral port")

@@ -241,7 +241,8 @@ async fn health_connect_usage_and_overdue_exit_codes() {
         &["--json", "health", "--service", "backup.v1.BackupFiles"],
     ));
     assert_eq!(status["status"], "SERVING");
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (_refusing, port) = refusing_port();
+    let nobody = format!("http://127.0.0.1:{port}");
     let out = backupctl(&nobody, "", &["health"]);
     exits(&out, 3);
     assert!(stderr(&out).contains("cannot connect"), "{out:?}");

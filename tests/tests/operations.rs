@@ -62,8 +62,16 @@ fn plaintext_on_a_public_address_is_refused_unless_allowed() {
 #[tokio::test]
 async fn metrics_count_rpcs_and_backups() {
     let data = DataDir::new();
-    let port = free_port();
-    let server = data.start(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    // The metrics port is chosen here, so another test may bind it first.
+    let (server, port) = (0..5)
+        .find_map(|_| {
+            let port = free_port();
+            let metrics = format!("127.0.0.1:{port}");
+            data.try_start(&["--metrics-listen", &metrics])
+                .ok()
+                .map(|server| (server, port))
+        })
+        .expect("a server with metrics on a free port");
     let mut backups = server.client(&data.token(1, false)).await.backups();
     backups.create(Some("counted")).await.unwrap();
     assert_eq!(code(backups.get("missing.db").await), Code::NotFound);
