@@ -110,10 +110,17 @@ impl DataDir {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn backup-server");
         let stdout = child.stdout.take().expect("server stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
+        // Read on a thread, so a server stuck before its ready line fails
+        // the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| "(no ready line within 60 s)".into());
         match line.trim().strip_prefix("listening on ") {
             Some(addr) => Ok(Server {
                 url: format!("http://{addr}"),
@@ -236,6 +243,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("its address")
         .port()
+}
+
+/// Whether grpcurl's stderr says its `-max-time` deadline ended the call.
+/// Whichever timer fires first answers: grpcurl's own (DeadlineExceeded)
+/// or, on a loaded machine, the server's, which tonic reports as
+/// Cancelled "Timeout expired".
+pub fn deadline_passed(grpcurl_stderr: &str) -> bool {
+    grpcurl_stderr.contains("DeadlineExceeded") || grpcurl_stderr.contains("Timeout expired")
 }
 
 /// `backupctl` aimed at `url` with `token`, both through the environment

@@ -559,8 +559,9 @@ async fn sigterm_ends_streams_with_unavailable_and_where_to_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_another_process_writes_reach_subscribers() {
     let data = DataDir::new();
-    let first = data.start(&[]);
-    let second = data.start(&[]);
+    // No scheduler: its start event could land after `start` is read.
+    let first = data.start(&["--no-scheduler"]);
+    let second = data.start(&["--no-scheduler"]);
     let admin = data.token(1, true);
     let user = data.token(2, false);
     let start = last_stored_id(&data);

@@ -175,16 +175,13 @@ async fn every_service_including_the_audit_stream_answers_grpcurl() {
         "-H",
         &header,
         "-max-time",
-        "2",
+        "5",
         "-d",
         r#"{"afterId":0}"#,
         &addr(&server),
         "backup.v1.AuditLog/SubscribeAuditEvents",
     ]);
-    assert!(
-        err.contains("DeadlineExceeded"),
-        "the stream ended early: {err}"
-    );
+    assert!(deadline_passed(&err), "the stream ended early: {err}");
     assert!(
         out.contains(r#""eventType": "backup_files.create""#),
         "{out}"

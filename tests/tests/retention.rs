@@ -454,7 +454,7 @@ async fn a_file_that_cannot_be_deleted_is_audited_and_the_rest_go_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_a_retention_run_leaves_catalog_and_directory_consistent() {
-    const FILES: usize = 800;
+    const FILES: usize = 2000;
     let data = DataDir::new();
     let admin_token = data.token(1, true);
     let user_token = data.token(2, false);

@@ -236,7 +236,7 @@ async fn a_due_backup_starts_within_a_second_on_the_real_clock() {
     let data = DataDir::new();
     let server = data.start(&[]);
     let mut scheduler = server.client(&data.token(2, false)).await.scheduler();
-    let (at, hhmm) = next_minute(5);
+    let (at, hhmm) = next_minute(15);
     let settings = scheduler
         .update_settings(
             0,
@@ -296,13 +296,22 @@ fn set_next(data: &DataDir, user_id: i64, at: chrono::DateTime<Utc>) {
     assert_eq!(n, 1);
 }
 
-async fn create_settings(data: &DataDir, users: &[i64]) {
+/// Daily settings for `users` at a time of day twelve hours away, so no
+/// regular slot falls due while a test runs; returns that time.
+async fn create_settings(data: &DataDir, users: &[i64]) -> chrono::NaiveTime {
+    let time = (Utc::now() + chrono::Duration::hours(12)).time();
+    let time = chrono::NaiveTime::from_hms_opt(time.hour(), time.minute(), 0).unwrap();
     let server = data.start(&["--no-scheduler"]);
     let mut admin = server.client(&data.token(1, true)).await.scheduler();
     for &user in users {
-        admin.update_settings(user, update()).await.unwrap();
+        let settings = SettingsUpdate {
+            backup_time: Some(time.format("%H:%M").to_string()),
+            ..update()
+        };
+        admin.update_settings(user, settings).await.unwrap();
     }
     assert!(server.shutdown().await.success());
+    time
 }
 
 fn auto_backups_of(data: &DataDir, user: i64) -> Vec<String> {
@@ -315,19 +324,12 @@ fn auto_backups_of(data: &DataDir, user: i64) -> Vec<String> {
 #[tokio::test]
 async fn missed_runs_after_downtime_run_once_per_user_and_are_audited() {
     let data = DataDir::new();
-    create_settings(&data, &[2, 3]).await;
-    // The daily 03:00 UTC slots: down since two days before the latest one
-    // (user 2 missed 3 slots) and since the day before it (user 3, 2 slots).
+    let time = create_settings(&data, &[2, 3]).await;
+    // The daily slots, the latest about twelve hours ago: down since two
+    // days before it (user 2 missed 3 slots) and since the day before it
+    // (user 3, 2 slots).
     let now = Utc::now();
-    let mut latest = now
-        .with_hour(3)
-        .unwrap()
-        .with_minute(0)
-        .unwrap()
-        .with_second(0)
-        .unwrap()
-        .with_nanosecond(0)
-        .unwrap();
+    let mut latest = now.date_naive().and_time(time).and_utc();
     if latest > now {
         latest -= chrono::Duration::days(1);
     }
@@ -382,14 +384,21 @@ async fn one_users_failure_does_not_stop_another() {
     .await;
     assert_eq!((error.0, error.1), (2, false));
     assert!(error.2["retry_at"].is_string());
-    wait_for("user 3's backup", Duration::from_secs(30), || {
-        (auto_backups_of(&data, 3).len() == 1).then_some(())
-    })
-    .await;
     let mut admin = server.client(&data.token(1, true)).await.scheduler();
-    let stats = admin.stats().await.unwrap();
+    // The counters move just after each outcome is recorded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = admin.stats().await.unwrap();
+        if stats.backups_completed + stats.backups_failed >= 2
+            || std::time::Instant::now() > deadline
+        {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(stats.is_running);
     assert_eq!((stats.backups_completed, stats.backups_failed), (1, 1));
+    assert_eq!(auto_backups_of(&data, 3).len(), 1);
     // User 2 is retried later, not in a tight loop.
     let retry = admin.get_settings(2).await.unwrap().next_backup_at.unwrap();
     assert!(
@@ -421,12 +430,11 @@ async fn two_processes_take_each_due_backup_exactly_once() {
     ra.unwrap();
     rb.unwrap();
     wait_for("every user's backup", Duration::from_secs(30), || {
-        users
-            .iter()
-            .all(|&u| auto_backups_of(&data, u).len() == 1)
+        (audit_events(&data, "backup_scheduler.backup_completed").len() >= users.len())
             .then_some(())
     })
     .await;
+    // Then nothing more, however long the two keep running.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for &user in &users {
         assert_eq!(auto_backups_of(&data, user).len(), 1, "user {user}");
@@ -471,6 +479,53 @@ async fn sigkill_of_the_lease_holder_hands_the_loop_over() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// A pass that outlasts the lease TTL keeps the lease: the process waiting
+/// beside it neither takes over nor settles the running backup as
+/// interrupted and takes it again.
+#[tokio::test]
+async fn a_pass_longer_than_the_lease_keeps_it() {
+    let data = DataDir::new();
+    create_settings(&data, &[2]).await;
+    let slot = (Utc::now() - chrono::Duration::minutes(10))
+        .with_nanosecond(0)
+        .unwrap();
+    set_next(&data, 2, slot);
+    // A writer holds the source locked, so the backup waits (up to the
+    // server's 30 s lock wait) for three lease TTLs.
+    let source = open(&data.source());
+    source
+        .pragma_update(None, "journal_mode", "DELETE")
+        .unwrap();
+    source.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let token = data.token(1, true);
+    let first = data.start(&["--lease-ttl", "3"]);
+    let mut first_client = first.client(&token).await.scheduler();
+    wait_for_holder(&mut first_client).await;
+    let second = data.start(&["--lease-ttl", "3"]);
+    let mut second_client = second.client(&token).await.scheduler();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(first_client.stats().await.unwrap().holds_lease);
+    assert!(!second_client.stats().await.unwrap().holds_lease);
+    source.execute_batch("COMMIT").unwrap();
+
+    wait_for("the backup", Duration::from_secs(30), || {
+        (audit_events(&data, "backup_scheduler.backup_completed").len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        audit_events(&data, "backup_scheduler.backup_error"),
+        [],
+        "a running backup was settled as interrupted"
+    );
+    assert_eq!(auto_backups_of(&data, 2).len(), 1);
+    let (a, b) = (
+        first_client.stats().await.unwrap(),
+        second_client.stats().await.unwrap(),
+    );
+    assert_eq!((a.backups_completed, b.backups_completed), (1, 0));
+    assert!(a.holds_lease && !b.holds_lease);
 }
 
 async fn wait_for_holder(client: &mut backup_client::Scheduler) {

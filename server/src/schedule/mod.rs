@@ -159,18 +159,10 @@ impl Scheduler {
 
     async fn run_loop(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         loop {
-            let holds = match self.take_lease(Utc::now()).await {
-                Ok(holds) => holds,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew the scheduler lease");
-                    false
-                }
-            };
-            self.holds_lease.store(holds, Ordering::Relaxed);
-            metrics::gauge!("scheduler_lease_held").set(if holds { 1.0 } else { 0.0 });
+            let holds = self.renew_lease().await;
             let mut wake_in = self.config.check_interval.min(self.config.lease_ttl / 3);
             if holds {
-                if let Err(e) = self.run_due(Utc::now()).await {
+                if let Err(e) = self.run_due_renewing_lease().await {
                     tracing::error!(error = %e, "scheduled check failed");
                     self.audit
                         .record_or_log(NewEvent::new("backup_scheduler.check_error", 0).failed(&e))
@@ -195,6 +187,41 @@ impl Scheduler {
         }
         self.holds_lease.store(false, Ordering::Relaxed);
         metrics::gauge!("scheduler_lease_held").set(0.0);
+    }
+
+    /// Takes or renews the lease and publishes whether this process holds it.
+    async fn renew_lease(&self) -> bool {
+        let holds = match self.take_lease(Utc::now()).await {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the scheduler lease");
+                false
+            }
+        };
+        if self.holds_lease.swap(holds, Ordering::Relaxed) && !holds {
+            tracing::warn!(instance = %self.instance_id, "lost the scheduler lease");
+        }
+        metrics::gauge!("scheduler_lease_held").set(if holds { 1.0 } else { 0.0 });
+        holds
+    }
+
+    /// Runs what is due, renewing the lease every third of its TTL meanwhile:
+    /// a pass can outlast the TTL (a large database, many users), and no
+    /// other process may take the lease over and settle runs still going.
+    async fn run_due_renewing_lease(self: &Arc<Self>) -> Result<(u32, u32)> {
+        let period = self.config.lease_ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pass = self.run_due(Utc::now());
+        tokio::pin!(pass);
+        loop {
+            tokio::select! {
+                outcome = &mut pass => return outcome,
+                _ = renew.tick() => {
+                    self.renew_lease().await;
+                }
+            }
+        }
     }
 
     /// Takes or renews the lease; true if this process holds it. A lease
