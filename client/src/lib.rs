@@ -242,6 +242,7 @@ impl Backups {
             .0
             .get_backup(proto::GetBackupRequest {
                 filename: filename.to_owned(),
+                owner_user_id: None,
             })
             .await?;
         present(response.into_inner().backup, "a backup")
@@ -260,6 +261,7 @@ impl Backups {
             .0
             .download_backup(proto::DownloadBackupRequest {
                 filename: filename.to_owned(),
+                owner_user_id: None,
             })
             .await?
             .into_inner();
@@ -313,6 +315,7 @@ impl Backups {
             .0
             .restore_backup(proto::RestoreBackupRequest {
                 filename: filename.to_owned(),
+                owner_user_id: None,
             })
             .await?
             .into_inner();
@@ -327,6 +330,7 @@ impl Backups {
             .delete_backup(proto::DeleteBackupRequest {
                 filename: filename.to_owned(),
                 force,
+                owner_user_id: None,
             })
             .await?;
         Ok(())

@@ -153,4 +153,12 @@ impl BackupFiles for BackupFilesApi {
             .await?;
         Ok(Response::new(pb::DeleteBackupResponse {}))
     }
+
+    async fn verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::VerifyBackupResponse>, Status> {
+        self.app.caller(&request, "VerifyBackup").await?;
+        Err(Status::unimplemented("VerifyBackup is being built"))
+    }
 }

@@ -76,6 +76,10 @@ impl From<Stats> for pb::SchedulerStats {
             backups_failed: i64::try_from(s.failed).unwrap_or(i64::MAX),
             overdue_users: count(s.overdue_users),
             instance_id: s.instance_id,
+            damaged_backups: 0,
+            verifications_passed: 0,
+            verifications_failed: 0,
+            verify_interval_seconds: 0,
         }
     }
 }

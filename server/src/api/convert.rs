@@ -33,6 +33,9 @@ impl From<Backup> for pb::Backup {
             is_protected: b.is_protected,
             owner_user_id: b.owner_user_id,
             sha256: b.sha256,
+            damaged: false,
+            last_verified_at: None,
+            damage: String::new(),
         }
     }
 }
