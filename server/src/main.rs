@@ -46,13 +46,13 @@ enum TokenCommand {
         /// Make the user an admin.
         #[arg(long)]
         admin: bool,
-        /// Let the token expire after this many days.
-        #[arg(long)]
+        /// Let the token expire after this many days (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         expires_in_days: Option<u32>,
     },
     /// List tokens (never the tokens themselves) as JSON lines.
     List,
-    /// Revoke a token by id.
+    /// Revoke a token by id; exits 1 if it does not exist or is already revoked.
     Revoke {
         /// The id shown by `token list`.
         id: i64,

@@ -300,3 +300,44 @@ async fn health_connect_usage_and_overdue_exit_codes() {
     exits(&out, 0);
     assert!(stdout(&out).contains("backupctl"), "{out:?}");
 }
+
+#[tokio::test]
+async fn token_expiry_must_be_a_day_and_revoke_says_when_nothing_was_revoked() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let token = |args: &[&str]| {
+        data.command()
+            .arg("token")
+            .args(args)
+            .output()
+            .expect("run backup-server token")
+    };
+    let out = token(&["create", "--user-id", "3", "--expires-in-days", "0"]);
+    exits(&out, 2);
+    assert!(stdout(&out).is_empty(), "{out:?}");
+    let out = token(&["create", "--user-id", "3", "--expires-in-days", "1"]);
+    exits(&out, 0);
+    let minted = stdout(&out).trim().to_owned();
+    exits(&backupctl(&server.url, &minted, &["backups", "list"]), 0);
+
+    // Only the one token made above exists.
+    let listed = stdout(&token(&["list"]));
+    let rows: Vec<Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert!(rows[0]["expires_at"].is_string(), "{listed}");
+    let id = rows[0]["id"].to_string();
+
+    exits(&token(&["revoke", &id]), 0);
+    let out = backupctl(&server.url, &minted, &["backups", "list"]);
+    exits(&out, 1);
+    assert!(stderr(&out).contains("Unauthenticated"), "{out:?}");
+    let out = token(&["revoke", &id]);
+    exits(&out, 1);
+    assert!(stderr(&out).contains("already revoked"), "{out:?}");
+    let out = token(&["revoke", "999999"]);
+    exits(&out, 1);
+    assert!(stderr(&out).contains("no token with id 999999"), "{out:?}");
+}

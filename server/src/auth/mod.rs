@@ -145,18 +145,25 @@ pub async fn list_tokens(db: &DatabaseConnection) -> Result<Vec<TokenInfo>> {
         .collect())
 }
 
-/// Revokes a token by id; it is refused from its next call on.
+/// Revokes a token by id; it is refused from its next call on. A token
+/// that does not exist is NotFound, and one already revoked is
+/// FailedPrecondition (naming when), so an operator's typo is never
+/// reported as a revocation.
 pub async fn revoke_token(db: &DatabaseConnection, id: i64) -> Result<()> {
     let txn = store::begin_write(db).await?;
     let token = api_token::Entity::find_by_id(id)
         .one(&txn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no token with id {id}")))?;
-    if token.revoked_at.is_none() {
-        let mut revoked: api_token::ActiveModel = token.into();
-        revoked.revoked_at = Set(Some(Utc::now()));
-        revoked.update(&txn).await?;
+    if let Some(at) = token.revoked_at {
+        return Err(Error::FailedPrecondition(format!(
+            "token {id} was already revoked at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
     }
+    let mut revoked: api_token::ActiveModel = token.into();
+    revoked.revoked_at = Set(Some(Utc::now()));
+    revoked.update(&txn).await?;
     txn.commit().await?;
     Ok(())
 }
