@@ -6,12 +6,12 @@
 //! types are re-exported as [`proto`], so callers need not depend on tonic.
 
 mod audit;
+mod backups;
 mod retention;
 mod scheduler;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use tokio::io::AsyncWriteExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -22,7 +22,7 @@ use tonic_types::StatusExt;
 
 pub use audit::{Audit, AuditFilter, AuditPage, AuditStream};
 pub use backup_proto as proto;
-use backup_proto::backup_files_client::BackupFilesClient;
+pub use backups::Backups;
 pub use retention::{Owners, Retention};
 pub use tonic::Code;
 
@@ -53,6 +53,10 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// A download's destination exists and is not a regular file; it is
+    /// never replaced.
+    #[error("refusing to write to {}: it is a {kind}, not a regular file", path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("the server sent {0}")]
     Protocol(String),
 }
@@ -156,7 +160,7 @@ impl Client {
 
     /// `backup.v1.BackupFiles`.
     pub fn backups(&self) -> Backups {
-        Backups(BackupFilesClient::new(self.authed()))
+        Backups::new(self.authed())
     }
 
     /// `backup.v1.BackupScheduler`.
@@ -187,157 +191,6 @@ impl Client {
     }
 }
 
-/// `backup.v1.BackupFiles`: create, list, get, download, restore, delete.
-#[derive(Clone)]
-pub struct Backups(BackupFilesClient<Authed>);
-
 pub(crate) fn present<T>(value: Option<T>, what: &str) -> Result<T> {
     value.ok_or_else(|| Error::Protocol(format!("a response without {what}")))
-}
-
-impl Backups {
-    pub async fn create(&mut self, custom_filename: Option<&str>) -> Result<proto::Backup> {
-        let response = self
-            .0
-            .create_backup(proto::CreateBackupRequest {
-                custom_filename: custom_filename.map(str::to_owned),
-            })
-            .await?;
-        present(response.into_inner().backup, "a backup")
-    }
-
-    /// One page: the backups and the next page token (empty on the last).
-    pub async fn list_page(
-        &mut self,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<(Vec<proto::Backup>, String)> {
-        let page = self
-            .0
-            .list_backups(proto::ListBackupsRequest {
-                page_size,
-                page_token: page_token.to_owned(),
-            })
-            .await?
-            .into_inner();
-        Ok((page.backups, page.next_page_token))
-    }
-
-    /// Every page, newest first.
-    pub async fn list_all(&mut self) -> Result<Vec<proto::Backup>> {
-        let mut all = Vec::new();
-        let mut token = String::new();
-        loop {
-            let (page, next) = self.list_page(0, &token).await?;
-            all.extend(page);
-            if next.is_empty() {
-                return Ok(all);
-            }
-            token = next;
-        }
-    }
-
-    pub async fn get(&mut self, filename: &str) -> Result<proto::Backup> {
-        let response = self
-            .0
-            .get_backup(proto::GetBackupRequest {
-                filename: filename.to_owned(),
-                owner_user_id: None,
-            })
-            .await?;
-        present(response.into_inner().backup, "a backup")
-    }
-
-    /// Downloads a backup to `dest`, checking its sha256; `progress` gets
-    /// (bytes so far, total) after each chunk. The file appears at `dest`
-    /// only once complete and verified.
-    pub async fn download_to(
-        &mut self,
-        filename: &str,
-        dest: &Path,
-        mut progress: impl FnMut(u64, u64),
-    ) -> Result<proto::Backup> {
-        let mut stream = self
-            .0
-            .download_backup(proto::DownloadBackupRequest {
-                filename: filename.to_owned(),
-                owner_user_id: None,
-            })
-            .await?
-            .into_inner();
-        // Beside the destination, so the final rename stays on one filesystem.
-        let mut partial = dest.as_os_str().to_owned();
-        partial.push(".part");
-        let partial = PathBuf::from(partial);
-        let mut file = tokio::fs::File::create(&partial).await?;
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut meta = None;
-        let mut received = 0u64;
-        let outcome = async {
-            while let Some(message) = stream.message().await? {
-                if let Some(backup) = message.backup {
-                    meta = Some(backup);
-                }
-                let total = meta.as_ref().map_or(0, |b| b.size_bytes.max(0) as u64);
-                hasher.update(&message.chunk);
-                file.write_all(&message.chunk).await?;
-                received += message.chunk.len() as u64;
-                progress(received, total);
-            }
-            file.sync_all().await?;
-            let backup = present(meta.take(), "the backup's metadata")?;
-            let actual = hex::encode(hasher.finish());
-            if actual != backup.sha256 {
-                return Err(Error::ChecksumMismatch {
-                    filename: filename.to_owned(),
-                    expected: backup.sha256,
-                    actual,
-                });
-            }
-            Ok(backup)
-        }
-        .await;
-        match outcome {
-            Ok(backup) => {
-                tokio::fs::rename(&partial, dest).await?;
-                Ok(backup)
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Restores a backup; returns (restored, pre-restore backup).
-    pub async fn restore(&mut self, filename: &str) -> Result<(proto::Backup, proto::Backup)> {
-        let response = self
-            .0
-            .restore_backup(proto::RestoreBackupRequest {
-                filename: filename.to_owned(),
-                owner_user_id: None,
-            })
-            .await?
-            .into_inner();
-        Ok((
-            present(response.restored, "the restored backup")?,
-            present(response.pre_restore_backup, "the pre-restore backup")?,
-        ))
-    }
-
-    pub async fn delete(&mut self, filename: &str, force: bool) -> Result<()> {
-        self.0
-            .delete_backup(proto::DeleteBackupRequest {
-                filename: filename.to_owned(),
-                force,
-                owner_user_id: None,
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// The raw generated client, for calls the wrapper does not cover.
-    pub fn raw(&mut self) -> &mut BackupFilesClient<Authed> {
-        &mut self.0
-    }
 }
