@@ -4,6 +4,8 @@
 //! checked in operations.rs, where the state store is made to fail).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
-fn sha256_of(path: &std::path::Path) -> String {
+fn sha256_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("read the file")))
 }
 
@@ -301,6 +303,107 @@ async fn health_connect_usage_and_overdue_exit_codes() {
     assert!(stdout(&out).contains("backupctl"), "{out:?}");
 }
 
+/// The type of `path` itself, not of what a symlink points to.
+fn file_type(path: &Path) -> std::fs::FileType {
+    std::fs::symlink_metadata(path).expect("stat").file_type()
+}
+
+/// Where a download to `dest` is staged.
+fn part_of(dest: &Path) -> PathBuf {
+    let mut part = dest.as_os_str().to_owned();
+    part.push(".part");
+    PathBuf::from(part)
+}
+
+#[tokio::test]
+async fn download_to_stdout_and_never_over_a_special_file() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let url = server.url.as_str();
+    let user = data.token(2, false);
+    exits(
+        &backupctl(url, &user, &["backups", "create", "--name", "nightly"]),
+        0,
+    );
+    let got = json(&backupctl(
+        url,
+        &user,
+        &["--json", "backups", "get", "nightly.db"],
+    ));
+    let sha256 = got[0]["sha256"].as_str().expect("a sha256").to_owned();
+
+    // `-o -`: the bytes on stdout, every message on stderr (with --json too).
+    for json_flag in [&[][..], &["--json"][..]] {
+        let args = [json_flag, &["backups", "download", "nightly.db", "-o", "-"]].concat();
+        let out = backupctl(url, &user, &args);
+        exits(&out, 0);
+        assert_eq!(hex::encode(Sha256::digest(&out.stdout)), sha256, "{args:?}");
+        assert!(stderr(&out).contains(&sha256), "{out:?}");
+    }
+
+    // A write that fails (stdout on a full disk) is exit 1, naming the error
+    // and disowning what was written.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full for writing");
+    let out = backupctl_command(url, &user)
+        .args(["backups", "download", "nightly.db", "-o", "-"])
+        .stdout(full)
+        .output()
+        .expect("run backupctl");
+    exits(&out, 1);
+    let said = stderr(&out);
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(said.contains("do not trust"), "{said}");
+
+    // Anything but a regular file is refused before anything is
+    // downloaded: exit 2, saying what is there, and it stays as it was.
+    let download_to = |dest: &Path| {
+        let dest = dest.to_str().expect("a UTF-8 path");
+        backupctl(
+            url,
+            &user,
+            &["backups", "download", "nightly.db", "-o", dest],
+        )
+    };
+    let download_over = |dest: &Path, kind: &str| {
+        let out = download_to(dest);
+        exits(&out, 2);
+        assert!(stderr(&out).contains(kind), "{out:?}");
+        assert!(!part_of(dest).exists(), "{out:?}");
+    };
+    let target = data.path().join("target.txt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = data.path().join("link.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    download_over(&link, "symbolic link");
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    // As root, renaming over /dev/full used to replace the device.
+    let full = Path::new("/dev/full");
+    download_over(full, "character device");
+    assert!(file_type(full).is_char_device());
+    let fifo = data.path().join("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success());
+    download_over(&fifo, "FIFO");
+    assert!(file_type(&fifo).is_fifo());
+    download_over(data.path(), "directory");
+
+    // An existing regular file is still replaced, and a stale .part too.
+    let old = data.path().join("old.db");
+    std::fs::write(&old, "an older download").unwrap();
+    std::fs::write(data.path().join("old.db.part"), "a stale part").unwrap();
+    let out = download_to(&old);
+    exits(&out, 0);
+    assert_eq!(sha256_of(&old), sha256);
+    assert!(!part_of(&old).exists());
+}
+
 #[tokio::test]
 async fn token_expiry_must_be_a_day_and_revoke_says_when_nothing_was_revoked() {
     let data = DataDir::new();
@@ -340,4 +443,44 @@ async fn token_expiry_must_be_a_day_and_revoke_says_when_nothing_was_revoked() {
     let out = token(&["revoke", "999999"]);
     exits(&out, 1);
     assert!(stderr(&out).contains("no token with id 999999"), "{out:?}");
+}
+
+/// The subcommand names under `Commands:` in a help text.
+fn listed_commands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_groups_help_names_its_real_subcommands() {
+    let groups = listed_commands(&stdout(&backupctl("", "", &["--help"])));
+    assert!(groups.contains(&"settings".to_owned()), "{groups:?}");
+    let mut checked = 0;
+    for group in groups {
+        let out = backupctl("", "", &[&group, "--help"]);
+        exits(&out, 0);
+        let help = stdout(&out);
+        let names = listed_commands(&help);
+        if names.is_empty() {
+            continue;
+        }
+        // The first line, the group's about, lists them: "Title: a, b, c".
+        let about = help.lines().next().unwrap_or_default();
+        let (_, list) = about.rsplit_once(": ").unwrap_or_default();
+        let said: Vec<&str> = list.trim_end_matches('.').split(", ").collect();
+        assert_eq!(said, names, "`backupctl {group} --help`: {about}");
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "backups, settings, scheduler, retention, audit");
+    let settings = stdout(&backupctl("", "", &["settings", "--help"]));
+    assert!(
+        settings.lines().next().unwrap_or_default().contains("get"),
+        "{settings}"
+    );
 }

@@ -2,10 +2,12 @@
 //! `--json` for scripts.
 //!
 //! Exit codes: 0 success; 1 the server refused the call (its gRPC code is
-//! printed); 2 usage error; 3 cannot connect; 4 unhealthy (`health`);
-//! 5 overdue users exist (`scheduler overdue`).
+//! printed, e.g. DataLoss for a damaged backup), or a local write failed, or
+//! a download failed its sha256 check; 2 usage error, including a download
+//! destination that exists and is not a regular file; 3 cannot connect;
+//! 4 unhealthy (`health`); 5 overdue users exist (`scheduler overdue`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use backup_client::{AuditFilter, Client, Error, Owners, SettingsUpdate, proto};
@@ -63,19 +65,21 @@ enum Command {
 /// Commands that talk to the server.
 #[derive(Subcommand)]
 enum RemoteCommand {
-    /// Backup files: create, list, get, download, restore, delete.
+    // Each group's about lists its subcommands by name; a test holds them
+    // to the real ones.
+    /// Backup files: create, list, get, verify, download, restore, delete.
     #[command(subcommand)]
     Backups(BackupsCommand),
-    /// Backup settings: show, update, list.
+    /// Backup settings: get, update, list.
     #[command(subcommand)]
     Settings(SettingsCommand),
-    /// The scheduling loop: stats, start, stop, run due backups, overdue users.
+    /// The scheduling loop: stats, start, stop, run-due, overdue.
     #[command(subcommand)]
     Scheduler(SchedulerCommand),
-    /// Retention: preview and apply keep-N policies, clean up the directory.
+    /// Keep-N retention policies and clean-up: summary, apply, cleanup-empty, delete-old-protected.
     #[command(subcommand)]
     Retention(RetentionCommand),
-    /// Audit events: list stored ones, or watch them as they commit.
+    /// Audit events: list, watch.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Exit 0 only if the server reports SERVING (usable as an exec probe).
@@ -84,6 +88,24 @@ enum RemoteCommand {
         #[arg(long, default_value = "")]
         service: String,
     },
+}
+
+/// One backup named on the command line.
+#[derive(clap::Args)]
+struct BackupRef {
+    /// The backup's file name.
+    filename: String,
+    /// Whose backup it is, for an admin naming another user's (names are
+    /// unique per owner; 0 is the system's) [default: yours].
+    #[arg(long, value_name = "USER_ID")]
+    owner: Option<i64>,
+}
+
+impl BackupRef {
+    /// The backups service, addressing this backup's owner.
+    fn service(&self, client: &Client) -> backup_client::Backups {
+        client.backups().owned_by(self.owner)
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,27 +117,46 @@ enum BackupsCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List backups, newest first.
+    /// List backups, newest first; damaged ones are marked DAMAGED.
     #[command(after_help = "Example: backupctl backups list --json | jq '.[].filename'")]
     List,
     /// Show one backup.
-    #[command(after_help = "Example: backupctl backups get backup_20261121T030000.000000Z.db")]
-    Get { filename: String },
-    /// Download a backup, checking its sha256.
-    #[command(after_help = "Example: backupctl backups download nightly.db -o /tmp/nightly.db")]
+    #[command(
+        after_help = "Examples:\n  backupctl backups get backup_20261121T030000.000000Z.db\n  backupctl backups get nightly.db --owner 2"
+    )]
+    Get(BackupRef),
+    /// Check a backup's size, sha256 and integrity on the server; exit 1 if damaged.
+    #[command(after_help = "Example: backupctl backups verify nightly.db --owner 2")]
+    Verify(BackupRef),
+    /// Download a backup to a file or to stdout, checking its sha256.
+    ///
+    /// A file appears only once complete and verified (written to
+    /// `<file>.part`, then renamed); an existing regular file is replaced,
+    /// anything else there (a symlink, directory, device, FIFO) is refused
+    /// with exit 2 before anything is downloaded. With `-o -` the bytes go to
+    /// stdout as they arrive and messages to stderr; if the stream, a write
+    /// or the sha256 check fails, the exit is 1 and what was written is not
+    /// to be trusted.
+    #[command(
+        after_help = "Examples:\n  backupctl backups download nightly.db -o /tmp/nightly.db\n  backupctl backups download nightly.db -o - | gzip > nightly.db.gz"
+    )]
     Download {
-        filename: String,
-        /// Where to write it [default: the backup's file name].
+        #[command(flatten)]
+        backup: BackupRef,
+        /// Where to write it; `-` for stdout (`./-` for a file named `-`)
+        /// [default: the backup's file name].
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
     /// Replace the source database with a backup (admin).
     #[command(after_help = "Example: backupctl backups restore nightly.db")]
-    Restore { filename: String },
+    Restore(BackupRef),
     /// Delete a backup; protected ones need an admin and --force.
     #[command(after_help = "Example: backupctl backups delete nightly.db")]
     Delete {
-        filename: String,
+        #[command(flatten)]
+        backup: BackupRef,
+        /// Delete a protected backup (admin).
         #[arg(long)]
         force: bool,
     },
@@ -126,6 +167,7 @@ enum SettingsCommand {
     /// Show a user's settings (yours by default).
     #[command(after_help = "Example: backupctl settings get --user 2")]
     Get {
+        /// Whose settings (admin for others); yours by default.
         #[arg(long, default_value_t = 0)]
         user: i64,
     },
@@ -255,13 +297,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("backupctl: {e}");
-            match e {
-                Error::Transport(_) => ExitCode::from(3),
-                _ => ExitCode::from(1),
-            }
-        }
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints an error on stderr; returns its exit code.
+fn report(e: &Error) -> ExitCode {
+    eprintln!("backupctl: {e}");
+    match e {
+        Error::Transport(_) => ExitCode::from(3),
+        Error::NotRegularFile { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
     }
 }
 
@@ -394,56 +440,45 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
-        RemoteCommand::Backups(command) => {
-            let mut backups = client.backups();
-            match command {
-                BackupsCommand::Create { name } => {
-                    out.backups(&[backups.create(name.as_deref()).await?])
-                }
-                BackupsCommand::List => out.backups(&backups.list_all().await?),
-                BackupsCommand::Get { filename } => out.backups(&[backups.get(&filename).await?]),
-                BackupsCommand::Download { filename, output } => {
-                    let dest = output.unwrap_or_else(|| PathBuf::from(&filename));
-                    let bar = out.progress(
-                        ProgressBar::new(0).with_style(
-                            ProgressStyle::with_template(
-                                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                        ),
-                    );
-                    let backup = backups
-                        .download_to(&filename, &dest, |done, total| {
-                            bar.set_length(total);
-                            bar.set_position(done);
-                        })
-                        .await?;
-                    bar.finish_and_clear();
-                    out.value(json!({ "filename": backup.filename, "path": dest, "sha256": backup.sha256 }), || {
-                        println!("downloaded {} to {} (sha256 {} verified)", backup.filename, dest.display(), backup.sha256);
-                    });
-                }
-                BackupsCommand::Restore { filename } => {
-                    // A large database takes a while to verify and copy in.
-                    let spinner = out.progress(
-                        ProgressBar::new_spinner().with_message(format!("restoring {filename}")),
-                    );
-                    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-                    let restored = backups.restore(&filename).await;
-                    spinner.finish_and_clear();
-                    let (restored, pre) = restored?;
-                    out.value(json!({ "restored": backup_json(&restored), "pre_restore_backup": backup_json(&pre) }), || {
-                        println!("restored {}; the previous source is saved as {}", restored.filename, pre.filename);
-                    });
-                }
-                BackupsCommand::Delete { filename, force } => {
-                    backups.delete(&filename, force).await?;
-                    out.value(json!({ "deleted": filename }), || {
-                        println!("deleted {filename}")
-                    });
-                }
+        RemoteCommand::Backups(command) => match command {
+            BackupsCommand::Create { name } => {
+                out.backups(&[client.backups().create(name.as_deref()).await?])
             }
-        }
+            BackupsCommand::List => out.backups(&client.backups().list_all().await?),
+            BackupsCommand::Get(backup) => {
+                out.backups(&[backup.service(&client).get(&backup.filename).await?])
+            }
+            BackupsCommand::Verify(backup) => {
+                out.backups(&[backup.service(&client).verify(&backup.filename).await?])
+            }
+            BackupsCommand::Download { backup, output } => {
+                return download(&out, &client, &backup, output).await;
+            }
+            BackupsCommand::Restore(backup) => {
+                // A large database takes a while to verify and copy in.
+                let spinner = out.progress(
+                    ProgressBar::new_spinner()
+                        .with_message(format!("restoring {}", backup.filename)),
+                );
+                spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+                let restored = backup.service(&client).restore(&backup.filename).await;
+                spinner.finish_and_clear();
+                let (restored, pre) = restored?;
+                out.value(json!({ "restored": backup_json(&restored), "pre_restore_backup": backup_json(&pre) }), || {
+                    println!("restored {}; the previous source is saved as {}", restored.filename, pre.filename);
+                });
+            }
+            BackupsCommand::Delete { backup, force } => {
+                backup
+                    .service(&client)
+                    .delete(&backup.filename, force)
+                    .await?;
+                let filename = &backup.filename;
+                out.value(json!({ "deleted": filename }), || {
+                    println!("deleted {filename}")
+                });
+            }
+        },
         RemoteCommand::Retention(command) => {
             let mut retention = client.retention();
             match command {
@@ -460,6 +495,71 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backups download`: to a file through the client crate (which refuses a
+/// destination that is not a regular file), or to stdout with `-o -`, where
+/// every message goes to stderr.
+async fn download(
+    out: &Output,
+    client: &Client,
+    backup: &BackupRef,
+    output: Option<PathBuf>,
+) -> Result<ExitCode, Error> {
+    let bar = out.progress(
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+    );
+    let progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let mut backups = backup.service(client);
+    let dest = output.unwrap_or_else(|| PathBuf::from(&backup.filename));
+    let to_stdout = dest == Path::new("-");
+    let downloaded = if to_stdout {
+        let mut stdout = tokio::io::stdout();
+        backups
+            .download_to_writer(&backup.filename, &mut stdout, progress)
+            .await
+    } else {
+        backups.download_to(&backup.filename, &dest, progress).await
+    };
+    bar.finish_and_clear();
+    let downloaded = match downloaded {
+        Ok(downloaded) => downloaded,
+        Err(e) if to_stdout => {
+            let code = report(&e);
+            eprintln!(
+                "backupctl: the bytes written to stdout are incomplete or wrong; do not trust them"
+            );
+            return Ok(code);
+        }
+        Err(e) => return Err(e),
+    };
+    let place = if to_stdout {
+        "stdout".to_owned()
+    } else {
+        dest.display().to_string()
+    };
+    let summary = if out.json {
+        json!({ "filename": downloaded.filename, "path": dest, "sha256": downloaded.sha256 })
+            .to_string()
+    } else {
+        format!(
+            "downloaded {} to {place} (sha256 {} verified)",
+            downloaded.filename, downloaded.sha256
+        )
+    };
+    // stdout carries the backup itself.
+    if to_stdout {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -593,7 +693,16 @@ impl Output {
         let values: Vec<Value> = backups.iter().map(backup_json).collect();
         self.value(Value::Array(values), || {
             let mut table = Table::new();
-            table.set_header(["FILENAME", "SIZE", "CREATED", "KIND", "OWNER", "PROTECTED"]);
+            table.set_header([
+                "FILENAME",
+                "SIZE",
+                "CREATED",
+                "KIND",
+                "OWNER",
+                "PROTECTED",
+                "DAMAGED",
+                "LAST VERIFIED",
+            ]);
             for b in backups {
                 table.add_row([
                     b.filename.clone(),
@@ -602,9 +711,18 @@ impl Output {
                     kind(b.kind),
                     b.owner_user_id.to_string(),
                     if b.is_protected { "yes" } else { "" }.to_owned(),
+                    if b.damaged { "DAMAGED" } else { "" }.to_owned(),
+                    last_verified(b),
                 ]);
             }
             print_rows(&table, "no backups");
+            // What is wrong, below the table rather than widening it.
+            for b in backups.iter().filter(|b| b.damaged) {
+                println!(
+                    "DAMAGED: {} (owner {}): {}",
+                    b.filename, b.owner_user_id, b.damage
+                );
+            }
         });
     }
 }
@@ -747,6 +865,16 @@ fn value_json(v: &prost_types::Value) -> Value {
     }
 }
 
+/// When a backup was last verified, or "never".
+fn last_verified(b: &proto::Backup) -> String {
+    match &b.last_verified_at {
+        Some(at) => timestamp(Some(at)),
+        None => "never".to_owned(),
+    }
+}
+
+/// The one JSON form of a backup (list, get, verify, restore).
+/// `last_verified_at` is null until the first verification.
 fn backup_json(b: &proto::Backup) -> Value {
     json!({
         "filename": b.filename,
@@ -756,5 +884,82 @@ fn backup_json(b: &proto::Backup) -> Value {
         "kind": kind(b.kind),
         "owner_user_id": b.owner_user_id,
         "sha256": b.sha256,
+        "damaged": b.damaged,
+        "damage": b.damage,
+        "last_verified_at": b.last_verified_at.as_ref().map(|at| timestamp(Some(at))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, with the path of names leading to it.
+    fn commands(cmd: &clap::Command, path: String, all: &mut Vec<(String, clap::Command)>) {
+        // clap's generated `help` subcommands mirror the real ones.
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            commands(sub, format!("{path} {}", sub.get_name()), all);
+        }
+        all.push((path, cmd.clone()));
+    }
+
+    fn every_command() -> Vec<(String, clap::Command)> {
+        let mut root = Cli::command();
+        root.build();
+        let mut all = Vec::new();
+        commands(&root, "backupctl".into(), &mut all);
+        all
+    }
+
+    /// Each example in a help text parses as a real command line.
+    #[test]
+    fn help_examples_are_real_command_lines() {
+        let mut checked = 0;
+        for (path, cmd) in every_command() {
+            let Some(help) = cmd.get_after_help() else {
+                continue;
+            };
+            for line in help.to_string().lines() {
+                let Some(at) = line.find("backupctl ") else {
+                    continue;
+                };
+                // The command, without what a shell pipes or redirects it to.
+                let example = line[at..].split(['|', '>']).next().unwrap_or_default();
+                let words: Vec<&str> = example.split_whitespace().collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{path}: the example `{example}` does not parse: {e}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} examples found");
+    }
+
+    /// Each `--flag` a command's about, long about or argument help
+    /// mentions is one of the command's own flags (or a global one).
+    #[test]
+    fn help_texts_name_real_flags() {
+        for (path, cmd) in every_command() {
+            let args = cmd
+                .get_arguments()
+                .flat_map(|a| [a.get_help(), a.get_long_help()]);
+            let text = [cmd.get_about(), cmd.get_long_about()]
+                .into_iter()
+                .chain(args)
+                .flatten()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            for word in text.split_whitespace() {
+                let Some(flag) = word.strip_prefix("--") else {
+                    continue;
+                };
+                let flag = flag.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+                assert!(
+                    cmd.get_arguments().any(|a| a.get_long() == Some(flag)),
+                    "{path} mentions --{flag}, which it does not have"
+                );
+            }
+        }
+    }
 }
