@@ -340,6 +340,16 @@ async fn download_to_stdout_and_never_over_a_special_file() {
         assert_eq!(hex::encode(Sha256::digest(&out.stdout)), sha256, "{args:?}");
         assert!(stderr(&out).contains(&sha256), "{out:?}");
     }
+    // Refused before any byte: nothing on stdout, and nothing to disown.
+    let out = backupctl(
+        url,
+        &user,
+        &["backups", "download", "missing.db", "-o", "-"],
+    );
+    exits(&out, 1);
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(stderr(&out).contains("NotFound"), "{out:?}");
+    assert!(!stderr(&out).contains("do not trust"), "{out:?}");
 
     // A write that fails (stdout on a full disk) is exit 1, naming the error
     // and disowning what was written.

@@ -514,7 +514,9 @@ async fn download(
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),
     );
+    let written = std::cell::Cell::new(0u64);
     let progress = |done, total| {
+        written.set(done);
         bar.set_length(total);
         bar.set_position(done);
     };
@@ -534,9 +536,12 @@ async fn download(
         Ok(downloaded) => downloaded,
         Err(e) if to_stdout => {
             let code = report(&e);
-            eprintln!(
-                "backupctl: the bytes written to stdout are incomplete or wrong; do not trust them"
-            );
+            // A failed write may have passed some bytes on before failing.
+            if written.get() > 0 || matches!(e, Error::Io(_)) {
+                eprintln!(
+                    "backupctl: the bytes written to stdout are incomplete or wrong; do not trust them"
+                );
+            }
             return Ok(code);
         }
         Err(e) => return Err(e),
