@@ -44,6 +44,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub max_concurrent_copies: u32,
 
+    /// Verify every backup (size, SHA-256, integrity check) at least this
+    /// often, one at a time: `7d`, `6h`, `30s`; `0` turns it off.
+    #[arg(long, env = "BACKUP_VERIFY_INTERVAL", default_value = "7d",
+          value_parser = parse_interval, global = true)]
+    pub verify_interval: Duration,
+
+    /// Let non-admin users download their backups. A backup holds the whole
+    /// source database, every user's rows: only for a source that holds
+    /// one user's data (a desktop app, a single-tenant instance).
+    #[arg(long, env = "BACKUP_ALLOW_USER_DOWNLOADS", global = true)]
+    pub allow_user_downloads: bool,
+
+    /// The most manual backups a non-admin user may keep.
+    #[arg(long, env = "BACKUP_MAX_MANUAL_BACKUPS_PER_USER", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_manual_backups_per_user: u32,
+
     /// Seconds between the scheduler's safety-net wake-ups.
     #[arg(long, env = "BACKUP_CHECK_INTERVAL", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
@@ -262,6 +279,15 @@ impl Config {
     pub fn check_interval(&self) -> Duration {
         Duration::from_secs(self.check_interval)
     }
+}
+
+/// A duration such as `7d`, `6h`, `90m` or `30s`; `0` for none.
+fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; give a duration such as 7d, 6h, 90m or 30s, or 0 for none"))
 }
 
 fn default_database_url(data_dir: &Path) -> String {

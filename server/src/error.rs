@@ -49,6 +49,10 @@ pub enum Error {
     /// work was called off.
     #[error("{0}")]
     Cancelled(String),
+    /// A backup's bytes are not what was written: its size, digest or
+    /// integrity check says so. It is never restored nor served as whole.
+    #[error("{0}")]
+    DataLoss(String),
     /// A dependency (the state store) is briefly unavailable; retrying may help.
     #[error("{0}")]
     Unavailable(String),
@@ -77,6 +81,21 @@ impl Error {
     /// A single invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The same error with `note` added to what the caller is told (for
+    /// errors whose message the caller sees).
+    pub fn with_note(self, note: &str) -> Self {
+        let noted = |message: String| format!("{message}; {note}");
+        match self {
+            Self::NotFound(m) => Self::NotFound(noted(m)),
+            Self::FailedPrecondition(m) => Self::FailedPrecondition(noted(m)),
+            Self::ResourceExhausted(m) => Self::ResourceExhausted(noted(m)),
+            Self::Cancelled(m) => Self::Cancelled(noted(m)),
+            Self::DataLoss(m) => Self::DataLoss(noted(m)),
+            Self::Unavailable(m) => Self::Unavailable(noted(m)),
+            other => other,
+        }
     }
 
     /// The message a caller may see: internal details (paths, SQL) stay in

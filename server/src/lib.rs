@@ -134,7 +134,11 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         audit.clone(),
         paths.source_db.clone(),
         paths.backups_dir.clone(),
-        config.max_concurrent_copies,
+        backup::Limits {
+            max_concurrent_copies: config.max_concurrent_copies,
+            allow_user_downloads: config.allow_user_downloads,
+            max_manual_backups_per_user: config.max_manual_backups_per_user,
+        },
     ));
     let leftovers = backup::file_io::remove_temp_files(&paths.backups_dir)?;
     if !leftovers.is_empty() {
@@ -226,6 +230,13 @@ impl Prepared {
         if !config.no_scheduler {
             app.scheduler.start(0).await?;
         }
+        let scrub = (!config.verify_interval.is_zero()).then(|| {
+            tokio::spawn(backup::scrub::run(
+                Arc::clone(&app.backups),
+                config.verify_interval,
+                app.shutdown.clone(),
+            ))
+        });
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = config.tls()? {
             builder = builder
@@ -271,6 +282,12 @@ impl Prepared {
             }
         }
         app.scheduler.stop(0).await?;
+        if let Some(scrub) = scrub {
+            app.shutdown.cancel();
+            if let Err(e) = scrub.await {
+                tracing::error!(error = %e, "the scrub task failed");
+            }
+        }
         app.backups.drain().await;
         app.db.clone().close().await?;
         tracing::info!("stopped");

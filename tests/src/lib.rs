@@ -184,6 +184,52 @@ impl Drop for Server {
     }
 }
 
+/// A tmpfs mounted for one test, unmounted on drop (lazily, so a server
+/// still holding a file there cannot keep it mounted).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs `mount -t tmpfs` (root, as in CI) to build a small filesystem: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// `mount -o remount,<options>`, e.g. `ro` or `rw`.
+    pub fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount,{options} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
 /// Opens a SQLite file for checks.
 pub fn open(path: &Path) -> Connection {
     let conn = Connection::open(path).expect("open database");
@@ -201,6 +247,12 @@ pub fn grow_source(data: &DataDir, rows: u32) {
              INSERT INTO blobs SELECT randomblob(4000) FROM n;"
         ))
         .expect("grow the source");
+}
+
+/// Lowercase hex SHA-256 of `bytes`, as the service records it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// `PRAGMA integrity_check` is "ok".

@@ -38,7 +38,8 @@ fn sha256_of(path: &std::path::Path) -> String {
 #[tokio::test]
 async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     let data = DataDir::new();
-    let server = data.start(&["--no-scheduler"]);
+    // The user downloads their own backup, as on a single-tenant source.
+    let server = data.start(&["--no-scheduler", "--allow-user-downloads"]);
     let url = server.url.as_str();
     let (user, admin) = (data.token(2, false), data.token(1, true));
 

@@ -387,16 +387,12 @@ impl Scheduler {
             return Ok(Outcome::Skipped);
         };
         let user_id = due.user_id;
-        let new = NewBackup {
-            filename: naming::auto_filename(user_id, slot),
-            owner_user_id: user_id,
-            kind: BackupKind::Auto,
-        };
+        let new = NewBackup::new(naming::auto_filename(user_id, slot), user_id, BackupKind::Auto);
         let backup = self
             .backups
             .snapshot_shared(shared, new, move |b| {
                 NewEvent::new("backup_files.create", user_id)
-                    .resource("backup", &b.filename)
+                    .resource("backup", &b.name)
                     .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
             })
             .await;
