@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::next_run::{self, Frequency, Schedule};
 use crate::audit::{NewEvent, Recorder};
-use crate::error::{Error, FieldViolation, Result};
+use crate::error::{Error, FieldViolation, Result, quote};
 use crate::store::{self, entity::backup_settings};
 
 pub use backup_settings::Model as Settings;
@@ -91,7 +91,10 @@ impl RawUpdate {
         let backup_time = self.backup_time.and_then(|t| {
             next_run::parse_backup_time(&t)
                 .map_err(|why| {
-                    violations.push(FieldViolation::new("backup_time", format!("{t:?} {why}")))
+                    violations.push(FieldViolation::new(
+                        "backup_time",
+                        format!("{} {why}", quote(&t)),
+                    ))
                 })
                 .ok()
         });
@@ -108,7 +111,10 @@ impl RawUpdate {
                 .map_err(|_| {
                     violations.push(FieldViolation::new(
                         "timezone",
-                        format!("{name:?} is not an IANA time zone name such as \"Europe/London\" or \"UTC\""),
+                        format!(
+                            "{} is not an IANA time zone name such as \"Europe/London\" or \"UTC\"",
+                            quote(&name)
+                        ),
                     ))
                 })
                 .ok()
