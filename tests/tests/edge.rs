@@ -3,7 +3,7 @@
 //! audit attribution (actor and subject), start-up that says what is wrong,
 //! and metric names.
 
-use backup_client::SettingsUpdate;
+use backup_client::{AuditFilter, SettingsUpdate};
 use backup_tests::*;
 
 /// The code, message and BadRequest descriptions of a failed call.
@@ -83,4 +83,57 @@ async fn errors_quote_at_most_64_characters_of_what_the_client_sent() {
     );
     // Nothing was created by the refused updates.
     assert_eq!(code(scheduler.get_settings(0).await), Code::NotFound);
+}
+
+fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+#[tokio::test]
+async fn timestamps_outside_years_1_to_9999_are_invalid_and_name_the_field() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let client = server.client(&data.token(1, true)).await;
+    client.backups().create(Some("an-event")).await.unwrap();
+    let mut audit = client.audit();
+    let between = |start_time, end_time| AuditFilter {
+        start_time,
+        end_time,
+        ..AuditFilter::default()
+    };
+    for (filter, field) in [
+        // 10000-01-01T00:00:00Z: once matched every event.
+        (between(ts(253_402_300_800, 0), None), "start_time"),
+        (between(None, ts(253_402_300_800, 0)), "end_time"),
+        // A second before 0001-01-01T00:00:00Z.
+        (between(ts(-62_135_596_801, 0), None), "start_time"),
+        (between(None, ts(i64::MIN, 0)), "end_time"),
+        (between(ts(i64::MAX, 0), None), "start_time"),
+        (between(ts(0, 1_000_000_000), None), "start_time"),
+        (between(None, ts(0, -1)), "end_time"),
+    ] {
+        let refused = audit.list_page(&filter, 0, "").await;
+        assert_eq!(
+            refused.as_ref().err().and_then(Error::code),
+            Some(Code::InvalidArgument),
+            "{filter:?}: {refused:?}"
+        );
+        assert_eq!(refused.unwrap_err().violated_fields(), [field]);
+    }
+    // The ends of the range are valid: nothing is as late as the last
+    // instant, everything is after the first.
+    let last = audit
+        .list_page(&between(ts(253_402_300_799, 999_999_999), None), 0, "")
+        .await
+        .unwrap();
+    assert!(last.events.is_empty(), "{:?}", last.events);
+    let first = audit
+        .list_page(&between(ts(-62_135_596_800, 0), None), 0, "")
+        .await
+        .unwrap();
+    assert!(
+        first.events.iter().any(|e| e.resource_id == "an-event.db"),
+        "{:?}",
+        first.events
+    );
 }
