@@ -308,6 +308,24 @@ pub fn state_store(data: &DataDir) -> Connection {
     open(&data.path().join("state.db"))
 }
 
+/// Creates non-admin users `ids` in the state store in one transaction, as
+/// `token create` does but without minting tokens: for tests and benches
+/// that need many users at once. The store must exist (a server started on
+/// it, or a token minted). Existing users stay as they are.
+pub fn create_users(data: &DataDir, ids: impl IntoIterator<Item = i64>) {
+    let mut conn = state_store(data);
+    let txn = conn.transaction().expect("begin");
+    let now = db_time(chrono::Utc::now());
+    for id in ids {
+        txn.execute(
+            "INSERT OR IGNORE INTO users (id, is_admin, created_at) VALUES (?1, 0, ?2)",
+            (id, &now),
+        )
+        .expect("insert a user");
+    }
+    txn.commit().expect("commit the users");
+}
+
 /// The state store's text form of a timestamp (as SeaORM writes it).
 pub fn db_time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)

@@ -137,3 +137,42 @@ async fn timestamps_outside_years_1_to_9999_are_invalid_and_name_the_field() {
         first.events
     );
 }
+
+#[tokio::test]
+async fn settings_of_a_user_that_does_not_exist_are_not_found_and_nothing_is_created() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let mut admin = server.client(&data.token(1, true)).await.scheduler();
+
+    let (status, message, _) = refusal(admin.update_settings(999, SettingsUpdate::default()).await);
+    assert_eq!(status, Code::NotFound, "{message}");
+    assert!(message.contains("no user 999"), "{message}");
+    let (status, message, _) = refusal(admin.get_settings(999).await);
+    assert_eq!(status, Code::NotFound, "{message}");
+    assert!(message.contains("no user 999"), "{message}");
+    let rows: i64 = state_store(&data)
+        .query_row("SELECT count(*) FROM backup_settings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows, 0,
+        "settings were created for a user that does not exist"
+    );
+    let failed = audit_events(&data, "backup_scheduler.settings_error");
+    assert_eq!(failed.len(), 1);
+    assert!(!failed[0].1);
+
+    // A user that exists but has no settings yet says so, and may get some.
+    data.token(2, false);
+    let (status, message, _) = refusal(admin.get_settings(2).await);
+    assert_eq!(status, Code::NotFound);
+    assert!(
+        message.contains("user 2 has no backup settings"),
+        "{message}"
+    );
+    let created = admin
+        .update_settings(2, SettingsUpdate::default())
+        .await
+        .unwrap();
+    assert_eq!(created.user_id, 2);
+    assert_eq!(admin.get_settings(2).await.unwrap().user_id, 2);
+}

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::next_run::{self, Frequency, Schedule};
 use crate::audit::{NewEvent, Recorder};
+use crate::auth;
 use crate::error::{Error, FieldViolation, Result, quote};
 use crate::store::{self, entity::backup_settings};
 
@@ -174,9 +175,21 @@ pub async fn get<C: ConnectionTrait>(conn: &C, user_id: i64) -> Result<Option<Se
         .await?)
 }
 
+/// A user's settings; NOT_FOUND when the user has none, or does not exist.
+pub async fn fetch(db: &DatabaseConnection, user_id: i64) -> Result<Settings> {
+    if let Some(found) = get(db, user_id).await? {
+        return Ok(found);
+    }
+    auth::require_user(db, user_id).await?;
+    Err(Error::NotFound(format!(
+        "user {user_id} has no backup settings"
+    )))
+}
+
 /// Applies a partial update (creating the settings on first use) and
 /// audits it in the same transaction; a failure is rolled back and audited
-/// as `backup_scheduler.settings_error`.
+/// as `backup_scheduler.settings_error`. A user that does not exist is
+/// NOT_FOUND, and nothing is created for it.
 pub async fn update(
     db: &DatabaseConnection,
     audit: &Recorder,
@@ -187,6 +200,7 @@ pub async fn update(
 ) -> Result<Settings> {
     let result = async {
         let txn = store::begin_write(db).await?;
+        auth::require_user(&txn, user_id).await?;
         let (saved, event) = match get(&txn, user_id).await? {
             None => {
                 let frequency = update.frequency.unwrap_or(Frequency::Daily);
