@@ -3,8 +3,11 @@
 //! audit attribution (actor and subject), start-up that says what is wrong,
 //! and metric names.
 
+use std::time::Duration;
+
 use backup_client::{AuditFilter, SettingsUpdate};
 use backup_tests::*;
+use tokio_stream::StreamExt;
 
 /// The code, message and BadRequest descriptions of a failed call.
 fn refusal<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String, Vec<(String, String)>) {
@@ -175,4 +178,98 @@ async fn settings_of_a_user_that_does_not_exist_are_not_found_and_nothing_is_cre
         .unwrap();
     assert_eq!(created.user_id, 2);
     assert_eq!(admin.get_settings(2).await.unwrap().user_id, 2);
+}
+
+/// The next event of a live stream, within 30 s.
+async fn next_event(stream: &mut backup_client::AuditStream) -> proto::AuditEvent {
+    tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("an event within 30 s")
+        .expect("the stream is open")
+        .expect("an event, not an error")
+}
+
+#[tokio::test]
+async fn users_see_the_events_about_them_that_an_admin_caused() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let admin = server.client(&data.token(1, true)).await;
+    let two = server.client(&data.token(2, false)).await;
+    let three = server.client(&data.token(3, false)).await;
+    let mut live_two = two
+        .audit()
+        .subscribe(None, "backup_scheduler.", None)
+        .await
+        .unwrap();
+    let mut live_three = three
+        .audit()
+        .subscribe(None, "backup_scheduler.", None)
+        .await
+        .unwrap();
+
+    let keep_4 = SettingsUpdate {
+        keep_count: Some(4),
+        ..SettingsUpdate::default()
+    };
+    admin.scheduler().update_settings(2, keep_4).await.unwrap();
+    // User 3's own event comes after the admin's in id order: were the
+    // admin's visible to user 3, the stream would deliver it first.
+    three
+        .scheduler()
+        .update_settings(0, SettingsUpdate::default())
+        .await
+        .unwrap();
+
+    let about_two = |e: &proto::AuditEvent| {
+        e.event_type == "backup_scheduler.settings_created"
+            && (e.user_id, e.subject_user_id, e.resource_id.as_str()) == (1, 2, "2")
+    };
+    let seen = next_event(&mut live_two).await;
+    assert!(about_two(&seen), "{seen:?}");
+    let seen = next_event(&mut live_three).await;
+    assert_eq!((seen.user_id, seen.subject_user_id), (3, 3), "{seen:?}");
+
+    let listed_by_two = two.audit().list_all(&AuditFilter::default()).await.unwrap();
+    assert_eq!(listed_by_two.iter().filter(|e| about_two(e)).count(), 1);
+    let listed_by_three = three
+        .audit()
+        .list_all(&AuditFilter::default())
+        .await
+        .unwrap();
+    assert!(
+        listed_by_three
+            .iter()
+            .all(|e| e.user_id == 3 || e.subject_user_id == 3),
+        "{listed_by_three:?}"
+    );
+    assert!(!listed_by_three.is_empty());
+
+    // The user_id filter matches the actor or the subject.
+    for user in [1, 2] {
+        let filter = AuditFilter {
+            user_id: Some(user),
+            ..AuditFilter::default()
+        };
+        let listed = admin.audit().list_all(&filter).await.unwrap();
+        assert_eq!(
+            listed.iter().filter(|e| about_two(e)).count(),
+            1,
+            "user {user}"
+        );
+    }
+    let filter = AuditFilter {
+        user_id: Some(3),
+        ..AuditFilter::default()
+    };
+    let listed = admin.audit().list_all(&filter).await.unwrap();
+    assert!(!listed.iter().any(about_two), "{listed:?}");
+    // Naming another user is still refused to a non-admin.
+    let filter = AuditFilter {
+        user_id: Some(1),
+        ..AuditFilter::default()
+    };
+    assert_eq!(
+        code(two.audit().list_all(&filter).await),
+        Code::PermissionDenied
+    );
 }

@@ -104,7 +104,7 @@ fn event(e: &Event) -> pb::AuditEvent {
         details: Some(details(&e.details)),
         error_message: e.error_message.clone(),
         timestamp: Some(timestamp(e.timestamp)),
-        subject_user_id: e.user_id,
+        subject_user_id: e.subject_user_id,
     }
 }
 

@@ -306,6 +306,7 @@ impl Scheduler {
                     .insert(
                         txn,
                         NewEvent::new("backup_scheduler.backup_error", user_id)
+                            .subject(user_id)
                             .resource("backup_settings", user_id.to_string())
                             .details(json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }))
                             .failed(&error),
@@ -396,6 +397,7 @@ impl Scheduler {
             .backups
             .snapshot_shared(shared, new, move |b| {
                 NewEvent::new("backup_files.create", user_id)
+                    .subject(user_id)
                     .resource("backup", &b.filename)
                     .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
             })
@@ -427,7 +429,9 @@ impl Scheduler {
                     slot,
                     None,
                     Some(&backup.filename),
-                    NewEvent::new("backup_scheduler.backup_completed", user_id).details(details),
+                    NewEvent::new("backup_scheduler.backup_completed", user_id)
+                        .subject(user_id)
+                        .details(details),
                 )
                 .await?;
                 self.completed.fetch_add(1, Ordering::Relaxed);
@@ -437,6 +441,7 @@ impl Scheduler {
                 let retry_at = (Utc::now() + RETRY_DELAY).trunc_subsecs(0).min(next);
                 let details = json!({ "scheduled_for": slot, "retry_at": retry_at, "reason": e.public_message() });
                 let event = NewEvent::new("backup_scheduler.backup_error", user_id)
+                    .subject(user_id)
                     .details(details)
                     .failed(&e);
                 self.finish(&due, slot, Some((retry_at, &e)), None, event)
@@ -498,6 +503,7 @@ impl Scheduler {
                     .insert(
                         &txn,
                         NewEvent::new("backup_scheduler.missed", due.user_id)
+                            .subject(due.user_id)
                             .resource("backup_settings", due.user_id.to_string())
                             .details(json!({
                                 "missed_slots": slots,

@@ -261,6 +261,7 @@ pub async fn update(
             .insert(
                 &txn,
                 NewEvent::new(event, actor)
+                    .subject(user_id)
                     .resource("backup_settings", user_id.to_string())
                     .details(json!({
                         "user_id": user_id,
@@ -282,6 +283,7 @@ pub async fn update(
         audit
             .record_or_log(
                 NewEvent::new("backup_scheduler.settings_error", actor)
+                    .subject(user_id)
                     .resource("backup_settings", user_id.to_string())
                     .failed(e),
             )
