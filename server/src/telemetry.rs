@@ -22,7 +22,7 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<()> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .map_err(|e| Error::Internal(format!("cannot serve metrics on {addr}: {e}")))?;
+        .map_err(|e| Error::FailedPrecondition(format!("--metrics-listen {addr}: {e}")))?;
     tracing::info!(%addr, "serving Prometheus metrics");
     Ok(())
 }

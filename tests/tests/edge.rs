@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use backup_client::proto_health::health_check_response::ServingStatus;
 use backup_client::{AuditFilter, SettingsUpdate};
 use backup_tests::*;
 use tokio_stream::StreamExt;
@@ -272,4 +273,160 @@ async fn users_see_the_events_about_them_that_an_admin_caused() {
         code(two.audit().list_all(&filter).await),
         Code::PermissionDenied
     );
+}
+
+const BACKUP_FILES: &str = "backup.v1.BackupFiles";
+
+/// Waits until the server's stderr holds `needle`, for at most 30 s.
+async fn logged(stderr: &Stderr, needle: &str) -> String {
+    wait_for(
+        &format!("{needle:?} in the log"),
+        Duration::from_secs(30),
+        || {
+            let text = stderr.text();
+            text.contains(needle).then_some(text)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_source_that_is_not_sqlite_is_named_at_start_and_holds_backup_files_down() {
+    let data = DataDir::new();
+    std::fs::write(data.source(), "name,amount\nann,3\n").unwrap();
+    let (started, stderr) = data.try_start_capturing(&["--check-interval", "1"]);
+    let server = started.unwrap();
+    let warning = logged(&stderr, "is not a SQLite database").await;
+    let line = warning
+        .lines()
+        .find(|l| l.contains("is not a SQLite database"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(&data.source().display().to_string()),
+        "{line}"
+    );
+
+    let client = server.client(&data.token(1, false)).await;
+    assert_eq!(client.health("").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        client.health(BACKUP_FILES).await.unwrap(),
+        ServingStatus::NotServing
+    );
+    for service in [
+        "backup.v1.BackupScheduler",
+        "backup.v1.Retention",
+        "backup.v1.AuditLog",
+    ] {
+        assert_eq!(
+            client.health(service).await.unwrap(),
+            ServingStatus::Serving
+        );
+    }
+    assert_eq!(
+        code(client.backups().create(None).await),
+        Code::FailedPrecondition
+    );
+
+    // The operator puts a real database there: BackupFiles serves again.
+    std::fs::remove_file(data.source()).unwrap();
+    open(&data.source())
+        .execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    await_health(&client, BACKUP_FILES, ServingStatus::Serving).await;
+    client
+        .backups()
+        .create(Some("after-the-fix"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_source_and_the_store_checks_never_overwrite_each_other() {
+    let data = DataDir::new();
+    std::fs::remove_file(data.source()).unwrap();
+    let (started, stderr) = data.try_start_capturing(&["--check-interval", "1"]);
+    let server = started.unwrap();
+    let warning = logged(&stderr, "does not exist").await;
+    assert!(
+        warning.contains(&data.source().display().to_string()),
+        "{warning}"
+    );
+    let client = server.client("").await;
+    assert_eq!(client.health("").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        client.health(BACKUP_FILES).await.unwrap(),
+        ServingStatus::NotServing
+    );
+
+    // The store fails too, then recovers: the source is still missing.
+    let locker = state_store(&data);
+    locker
+        .execute_batch("BEGIN IMMEDIATE; UPDATE secrets SET value = value;")
+        .unwrap();
+    await_health(&client, "", ServingStatus::NotServing).await;
+    locker.execute_batch("COMMIT").unwrap();
+    drop(locker);
+    await_health(&client, "", ServingStatus::Serving).await;
+    assert_eq!(
+        client.health(BACKUP_FILES).await.unwrap(),
+        ServingStatus::NotServing,
+        "the store's recovery revived BackupFiles without a source"
+    );
+
+    open(&data.source())
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    await_health(&client, BACKUP_FILES, ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn start_up_failures_name_the_flag_and_the_path_or_address() {
+    let data = DataDir::new();
+    let file = data.path().join("file");
+    std::fs::write(&file, "a regular file").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let under_file = |name: &str| file.join(name).display().to_string();
+    let (backups, data_dir) = (under_file("backups"), under_file("data"));
+    let state_url = format!("sqlite://{}?mode=rwc", under_file("state.db"));
+    let cases = [
+        (
+            vec!["--listen", addr.as_str()],
+            format!("--listen {addr}: "),
+            "in use",
+        ),
+        (
+            vec!["--metrics-listen", addr.as_str()],
+            format!("--metrics-listen {addr}: "),
+            "in use",
+        ),
+        (
+            vec!["--backups-dir", backups.as_str()],
+            format!("--backups-dir {backups}: "),
+            "Not a directory",
+        ),
+        (
+            vec!["--data-dir", data_dir.as_str()],
+            format!("--data-dir {data_dir}: "),
+            "Not a directory",
+        ),
+        (
+            vec!["--database-url", &state_url],
+            format!("--database-url {}: ", under_file("state.db")),
+            "unable to open",
+        ),
+    ];
+    for (flags, needle, why) in cases {
+        let (started, stderr) = data.try_start_capturing(&flags);
+        assert!(started.is_err(), "{flags:?} started");
+        let text = stderr.finish();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("backup-server: "))
+            .unwrap_or_else(|| panic!("{flags:?}: no error line in {text}"));
+        assert!(line.contains(&needle), "{flags:?}: {line}");
+        assert!(line.contains(why), "{flags:?}: {line}");
+    }
+    drop(taken);
 }

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::Duration;
 
 use backup_client::proto_health::health_check_response::ServingStatus;
 use backup_tests::*;
@@ -226,18 +225,6 @@ async fn health_follows_the_state_store() {
     await_health(&client, "", ServingStatus::Serving).await;
     let probe = backupctl(&server.url, "", &["health"]);
     assert_eq!(probe.status.code(), Some(0), "{probe:?}");
-}
-
-/// Polls the health of `service` until it reports `status`, for at most 40 s.
-async fn await_health(client: &Client, service: &str, status: ServingStatus) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while client.health(service).await.unwrap() != status {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health of {service:?} never turned {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
