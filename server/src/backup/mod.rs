@@ -254,11 +254,12 @@ impl Backups {
         } else {
             "failed"
         };
-        metrics::counter!("backups_total", "kind" => kind, "outcome" => outcome).increment(1);
+        metrics::counter!(crate::telemetry::BACKUPS_TOTAL, "kind" => kind, "outcome" => outcome)
+            .increment(1);
         if let Ok(backup) = &result {
-            metrics::histogram!("backup_duration_seconds", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_DURATION_SECONDS, "kind" => kind)
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("backup_size_bytes", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_SIZE_BYTES, "kind" => kind)
                 .record(backup.size_bytes as f64);
         }
         result

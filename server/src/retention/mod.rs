@@ -651,7 +651,7 @@ impl Retention {
             let outcome = self.backups.remove_locked(&filename, event).await;
             self.verified.forget(&filename);
             let Err(e) = outcome else {
-                metrics::counter!("retention_deleted_total").increment(1);
+                metrics::counter!(crate::telemetry::RETENTION_DELETED_TOTAL).increment(1);
                 deleted.push(filename);
                 continue;
             };

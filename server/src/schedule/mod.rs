@@ -170,7 +170,7 @@ impl Scheduler {
                 }
                 match settings::next_due(&self.db).await {
                     Ok(Some(due)) => {
-                        metrics::gauge!("scheduler_next_due_timestamp_seconds")
+                        metrics::gauge!(crate::telemetry::SCHEDULER_NEXT_DUE)
                             .set(due.timestamp() as f64);
                         let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                         wake_in = wake_in.min(until);
@@ -186,7 +186,7 @@ impl Scheduler {
             }
         }
         self.holds_lease.store(false, Ordering::Relaxed);
-        metrics::gauge!("scheduler_lease_held").set(0.0);
+        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(0.0);
     }
 
     /// Takes or renews the lease and publishes whether this process holds it.
@@ -201,7 +201,7 @@ impl Scheduler {
         if self.holds_lease.swap(holds, Ordering::Relaxed) && !holds {
             tracing::warn!(instance = %self.instance_id, "lost the scheduler lease");
         }
-        metrics::gauge!("scheduler_lease_held").set(if holds { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
         holds
     }
 
