@@ -8,6 +8,7 @@ mod m20261121_000002_create_scheduler_tables;
 mod m20261121_000003_backups_retention_index;
 mod m20261121_000004_backup_settings_overdue_index;
 mod m20261201_000005_backups_verification;
+mod m20261201_000006_audit_subject;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_backups_retention_index::Migration),
             Box::new(m20261121_000004_backup_settings_overdue_index::Migration),
             Box::new(m20261201_000005_backups_verification::Migration),
+            Box::new(m20261201_000006_audit_subject::Migration),
         ]
     }
 }

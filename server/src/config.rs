@@ -209,20 +209,23 @@ pub struct Paths {
 impl Config {
     /// Creates the data and backups directories (0700) and resolves every
     /// path to an absolute one.
+    /// A failure names the flag and the path: `--backups-dir /x/f/backups:
+    /// Not a directory (os error 20)`.
     pub fn prepare(&self) -> crate::error::Result<Paths> {
-        crate::backup::file_io::ensure_private_dir(&self.data_dir)?;
-        let data_dir = std::path::absolute(&self.data_dir)?;
-        let backups_dir = std::path::absolute(
-            self.backups_dir
+        let data_dir = private_dir("--data-dir", &self.data_dir)?;
+        let backups_dir = private_dir(
+            "--backups-dir",
+            &self
+                .backups_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("backups")),
         )?;
-        crate::backup::file_io::ensure_private_dir(&backups_dir)?;
-        let source_db = std::path::absolute(
-            self.source_db
-                .clone()
-                .unwrap_or_else(|| data_dir.join("source.db")),
-        )?;
+        let source_db = self
+            .source_db
+            .clone()
+            .unwrap_or_else(|| data_dir.join("source.db"));
+        let source_db = std::path::absolute(&source_db)
+            .map_err(|e| at("--source-db", &source_db, Error::Io(e)))?;
         let database_url = self
             .database_url
             .clone()
@@ -288,6 +291,22 @@ fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|e| format!("{e}; give a duration such as 7d, 6h, 90m or 30s, or 0 for none"))
+}
+
+/// A start-up failure at `path`, which `flag` sets (or defaults): says both.
+pub(crate) fn at(flag: &str, path: &Path, error: Error) -> Error {
+    let why = match error {
+        Error::Io(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    Error::FailedPrecondition(format!("{flag} {}: {why}", path.display()))
+}
+
+/// Creates `dir` (mode 0700) if missing and makes it absolute; a failure
+/// names `flag` and the directory.
+fn private_dir(flag: &str, dir: &Path) -> Result<PathBuf> {
+    crate::backup::file_io::ensure_private_dir(dir).map_err(|e| at(flag, dir, e))?;
+    std::path::absolute(dir).map_err(|e| at(flag, dir, Error::Io(e)))
 }
 
 fn default_database_url(data_dir: &Path) -> String {

@@ -390,10 +390,7 @@ async fn a_corrupt_newest_backup_is_marked_damaged_and_counts_for_nothing() {
     let s = retention.summary(1, Owners::Caller).await.unwrap();
     assert!(s.filenames_to_delete.is_empty());
     assert_eq!(kept_with(&s, proto::KeepReason::NewestN), db(&["b2"]));
-    assert_eq!(
-        kept_with(&s, proto::KeepReason::Damaged),
-        db(&["b4", "b3"])
-    );
+    assert_eq!(kept_with(&s, proto::KeepReason::Damaged), db(&["b4", "b3"]));
     assert!(retention.apply(1, Owners::Caller).await.unwrap().is_empty());
     assert_eq!(backup_files(&data), set(&["b2.db", "b3.db", "b4.db"]));
 }

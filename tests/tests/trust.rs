@@ -68,10 +68,7 @@ fn status(result: Result<impl std::fmt::Debug, Error>) -> (Code, String) {
     }
 }
 
-async fn verify(
-    backups: &mut backup_client::Backups,
-    name: &str,
-) -> Result<proto::Backup, Error> {
+async fn verify(backups: &mut backup_client::Backups, name: &str) -> Result<proto::Backup, Error> {
     let response = backups
         .raw()
         .verify_backup(proto::VerifyBackupRequest {
@@ -125,7 +122,11 @@ async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
 
         let got = backups.get(&name).await.unwrap();
         assert!(got.damaged, "{how:?}: not marked damaged");
-        assert!(got.damage.contains(expected_cause), "{how:?}: {}", got.damage);
+        assert!(
+            got.damage.contains(expected_cause),
+            "{how:?}: {}",
+            got.damage
+        );
         assert!(got.last_verified_at.is_some());
         // What was recorded at creation stays: the file changed, not the facts.
         assert_eq!(
@@ -156,7 +157,10 @@ async fn a_repaired_backup_verifies_again() {
     let path = data.backups_dir().join("fixable.db");
     let original = std::fs::read(&path).unwrap();
     damage(&path, Damage::Appended);
-    assert_eq!(code(verify(&mut backups, "fixable.db").await), Code::DataLoss);
+    assert_eq!(
+        code(verify(&mut backups, "fixable.db").await),
+        Code::DataLoss
+    );
     // Marked damaged, a restore is refused without reading the file again.
     std::fs::write(&path, &original).unwrap();
     assert_eq!(code(backups.restore("fixable.db").await), Code::DataLoss);
@@ -177,11 +181,7 @@ async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() 
     // The newest is emptied behind the service's back.
     damage(&data.backups_dir().join("c.db"), Damage::TruncatedToZero);
 
-    let summary = user
-        .retention()
-        .summary(1, Owners::Caller)
-        .await
-        .unwrap();
+    let summary = user.retention().summary(1, Owners::Caller).await.unwrap();
     assert_eq!(summary.filenames_to_delete, ["a.db"]);
     let reason_of = |name: &str| {
         summary
@@ -211,10 +211,7 @@ async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() 
     backups.create(Some("d")).await.unwrap();
     add_marked_blob(&data);
     backups.create(Some("e")).await.unwrap();
-    damage(
-        &data.backups_dir().join("e.db"),
-        Damage::FlippedInsideABlob,
-    );
+    damage(&data.backups_dir().join("e.db"), Damage::FlippedInsideABlob);
     let deleted = user.retention().apply(1, Owners::Caller).await.unwrap();
     assert_eq!(deleted, ["b.db"]);
     assert_eq!(listed(&mut backups).await, ["e.db", "d.db", "c.db"]);
@@ -250,10 +247,16 @@ async fn the_scrub_finds_damage_within_its_interval() {
     }
     let events = audit_events(&data, "backup_files.verify");
     assert!(
-        events.iter().any(|(_, ok, d)| !ok && d["trigger"] == "scrub"),
+        events
+            .iter()
+            .any(|(_, ok, d)| !ok && d["trigger"] == "scrub"),
         "{events:?}"
     );
-    assert!(events.iter().any(|(_, ok, d)| *ok && d["trigger"] == "scrub"));
+    assert!(
+        events
+            .iter()
+            .any(|(_, ok, d)| *ok && d["trigger"] == "scrub")
+    );
     let stats = admin.scheduler().stats().await.unwrap();
     assert_eq!(stats.damaged_backups, 1);
     assert!(stats.verifications_failed >= 1 && stats.verifications_passed >= 1);
@@ -296,7 +299,10 @@ async fn names_are_per_owner_and_leak_nothing() {
 
     let theirs = two.create(Some("nightly-1")).await.unwrap();
     let mine = three.create(Some("nightly-1")).await.unwrap();
-    assert_eq!((theirs.filename.as_str(), mine.filename.as_str()), ("nightly-1.db", "nightly-1.db"));
+    assert_eq!(
+        (theirs.filename.as_str(), mine.filename.as_str()),
+        ("nightly-1.db", "nightly-1.db")
+    );
     assert_eq!((theirs.owner_user_id, mine.owner_user_id), (2, 3));
     // Each sees their own, and a second one of the same name is theirs to clash with.
     assert_eq!(two.get("nightly-1.db").await.unwrap(), theirs);
@@ -325,7 +331,10 @@ async fn names_are_per_owner_and_leak_nothing() {
     // An admin sees both, names the owner for an ambiguous name, and
     // reaches a unique name without it.
     let all = admin_backups.list_all().await.unwrap();
-    assert_eq!(all.iter().filter(|b| b.filename == "nightly-1.db").count(), 2);
+    assert_eq!(
+        all.iter().filter(|b| b.filename == "nightly-1.db").count(),
+        2
+    );
     let ambiguous = admin_backups.get("nightly-1.db").await.unwrap_err();
     assert_eq!(ambiguous.code(), Some(Code::InvalidArgument));
     assert_eq!(ambiguous.violated_fields(), ["owner_user_id"]);
@@ -341,7 +350,14 @@ async fn names_are_per_owner_and_leak_nothing() {
         .backup
         .unwrap();
     assert_eq!(by_owner, mine);
-    assert_eq!(admin_backups.get("only-two.db").await.unwrap().owner_user_id, 2);
+    assert_eq!(
+        admin_backups
+            .get("only-two.db")
+            .await
+            .unwrap()
+            .owner_user_id,
+        2
+    );
 
     // Deleting one owner's leaves the other's.
     two.delete("nightly-1.db", false).await.unwrap();
@@ -365,7 +381,10 @@ async fn a_user_may_keep_only_so_many_manual_backups() {
     }
     let (got, message) = status(user.create(Some("q3")).await);
     assert_eq!(got, Code::ResourceExhausted);
-    assert!(message.contains("--max-manual-backups-per-user 3"), "{message}");
+    assert!(
+        message.contains("--max-manual-backups-per-user 3"),
+        "{message}"
+    );
     assert_eq!(listed(&mut user).await.len(), 3);
     assert!(!data.backups_dir().join("q3.db").exists());
     // Admins are not limited; a deleted backup frees a place.

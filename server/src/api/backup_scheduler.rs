@@ -92,9 +92,7 @@ impl BackupScheduler for BackupSchedulerApi {
     ) -> Result<Response<pb::GetBackupSettingsResponse>, Status> {
         let caller = self.app.caller(&request, "GetBackupSettings").await?;
         let user_id = caller.resolve_user(request.into_inner().user_id)?;
-        let found = settings::get(&self.app.db, user_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("user {user_id} has no backup settings")))?;
+        let found = settings::fetch(&self.app.db, user_id).await?;
         Ok(Response::new(pb::GetBackupSettingsResponse {
             settings: Some(found.into()),
         }))

@@ -14,6 +14,35 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range a
+/// `google.protobuf.Timestamp` may hold.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A request's timestamp as a time. Outside the protobuf range (years 1 to
+/// 9999, nanos 0 to 999,999,999) it is INVALID_ARGUMENT naming `field`.
+pub fn request_time(
+    ts: Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    ts.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .filter(|nanos| *nanos < 1_000_000_000 && TIMESTAMP_SECONDS.contains(&t.seconds))
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| {
+                Error::invalid(
+                    field,
+                    format!(
+                        "seconds {} and nanos {} are not a time from 0001-01-01T00:00:00Z \
+                         to 9999-12-31T23:59:59.999999999Z (nanos 0 to 999999999)",
+                        t.seconds, t.nanos
+                    ),
+                )
+            })
+    })
+    .transpose()
+}
+
 pub fn kind(kind: &str) -> pb::BackupKind {
     match BackupKind::parse(kind) {
         Some(BackupKind::Auto) => pb::BackupKind::Auto,
@@ -56,4 +85,38 @@ pub fn named(filename: &str, owner_user_id: Option<i64>) -> Result<Named<'_>> {
         name: filename,
         owner: owner_user_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64, nanos: i32) -> Result<Option<DateTime<Utc>>> {
+        request_time(
+            Some(prost_types::Timestamp { seconds, nanos }),
+            "start_time",
+        )
+    }
+
+    #[test]
+    fn request_times_must_lie_in_the_protobuf_range() {
+        assert_eq!(request_time(None, "start_time").unwrap(), None);
+        let first = at(-62_135_596_800, 0).unwrap().unwrap();
+        assert_eq!(first.to_rfc3339(), "0001-01-01T00:00:00+00:00");
+        let last = at(253_402_300_799, 999_999_999).unwrap().unwrap();
+        assert_eq!(last.to_rfc3339(), "9999-12-31T23:59:59.999999999+00:00");
+        for (seconds, nanos) in [
+            (-62_135_596_801, 0),
+            (253_402_300_800, 0),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            match at(seconds, nanos) {
+                Err(Error::InvalidArgument(v)) => assert_eq!(v[0].field, "start_time"),
+                other => panic!("{seconds}s {nanos}ns: {other:?}"),
+            }
+        }
+    }
 }

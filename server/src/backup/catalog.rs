@@ -96,7 +96,10 @@ pub async fn record_verification<C: ConnectionTrait>(
     at: DateTime<Utc>,
 ) -> Result<()> {
     backup::Entity::update_many()
-        .col_expr(backup::Column::Damage, Expr::value(damage.map(str::to_owned)))
+        .col_expr(
+            backup::Column::Damage,
+            Expr::value(damage.map(str::to_owned)),
+        )
         .col_expr(backup::Column::LastVerifiedAt, Expr::value(Some(at)))
         .filter(backup::Column::Filename.eq(filename))
         .exec(conn)
@@ -335,7 +338,10 @@ mod tests {
         assert!(unpack(1, "2026-01-01T00:00:00+00:00/auto/0/0/a.db").is_err());
         assert!(unpack(1, "yesterday/auto/0/0/a.db/a.db").is_err());
         let one = unpack(1, "2026-01-01T00:00:00+00:00/auto/1/1/u1~a.db/a.db").unwrap();
-        assert_eq!((one[0].filename.as_str(), one[0].name.as_str()), ("u1~a.db", "a.db"));
+        assert_eq!(
+            (one[0].filename.as_str(), one[0].name.as_str()),
+            ("u1~a.db", "a.db")
+        );
         assert!(one[0].damaged);
     }
 }

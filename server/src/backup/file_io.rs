@@ -118,7 +118,10 @@ pub fn check_free(dir: &Path, filename: &str) -> Result<()> {
 }
 
 fn already_exists(filename: &str) -> Error {
-    Error::AlreadyExists(format!("backup {filename:?} already exists"))
+    Error::AlreadyExists(format!(
+        "backup {} already exists",
+        crate::error::quote(filename)
+    ))
 }
 
 /// A finished, fsynced snapshot under a temporary name, waiting to be
@@ -258,9 +261,7 @@ pub fn verify_backup(dir: &Path, filename: &str, expected: &FileFacts) -> Result
         Content::Sqlite => {}
         Content::Empty => return Err(Error::DataLoss("the file is empty".into())),
         Content::NotSqlite => {
-            return Err(Error::DataLoss(
-                "the file is not a SQLite database".into(),
-            ));
+            return Err(Error::DataLoss("the file is not a SQLite database".into()));
         }
     }
     let conn = open_existing(

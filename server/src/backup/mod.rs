@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::store::{self, entity::backup::Model as Backup};
 
 /// Why a backup exists. Stored as its `as_str` in the catalog.
@@ -302,11 +302,12 @@ impl Backups {
         } else {
             "failed"
         };
-        metrics::counter!("backups_total", "kind" => kind, "outcome" => outcome).increment(1);
+        metrics::counter!(crate::telemetry::BACKUPS_TOTAL, "kind" => kind, "outcome" => outcome)
+            .increment(1);
         if let Ok(backup) = &result {
-            metrics::histogram!("backup_duration_seconds", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_DURATION_SECONDS, "kind" => kind)
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("backup_size_bytes", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_SIZE_BYTES, "kind" => kind)
                 .record(backup.size_bytes as f64);
         }
         result
@@ -418,8 +419,8 @@ impl Backups {
             .is_some()
         {
             return Err(Error::AlreadyExists(format!(
-                "you already have a backup named {:?}",
-                new.name
+                "you already have a backup named {}",
+                quote(&new.name)
             )));
         }
         if let Some(quota) = new.manual_quota {
@@ -476,7 +477,7 @@ impl Backups {
     /// their own finds the one backup of that name, if only one owner has it.
     pub async fn get(&self, caller: Caller, named: Named<'_>) -> Result<Backup> {
         let name = named.name;
-        let not_found = || Error::NotFound(format!("no backup named {name:?}"));
+        let not_found = || Error::NotFound(format!("no backup named {}", quote(name)));
         if !naming::is_backup_filename(name) {
             return Err(not_found());
         }
@@ -502,7 +503,7 @@ impl Backups {
             1 => Ok(all.remove(0)),
             n => Err(Error::invalid(
                 "owner_user_id",
-                format!("{n} owners have a backup named {name:?}; say whose"),
+                format!("{n} owners have a backup named {}; say whose", quote(name)),
             )),
         }
     }
@@ -564,8 +565,11 @@ impl Backups {
             }
         }
         .await;
-        let event =
+        let mut event =
             NewEvent::new("backup_files.download", caller.user_id).resource("backup", named.name);
+        if let Ok((backup, _)) = &opened {
+            event = event.subject(backup.owner_user_id);
+        }
         self.audit
             .record_outcome(event, &opened, |(b, _)| json!({ "size": b.size_bytes }))
             .await;
@@ -630,6 +634,7 @@ impl Backups {
             let pre = self
                 .snapshot(pre, move |p| {
                     NewEvent::new("backup_files.pre_restore", caller.user_id)
+                        .subject(SYSTEM_OWNER)
                         .resource("backup", &p.name)
                         .details(json!({ "restoring": restored_name, "size": p.size_bytes }))
                 })
@@ -649,8 +654,11 @@ impl Backups {
             }
         }
         .await;
-        let event =
+        let mut event =
             NewEvent::new("backup_files.restore", caller.user_id).resource("backup", named.name);
+        if let Ok((backup, _)) = &result {
+            event = event.subject(backup.owner_user_id);
+        }
         self.audit
             .record_outcome(
                 event,
@@ -672,12 +680,13 @@ impl Backups {
                 caller.require_admin()?;
                 if !force {
                     return Err(Error::FailedPrecondition(format!(
-                        "backup {:?} is protected; an admin must pass force=true to delete it",
-                        backup.name
+                        "backup {} is protected; an admin must pass force=true to delete it",
+                        quote(&backup.name)
                     )));
                 }
             }
             let event = NewEvent::new("backup_files.delete", caller.user_id)
+                .subject(backup.owner_user_id)
                 .resource("backup", &backup.name)
                 .details(json!({ "forced": force, "protected": backup.is_protected }));
             self.remove_locked(&backup.filename, event).await
@@ -770,8 +779,12 @@ impl Backups {
             let (kind, owner, mut backup_name) = naming::classify(name);
             // A name its owner already uses (a file dropped in beside a
             // catalogued one) is adopted under its file name, unique.
-            if catalog::by_name(&self.db, owner, backup_name).await?.is_some()
-                || adopted.iter().any(|b: &Backup| b.owner_user_id == owner && b.name == backup_name)
+            if catalog::by_name(&self.db, owner, backup_name)
+                .await?
+                .is_some()
+                || adopted
+                    .iter()
+                    .any(|b: &Backup| b.owner_user_id == owner && b.name == backup_name)
             {
                 backup_name = name.as_str();
             }
@@ -838,7 +851,7 @@ fn gone_as_not_found(error: Error, dir: &Path, name: &str) -> Error {
             file_io::dir_error(Error::Io(e))
         }
         Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("no backup named {name:?}"))
+            Error::NotFound(format!("no backup named {}", quote(name)))
         }
         e => e,
     }

@@ -31,7 +31,10 @@ const QUERY_RETRY: Duration = Duration::from_secs(10);
 /// Verifies every backup at least once per `every` until `stop` fires.
 pub async fn run(backups: Arc<Backups>, every: Duration, stop: CancellationToken) {
     let Ok(interval) = chrono::Duration::from_std(every) else {
-        tracing::error!(?every, "the verify interval is out of range; the scrub does not run");
+        tracing::error!(
+            ?every,
+            "the verify interval is out of range; the scrub does not run"
+        );
         return;
     };
     tracing::info!(?every, "scheduled verification runs");

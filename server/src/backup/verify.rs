@@ -18,7 +18,7 @@ use serde_json::json;
 use super::file_io::{self, FileFacts, FileStamp, VerifiedBackup};
 use super::{Backups, blocking, catalog, shutting_down};
 use crate::audit::NewEvent;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::store::{self, entity::backup::Model as Backup};
 
 /// Why a backup is verified; audited with the outcome.
@@ -72,9 +72,9 @@ pub fn refuse_damaged(backup: &Backup) -> Result<()> {
 
 fn damaged(backup: &Backup, damage: &str) -> Error {
     Error::DataLoss(format!(
-        "backup {:?} is damaged ({damage}); it is kept for inspection, and VerifyBackup \
+        "backup {} is damaged ({damage}); it is kept for inspection, and VerifyBackup \
          clears the mark once its bytes match again",
-        backup.name
+        quote(&backup.name)
     ))
 }
 
@@ -206,7 +206,10 @@ impl Backups {
     /// could not be verified.
     pub async fn scrub_one(&self, backup: &Backup) -> Result<()> {
         let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
-        match self.verify(backup, Trigger::Scrub, super::SYSTEM_OWNER).await {
+        match self
+            .verify(backup, Trigger::Scrub, super::SYSTEM_OWNER)
+            .await
+        {
             Ok(_) | Err(Error::DataLoss(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -248,12 +251,13 @@ impl Backups {
             Some(_) => &self.verifications.damaged,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("backup_verifications_total", "outcome" => if damage.is_some() { "damaged" } else { "intact" })
+        metrics::counter!(crate::telemetry::VERIFICATIONS_TOTAL, "outcome" => if damage.is_some() { "damaged" } else { "intact" })
             .increment(1);
         let txn = store::begin_write(&self.db).await?;
         catalog::record_verification(&txn, &backup.filename, damage, at).await?;
         let audited = (damage.is_some() || trigger.audits_intact()).then(|| {
             let event = NewEvent::new("backup_files.verify", actor)
+                .subject(backup.owner_user_id)
                 .resource("backup", &backup.name)
                 .details(json!({
                     "trigger": trigger.as_str(),
@@ -284,7 +288,7 @@ impl Backups {
     /// Sets the `backup_damaged` gauge to the catalog's count.
     pub async fn refresh_damaged_gauge(&self) {
         match catalog::count_damaged(&self.db).await {
-            Ok(n) => metrics::gauge!("backup_damaged").set(n as f64),
+            Ok(n) => metrics::gauge!(crate::telemetry::DAMAGED).set(n as f64),
             Err(e) => tracing::warn!(error = %e, "cannot count damaged backups"),
         }
     }

@@ -365,11 +365,7 @@ pub struct Retention {
 
 impl Retention {
     pub fn new(db: DatabaseConnection, audit: Recorder, backups: Arc<Backups>) -> Self {
-        Self {
-            db,
-            audit,
-            backups,
-        }
+        Self { db, audit, backups }
     }
 
     /// GetRetentionSummary: exactly what [`Retention::apply`] with the same
@@ -479,15 +475,15 @@ impl Retention {
                 };
                 self.audit
                     .record_or_log(
-                        NewEvent::new("backup_retention.safety_check", actor.user_id).details(
-                            json!({
+                        NewEvent::new("backup_retention.safety_check", actor.user_id)
+                            .subject(owner)
+                            .details(json!({
                                 "owner": owner,
                                 "keep_count": policy.keep_count,
                                 "reason": why,
                                 "failed_verification": safety.failed(),
                                 "kept": kept,
-                            }),
-                        ),
+                            })),
                     )
                     .await;
             }
@@ -512,13 +508,15 @@ impl Retention {
             if named || !plan.delete.is_empty() || safety.refused() {
                 self.audit
                     .record_or_log(
-                        NewEvent::new("backup_retention.applied", actor.user_id).details(json!({
-                            "owner": owner,
-                            "keep_count": policy.keep_count,
-                            "deleted": deleted,
-                            "failed": failed,
-                            "trigger": actor.trigger,
-                        })),
+                        NewEvent::new("backup_retention.applied", actor.user_id)
+                            .subject(owner)
+                            .details(json!({
+                                "owner": owner,
+                                "keep_count": policy.keep_count,
+                                "deleted": deleted,
+                                "failed": failed,
+                                "trigger": actor.trigger,
+                            })),
                     )
                     .await;
             }
@@ -685,26 +683,23 @@ impl Retention {
     /// transaction. A file that cannot be deleted is audited
     /// `backup_retention.delete_error` and the rest go on. The caller holds
     /// the directory lock. Returns (deleted, failed).
-    async fn delete_each(
-        &self,
-        actor: i64,
-        doomed: Vec<Doomed>,
-    ) -> (Vec<String>, Vec<String>) {
+    async fn delete_each(&self, actor: i64, doomed: Vec<Doomed>) -> (Vec<String>, Vec<String>) {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         for Doomed {
             filename,
             name,
-            owner: _,
+            owner,
             details,
         } in doomed
         {
             let event = NewEvent::new("backup_retention.delete", actor)
+                .subject(owner)
                 .resource("backup", &name)
                 .details(details.clone());
             let outcome = self.backups.remove_locked(&filename, event).await;
             let Err(e) = outcome else {
-                metrics::counter!("retention_deleted_total").increment(1);
+                metrics::counter!(crate::telemetry::RETENTION_DELETED_TOTAL).increment(1);
                 deleted.push(name);
                 continue;
             };
@@ -720,6 +715,7 @@ impl Retention {
             self.audit
                 .record_or_log(
                     NewEvent::new("backup_retention.delete_error", actor)
+                        .subject(owner)
                         .resource("backup", &name)
                         .details(details)
                         .failed(&e),
