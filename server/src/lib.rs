@@ -68,6 +68,8 @@ pub struct App {
     /// Cancelled once health is NOT_SERVING at shutdown: long-lived work
     /// (audit streams) ends on it.
     pub shutdown: CancellationToken,
+    /// How often the scrub verifies each backup; zero when it is off.
+    pub verify_interval: Duration,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
@@ -148,6 +150,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         scheduler,
         retention,
         shutdown,
+        verify_interval: config.verify_interval,
     });
     Ok(Prepared {
         app,

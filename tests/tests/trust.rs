@@ -412,6 +412,10 @@ async fn restoring_into_a_read_only_source_is_failed_precondition() {
     let (got, message) = status(backups.restore("before.db").await);
     assert_eq!(got, Code::FailedPrecondition, "{message}");
     assert!(message.contains("cannot be written"), "{message}");
+    assert!(
+        message.contains("no pre-restore backup was taken"),
+        "{message}"
+    );
     assert_eq!(std::fs::read(&source).unwrap(), before);
     // Refused before anything was taken.
     assert!(

@@ -235,7 +235,11 @@ pub struct VerifiedBackup {
 /// error, and says nothing about the bytes.
 pub fn verify_backup(dir: &Path, filename: &str, expected: &FileFacts) -> Result<VerifiedBackup> {
     let file = open_catalogued(dir, filename).map_err(|e| match e {
-        Error::Io(e) if e.kind() == ErrorKind::NotFound => {
+        // Being deleted (renamed, its row not yet gone): nothing is lost.
+        Error::Io(e)
+            if e.kind() == ErrorKind::NotFound
+                && !dir.join(format!("{DELETING_PREFIX}{filename}")).exists() =>
+        {
             Error::DataLoss("the backup's file is missing".into())
         }
         e => e,
@@ -396,6 +400,22 @@ pub fn restore(backup: VerifiedBackup, source: &Path, what: &str) -> Result<()> 
 /// naming the cause when it cannot be written (a read-only file, directory
 /// or file system), before anything is changed.
 pub fn open_writable(source: &Path, what: &str) -> Result<Connection> {
+    // Opened for writing (never truncated nor created) to ask the kernel:
+    // a read-only file system or file says so here, where SQLite would
+    // only fail to open a WAL database.
+    match OpenOptions::new().write(true).open(source) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} cannot be written: {e}"
+            )));
+        }
+        _ => {}
+    }
     let conn = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     // SQLite quietly opens a file it may not write read-only.
     if conn.is_readonly(rusqlite::MAIN_DB)? {

@@ -128,7 +128,7 @@ pub struct Backups {
     /// Files known to be intact, so retention does not re-read them.
     verified: verify::VerifiedFiles,
     /// Verification outcomes since start, for GetSchedulerStats.
-    pub verifications: verify::Counts,
+    verifications: verify::Counts,
 }
 
 /// How many backups may wait for each copy permit.
@@ -624,7 +624,11 @@ impl Backups {
                 .verify(&backup, verify::Trigger::Restore, caller.user_id)
                 .await?;
             let source = self.source.clone();
-            blocking(move || file_io::open_writable(&source, SOURCE).map(drop)).await?;
+            blocking(move || file_io::open_writable(&source, SOURCE).map(drop))
+                .await
+                .map_err(|e| {
+                    e.with_note("nothing was changed and no pre-restore backup was taken")
+                })?;
             let pre = NewBackup::new(
                 naming::pre_restore_filename(Utc::now()),
                 SYSTEM_OWNER,

@@ -92,8 +92,19 @@ pub enum Health {
 /// Verification outcomes since the process started.
 #[derive(Debug, Default)]
 pub struct Counts {
-    pub intact: AtomicU64,
-    pub damaged: AtomicU64,
+    intact: AtomicU64,
+    damaged: AtomicU64,
+}
+
+/// What GetSchedulerStats reports of verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Backups marked damaged now, of every owner.
+    pub damaged_now: u64,
+    /// Verifications this process found intact since it started.
+    pub intact: u64,
+    /// Verifications this process found damaged since it started.
+    pub damaged: u64,
 }
 
 /// Files known to be intact, by file name, with the stamp they had when
@@ -283,6 +294,14 @@ impl Backups {
         now.damage = damage.map(str::to_owned);
         now.last_verified_at = Some(at);
         Ok(now)
+    }
+
+    pub async fn verification_stats(&self) -> Result<Stats> {
+        Ok(Stats {
+            damaged_now: catalog::count_damaged(&self.db).await?,
+            intact: self.verifications.intact.load(Ordering::Relaxed),
+            damaged: self.verifications.damaged.load(Ordering::Relaxed),
+        })
     }
 
     /// Sets the `backup_damaged` gauge to the catalog's count.
