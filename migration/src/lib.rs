@@ -7,6 +7,8 @@ mod m20261121_000001_create_core_tables;
 mod m20261121_000002_create_scheduler_tables;
 mod m20261121_000003_backups_retention_index;
 mod m20261121_000004_backup_settings_overdue_index;
+mod m20261201_000005_backups_verification;
+mod m20261201_000006_audit_subject;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -19,6 +21,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_create_scheduler_tables::Migration),
             Box::new(m20261121_000003_backups_retention_index::Migration),
             Box::new(m20261121_000004_backup_settings_overdue_index::Migration),
+            Box::new(m20261201_000005_backups_verification::Migration),
+            Box::new(m20261201_000006_audit_subject::Migration),
         ]
     }
 }

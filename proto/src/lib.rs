@@ -20,3 +20,35 @@ pub const SERVICE_NAMES: [&str; 4] = [
     "backup.v1.Retention",
     "backup.v1.AuditLog",
 ];
+
+/// The path of every `backup.v1` RPC, as HTTP/2 requests name it
+/// (`/backup.v1.BackupFiles/CreateBackup`), read from the descriptor set.
+pub fn rpc_paths() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service.method.iter().map(move |method| {
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                })
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_rpc_has_a_path() {
+        let paths = super::rpc_paths();
+        assert!(paths.contains(&"/backup.v1.BackupFiles/CreateBackup".to_owned()));
+        assert!(paths.contains(&"/backup.v1.AuditLog/SubscribeAuditEvents".to_owned()));
+        for service in super::SERVICE_NAMES {
+            assert!(paths.iter().any(|p| p.starts_with(&format!("/{service}/"))));
+        }
+    }
+}

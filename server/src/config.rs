@@ -44,6 +44,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=64), global = true)]
     pub max_concurrent_copies: u32,
 
+    /// Verify every backup (size, SHA-256, integrity check) at least this
+    /// often, one at a time: `7d`, `6h`, `30s`; `0` turns it off.
+    #[arg(long, env = "BACKUP_VERIFY_INTERVAL", default_value = "7d",
+          value_parser = parse_interval, global = true)]
+    pub verify_interval: Duration,
+
+    /// Let non-admin users download their backups. A backup holds the whole
+    /// source database, every user's rows: only for a source that holds
+    /// one user's data (a desktop app, a single-tenant instance).
+    #[arg(long, env = "BACKUP_ALLOW_USER_DOWNLOADS", global = true)]
+    pub allow_user_downloads: bool,
+
+    /// The most manual backups a non-admin user may keep.
+    #[arg(long, env = "BACKUP_MAX_MANUAL_BACKUPS_PER_USER", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_manual_backups_per_user: u32,
+
     /// Seconds between the scheduler's safety-net wake-ups.
     #[arg(long, env = "BACKUP_CHECK_INTERVAL", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400), global = true)]
@@ -192,20 +209,23 @@ pub struct Paths {
 impl Config {
     /// Creates the data and backups directories (0700) and resolves every
     /// path to an absolute one.
+    /// A failure names the flag and the path: `--backups-dir /x/f/backups:
+    /// Not a directory (os error 20)`.
     pub fn prepare(&self) -> crate::error::Result<Paths> {
-        crate::backup::file_io::ensure_private_dir(&self.data_dir)?;
-        let data_dir = std::path::absolute(&self.data_dir)?;
-        let backups_dir = std::path::absolute(
-            self.backups_dir
+        let data_dir = private_dir("--data-dir", &self.data_dir)?;
+        let backups_dir = private_dir(
+            "--backups-dir",
+            &self
+                .backups_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("backups")),
         )?;
-        crate::backup::file_io::ensure_private_dir(&backups_dir)?;
-        let source_db = std::path::absolute(
-            self.source_db
-                .clone()
-                .unwrap_or_else(|| data_dir.join("source.db")),
-        )?;
+        let source_db = self
+            .source_db
+            .clone()
+            .unwrap_or_else(|| data_dir.join("source.db"));
+        let source_db = std::path::absolute(&source_db)
+            .map_err(|e| at("--source-db", &source_db, Error::Io(e)))?;
         let database_url = self
             .database_url
             .clone()
@@ -262,6 +282,31 @@ impl Config {
     pub fn check_interval(&self) -> Duration {
         Duration::from_secs(self.check_interval)
     }
+}
+
+/// A duration such as `7d`, `6h`, `90m` or `30s`; `0` for none.
+fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; give a duration such as 7d, 6h, 90m or 30s, or 0 for none"))
+}
+
+/// A start-up failure at `path`, which `flag` sets (or defaults): says both.
+pub(crate) fn at(flag: &str, path: &Path, error: Error) -> Error {
+    let why = match error {
+        Error::Io(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    Error::FailedPrecondition(format!("{flag} {}: {why}", path.display()))
+}
+
+/// Creates `dir` (mode 0700) if missing and makes it absolute; a failure
+/// names `flag` and the directory.
+fn private_dir(flag: &str, dir: &Path) -> Result<PathBuf> {
+    crate::backup::file_io::ensure_private_dir(dir).map_err(|e| at(flag, dir, e))?;
+    std::path::absolute(dir).map_err(|e| at(flag, dir, Error::Io(e)))
 }
 
 fn default_database_url(data_dir: &Path) -> String {

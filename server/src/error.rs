@@ -49,6 +49,10 @@ pub enum Error {
     /// work was called off.
     #[error("{0}")]
     Cancelled(String),
+    /// A backup's bytes are not what was written: its size, digest or
+    /// integrity check says so. It is never restored nor served as whole.
+    #[error("{0}")]
+    DataLoss(String),
     /// A dependency (the state store) is briefly unavailable; retrying may help.
     #[error("{0}")]
     Unavailable(String),
@@ -65,6 +69,25 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The most characters of a client-sent value an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// A value the client sent, quoted for an error message: `"abc"` as
+/// `{:?}` writes it, or, when longer than [`QUOTE_CHARS`] characters, its
+/// first 64 and the cut marked, `"abcd…" (10240 bytes)`. Every message that
+/// repeats request input goes through here, so no status outgrows a
+/// client's metadata limit (grpcio's is 8 KiB).
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => {
+            let head = format!("{:?}", &value[..cut]);
+            let open = head.strip_suffix('"').unwrap_or(&head);
+            format!("{open}…\" ({} bytes)", value.len())
+        }
+    }
+}
+
 fn join(violations: &[FieldViolation]) -> String {
     violations
         .iter()
@@ -77,6 +100,21 @@ impl Error {
     /// A single invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The same error with `note` added to what the caller is told (for
+    /// errors whose message the caller sees).
+    pub fn with_note(self, note: &str) -> Self {
+        let noted = |message: String| format!("{message}; {note}");
+        match self {
+            Self::NotFound(m) => Self::NotFound(noted(m)),
+            Self::FailedPrecondition(m) => Self::FailedPrecondition(noted(m)),
+            Self::ResourceExhausted(m) => Self::ResourceExhausted(noted(m)),
+            Self::Cancelled(m) => Self::Cancelled(noted(m)),
+            Self::DataLoss(m) => Self::DataLoss(noted(m)),
+            Self::Unavailable(m) => Self::Unavailable(noted(m)),
+            other => other,
+        }
     }
 
     /// The message a caller may see: internal details (paths, SQL) stay in
@@ -120,5 +158,29 @@ impl Error {
             Self::ResourceExhausted(_) => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_short_values_whole_and_cuts_long_ones_at_a_char_boundary() {
+        assert_eq!(quote("Europe/London"), "\"Europe/London\"");
+        assert_eq!(quote("a\"b"), "\"a\\\"b\"");
+        let exactly = "x".repeat(QUOTE_CHARS);
+        assert_eq!(quote(&exactly), format!("{exactly:?}"));
+        let long = "y".repeat(10_240);
+        assert_eq!(
+            quote(&long),
+            format!("\"{}…\" (10240 bytes)", "y".repeat(QUOTE_CHARS))
+        );
+        // Multi-byte characters are never split: 64 of them, whole.
+        let wide = "é".repeat(100);
+        assert_eq!(
+            quote(&wide),
+            format!("\"{}…\" (200 bytes)", "é".repeat(QUOTE_CHARS))
+        );
     }
 }

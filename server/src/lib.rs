@@ -9,6 +9,7 @@
 //! - [`audit`]: the audit recorder and its live fan-out.
 //! - [`auth`]: bearer tokens and the caller identity.
 //! - [`store`]: the SeaORM state store, its entities and migrations.
+//! - [`health`]: what the health service reports, from the store and source.
 //! - [`error`]: the domain error; [`api::status`] maps it to gRPC codes.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod backup;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod paging;
 pub mod retention;
 pub mod schedule;
@@ -47,40 +49,8 @@ use crate::error::{Error, Result};
 use crate::paging::PageTokens;
 use crate::schedule::{Scheduler, SchedulerConfig};
 
-/// How often health re-checks that the state store answers.
+/// How often health re-checks the state store and the source.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Turns health NOT_SERVING while the state store does not answer (every
-/// RPC needs it), and SERVING again once it does.
-async fn watch_store(
-    db: DatabaseConnection,
-    health: tonic_health::server::HealthReporter,
-    every: Duration,
-) {
-    let mut serving = true;
-    loop {
-        tokio::time::sleep(every).await;
-        let ok = match store::probe(&db).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "the state store does not answer");
-                false
-            }
-        };
-        if ok != serving {
-            serving = ok;
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            tracing::info!(?status, "health changed with the state store");
-            for name in std::iter::once("").chain(SERVICE_NAMES) {
-                health.set_service_status(name, status).await;
-            }
-        }
-    }
-}
 
 /// Concurrent HTTP/2 streams (RPCs) one connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
@@ -98,13 +68,20 @@ pub struct App {
     /// Cancelled once health is NOT_SERVING at shutdown: long-lived work
     /// (audit streams) ends on it.
     pub shutdown: CancellationToken,
+    /// How often the scrub verifies each backup; zero when it is off.
+    pub verify_interval: Duration,
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
 /// store that already holds data first).
 pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::Paths)> {
     let paths = config.prepare()?;
-    let db = store::connect(&paths.database_url).await?;
+    let db = store::connect(&paths.database_url).await.map_err(|e| {
+        match store::sqlite_path(&paths.database_url) {
+            Some(path) => config::at("--database-url", &path, e),
+            None => e,
+        }
+    })?;
     if let Some(snapshot) = store::migrate(&db, &paths.database_url, &paths.backups_dir).await? {
         tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
     }
@@ -116,6 +93,8 @@ pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::
 pub struct Prepared {
     app: Arc<App>,
     config: Config,
+    /// The source database, which health watches.
+    source_db: std::path::PathBuf,
 }
 
 /// Everything before serving: store, migrations, crash leftovers, catalog.
@@ -134,7 +113,11 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         audit.clone(),
         paths.source_db.clone(),
         paths.backups_dir.clone(),
-        config.max_concurrent_copies,
+        backup::Limits {
+            max_concurrent_copies: config.max_concurrent_copies,
+            allow_user_downloads: config.allow_user_downloads,
+            max_manual_backups_per_user: config.max_manual_backups_per_user,
+        },
     ));
     let leftovers = backup::file_io::remove_temp_files(&paths.backups_dir)?;
     if !leftovers.is_empty() {
@@ -167,8 +150,13 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         scheduler,
         retention,
         shutdown,
+        verify_interval: config.verify_interval,
     });
-    Ok(Prepared { app, config })
+    Ok(Prepared {
+        app,
+        config,
+        source_db: paths.source_db,
+    })
 }
 
 impl Prepared {
@@ -180,14 +168,22 @@ impl Prepared {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Prepared { app, config } = self;
+        let Prepared {
+            app,
+            config,
+            source_db,
+        } = self;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in std::iter::once("").chain(SERVICE_NAMES) {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
+        let source_problem = health::source_problem(&source_db).await;
+        if let Some(problem) = &source_problem {
+            health::warn_source(&source_db, problem);
         }
+        let checks = health::Checks {
+            store: true,
+            source: source_problem.is_none(),
+        };
+        checks.publish(&health).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -199,10 +195,12 @@ impl Prepared {
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-        let monitor = tokio::spawn(watch_store(
+        let monitor = tokio::spawn(health::watch(
             app.db.clone(),
+            source_db,
             health.clone(),
             config.check_interval().min(HEALTH_PROBE_INTERVAL),
+            checks,
         ));
         let stopping = Arc::new(tokio::sync::Notify::new());
         let draining = {
@@ -226,6 +224,13 @@ impl Prepared {
         if !config.no_scheduler {
             app.scheduler.start(0).await?;
         }
+        let scrub = (!config.verify_interval.is_zero()).then(|| {
+            tokio::spawn(backup::scrub::run(
+                Arc::clone(&app.backups),
+                config.verify_interval,
+                app.shutdown.clone(),
+            ))
+        });
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = config.tls()? {
             builder = builder
@@ -271,6 +276,12 @@ impl Prepared {
             }
         }
         app.scheduler.stop(0).await?;
+        if let Some(scrub) = scrub {
+            app.shutdown.cancel();
+            if let Err(e) = scrub.await {
+                tracing::error!(error = %e, "the scrub task failed");
+            }
+        }
         app.backups.drain().await;
         app.db.clone().close().await?;
         tracing::info!("stopped");

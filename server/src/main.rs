@@ -141,7 +141,9 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     config.check_transport()?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", config.listen))?;
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr)?;
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use backup_client::SettingsUpdate;
 use backup_tests::proto::Frequency;
-use backup_tests::{DataDir, cpu_ticks, db_time, median, state_store};
+use backup_tests::{DataDir, cpu_ticks, create_users, db_time, median, state_store};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::Connection;
 
@@ -139,6 +139,7 @@ async fn lateness(users: i64, copies: u32) -> Lateness {
     let server = data.start(&["--no-scheduler", "--max-concurrent-copies", &copies_flag]);
     let admin = server.client(&data.token(1, true)).await;
     let mut scheduler = admin.scheduler();
+    create_users(&data, 2..=users + 1);
     let t = Instant::now();
     for user in 2..=users + 1 {
         scheduler

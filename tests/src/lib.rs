@@ -103,35 +103,96 @@ impl DataDir {
     /// Starts a server, or returns what it printed instead of its ready
     /// line (it has exited by then).
     pub fn try_start(&self, extra: &[&str]) -> Result<Server, String> {
+        let child = self
+            .server_command(extra)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn backup-server");
+        ready(child)
+    }
+
+    /// [`DataDir::try_start`] with the server's stderr (its logs, and why
+    /// it did not start) collected rather than inherited.
+    pub fn try_start_capturing(&self, extra: &[&str]) -> (Result<Server, String>, Stderr) {
+        let mut child = self
+            .server_command(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backup-server");
+        let stderr = Stderr::collect(child.stderr.take().expect("server stderr"));
+        (ready(child), stderr)
+    }
+
+    /// `backup-server` on an ephemeral port with `extra` flags, stdout piped.
+    fn server_command(&self, extra: &[&str]) -> Command {
         let mut cmd = self.command();
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn backup-server");
-        let stdout = child.stdout.take().expect("server stdout");
-        // Read on a thread, so a server stuck before its ready line fails
-        // the test instead of hanging it.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| "(no ready line within 60 s)".into());
-        match line.trim().strip_prefix("listening on ") {
-            Some(addr) => Ok(Server {
-                url: format!("http://{addr}"),
-                child,
-            }),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(line)
-            }
+            .stdout(Stdio::piped());
+        cmd
+    }
+}
+
+/// Waits for a spawned server's ready line; returns what it printed
+/// instead (having killed it) if that is not the ready line.
+fn ready(mut child: Child) -> Result<Server, String> {
+    let stdout = child.stdout.take().expect("server stdout");
+    // Read on a thread, so a server stuck before its ready line fails
+    // the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| "(no ready line within 60 s)".into());
+    match line.trim().strip_prefix("listening on ") {
+        Some(addr) => Ok(Server {
+            url: format!("http://{addr}"),
+            child,
+        }),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(line)
         }
+    }
+}
+
+/// What a server process writes to stderr, collected as it comes (on a
+/// thread, so the server never blocks on a full pipe).
+pub struct Stderr {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Stderr {
+    fn collect(stderr: std::process::ChildStderr) -> Self {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&text);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self { text, reader }
+    }
+
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Everything written, once the process has exited.
+    pub fn finish(self) -> String {
+        let _ = self.reader.join();
+        let text = self.text.lock().unwrap_or_else(|e| e.into_inner());
+        text.clone()
     }
 }
 
@@ -184,6 +245,52 @@ impl Drop for Server {
     }
 }
 
+/// A tmpfs mounted for one test, unmounted on drop (lazily, so a server
+/// still holding a file there cannot keep it mounted).
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs `mount -t tmpfs` (root, as in CI) to build a small filesystem: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// `mount -o remount,<options>`, e.g. `ro` or `rw`.
+    pub fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "remount,{options} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
 /// Opens a SQLite file for checks.
 pub fn open(path: &Path) -> Connection {
     let conn = Connection::open(path).expect("open database");
@@ -201,6 +308,12 @@ pub fn grow_source(data: &DataDir, rows: u32) {
              INSERT INTO blobs SELECT randomblob(4000) FROM n;"
         ))
         .expect("grow the source");
+}
+
+/// Lowercase hex SHA-256 of `bytes`, as the service records it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// `PRAGMA integrity_check` is "ok".
@@ -308,6 +421,24 @@ pub fn state_store(data: &DataDir) -> Connection {
     open(&data.path().join("state.db"))
 }
 
+/// Creates non-admin users `ids` in the state store in one transaction, as
+/// `token create` does but without minting tokens: for tests and benches
+/// that need many users at once. The store must exist (a server started on
+/// it, or a token minted). Existing users stay as they are.
+pub fn create_users(data: &DataDir, ids: impl IntoIterator<Item = i64>) {
+    let mut conn = state_store(data);
+    let txn = conn.transaction().expect("begin");
+    let now = db_time(chrono::Utc::now());
+    for id in ids {
+        txn.execute(
+            "INSERT OR IGNORE INTO users (id, is_admin, created_at) VALUES (?1, 0, ?2)",
+            (id, &now),
+        )
+        .expect("insert a user");
+    }
+    txn.commit().expect("commit the users");
+}
+
 /// The state store's text form of a timestamp (as SeaORM writes it).
 pub fn db_time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
@@ -332,6 +463,22 @@ pub fn audit_events(data: &DataDir, event_type: &str) -> Vec<(i64, bool, serde_j
     .expect("query audit events")
     .collect::<Result<_, _>>()
     .expect("read audit events")
+}
+
+/// Polls the health of `service` until it reports `status`, for at most 40 s.
+pub async fn await_health(
+    client: &Client,
+    service: &str,
+    status: backup_client::proto_health::health_check_response::ServingStatus,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while client.health(service).await.unwrap() != status {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health of {service:?} never turned {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after

@@ -120,7 +120,7 @@ fn spawn_writers(
 #[tokio::test]
 async fn backup_files_and_auth_events_appear_with_their_fields() {
     let data = DataDir::new();
-    let server = data.start(&["--no-scheduler"]);
+    let server = data.start(&["--no-scheduler", "--allow-user-downloads"]);
     let mut audit = server.client(&data.token(1, true)).await.audit();
     let mut user = server.client(&data.token(2, false)).await.backups();
     let mut watch = audit.subscribe(None, "", None).await.unwrap();

@@ -86,11 +86,6 @@ async fn create_list_get_download_restore_delete_round_trip() {
     assert!(backups.list_all().await.unwrap().is_empty());
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 #[tokio::test]
 async fn backups_under_a_continuous_writer_are_consistent() {
     let data = DataDir::new();
@@ -209,10 +204,7 @@ async fn bad_input_gets_its_code_and_changes_nothing() {
         *b = 0x55;
     }
     std::fs::write(&path, bytes).unwrap();
-    assert_eq!(
-        code(backups.restore("dup.db").await),
-        Code::FailedPrecondition
-    );
+    assert_eq!(code(backups.restore("dup.db").await), Code::DataLoss);
     assert_eq!(std::fs::read(data.source()).unwrap(), before);
     assert_eq!(
         backups.list_all().await.unwrap().len(),

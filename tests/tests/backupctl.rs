@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use backup_tests::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -27,20 +26,34 @@ fn exits(out: &Output, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{out:?}");
 }
 
+/// Asserts exit 1 (a refusal) with `what` (a gRPC code, or the reason) on
+/// stderr.
+fn refused(out: &Output, what: &str) {
+    exits(out, 1);
+    assert!(stderr(out).contains(what), "{out:?}");
+}
+
 /// The JSON document a successful `--json` command printed.
 fn json(out: &Output) -> Value {
     exits(out, 0);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
+/// `backupctl backups download NAME -o DEST`.
+fn download(url: &str, token: &str, name: &str, dest: &Path) -> Output {
+    let dest = dest.to_str().expect("a UTF-8 path");
+    backupctl(url, token, &["backups", "download", name, "-o", dest])
+}
+
 fn sha256_of(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).expect("read the file")))
+    sha256_hex(&std::fs::read(path).expect("read the file"))
 }
 
 #[tokio::test]
 async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     let data = DataDir::new();
-    let server = data.start(&["--no-scheduler"]);
+    // The user downloads their own backup, as on a single-tenant source.
+    let server = data.start(&["--no-scheduler", "--allow-user-downloads"]);
     let url = server.url.as_str();
     let (user, admin) = (data.token(2, false), data.token(1, true));
 
@@ -70,12 +83,7 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     );
 
     let copy = data.path().join("copy.db");
-    let copy_arg = copy.to_str().unwrap();
-    let out = backupctl(
-        url,
-        &user,
-        &["backups", "download", "nightly.db", "-o", copy_arg],
-    );
+    let out = download(url, &user, "nightly.db", &copy);
     exits(&out, 0);
     assert!(stdout(&out).contains("verified"), "{out:?}");
     assert_eq!(sha256_of(&copy), sha256_of(&file));
@@ -83,27 +91,14 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
 
     // The server's refusals: exit 1, with the gRPC code on stderr.
     let out = backupctl(url, &user, &["backups", "get", "missing.db"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("NotFound"), "{out:?}");
+    refused(&out, "NotFound");
     let out = backupctl(url, &user, &["backups", "restore", "nightly.db"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("PermissionDenied"), "{out:?}");
+    refused(&out, "PermissionDenied");
     let out = backupctl(url, "bk_wrong", &["backups", "list"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("Unauthenticated"), "{out:?}");
+    refused(&out, "Unauthenticated");
     // A download that fails leaves no file behind.
     let nothing = data.path().join("nothing.db");
-    let out = backupctl(
-        url,
-        &user,
-        &[
-            "backups",
-            "download",
-            "missing.db",
-            "-o",
-            nothing.to_str().unwrap(),
-        ],
-    );
+    let out = download(url, &user, "missing.db", &nothing);
     exits(&out, 1);
     assert!(
         file_names(data.path())
@@ -261,8 +256,7 @@ async fn health_connect_usage_and_overdue_exit_codes() {
     );
     // Bad values the server checks: exit 1, naming the field.
     let out = backupctl(url, &user, &["settings", "update", "--keep", "31"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("InvalidArgument"), "{out:?}");
+    refused(&out, "InvalidArgument");
 
     let out = backupctl(
         url,
@@ -320,14 +314,15 @@ async fn download_to_stdout_and_never_over_a_special_file() {
     let data = DataDir::new();
     let server = data.start(&["--no-scheduler"]);
     let url = server.url.as_str();
-    let user = data.token(2, false);
+    // Admins may always download; users only where the operator allows it.
+    let admin = data.token(1, true);
     exits(
-        &backupctl(url, &user, &["backups", "create", "--name", "nightly"]),
+        &backupctl(url, &admin, &["backups", "create", "--name", "nightly"]),
         0,
     );
     let got = json(&backupctl(
         url,
-        &user,
+        &admin,
         &["--json", "backups", "get", "nightly.db"],
     ));
     let sha256 = got[0]["sha256"].as_str().expect("a sha256").to_owned();
@@ -335,17 +330,13 @@ async fn download_to_stdout_and_never_over_a_special_file() {
     // `-o -`: the bytes on stdout, every message on stderr (with --json too).
     for json_flag in [&[][..], &["--json"][..]] {
         let args = [json_flag, &["backups", "download", "nightly.db", "-o", "-"]].concat();
-        let out = backupctl(url, &user, &args);
+        let out = backupctl(url, &admin, &args);
         exits(&out, 0);
-        assert_eq!(hex::encode(Sha256::digest(&out.stdout)), sha256, "{args:?}");
+        assert_eq!(sha256_hex(&out.stdout), sha256, "{args:?}");
         assert!(stderr(&out).contains(&sha256), "{out:?}");
     }
     // Refused before any byte: nothing on stdout, and nothing to disown.
-    let out = backupctl(
-        url,
-        &user,
-        &["backups", "download", "missing.db", "-o", "-"],
-    );
+    let out = download(url, &admin, "missing.db", Path::new("-"));
     exits(&out, 1);
     assert!(out.stdout.is_empty(), "{out:?}");
     assert!(stderr(&out).contains("NotFound"), "{out:?}");
@@ -357,7 +348,7 @@ async fn download_to_stdout_and_never_over_a_special_file() {
         .write(true)
         .open("/dev/full")
         .expect("open /dev/full for writing");
-    let out = backupctl_command(url, &user)
+    let out = backupctl_command(url, &admin)
         .args(["backups", "download", "nightly.db", "-o", "-"])
         .stdout(full)
         .output()
@@ -369,16 +360,8 @@ async fn download_to_stdout_and_never_over_a_special_file() {
 
     // Anything but a regular file is refused before anything is
     // downloaded: exit 2, saying what is there, and it stays as it was.
-    let download_to = |dest: &Path| {
-        let dest = dest.to_str().expect("a UTF-8 path");
-        backupctl(
-            url,
-            &user,
-            &["backups", "download", "nightly.db", "-o", dest],
-        )
-    };
     let download_over = |dest: &Path, kind: &str| {
-        let out = download_to(dest);
+        let out = download(url, &admin, "nightly.db", dest);
         exits(&out, 2);
         assert!(stderr(&out).contains(kind), "{out:?}");
         assert!(!part_of(dest).exists(), "{out:?}");
@@ -408,7 +391,7 @@ async fn download_to_stdout_and_never_over_a_special_file() {
     let old = data.path().join("old.db");
     std::fs::write(&old, "an older download").unwrap();
     std::fs::write(data.path().join("old.db.part"), "a stale part").unwrap();
-    let out = download_to(&old);
+    let out = download(url, &admin, "nightly.db", &old);
     exits(&out, 0);
     assert_eq!(sha256_of(&old), sha256);
     assert!(!part_of(&old).exists());
@@ -445,14 +428,11 @@ async fn token_expiry_must_be_a_day_and_revoke_says_when_nothing_was_revoked() {
 
     exits(&token(&["revoke", &id]), 0);
     let out = backupctl(&server.url, &minted, &["backups", "list"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("Unauthenticated"), "{out:?}");
+    refused(&out, "Unauthenticated");
     let out = token(&["revoke", &id]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("already revoked"), "{out:?}");
+    refused(&out, "already revoked");
     let out = token(&["revoke", "999999"]);
-    exits(&out, 1);
-    assert!(stderr(&out).contains("no token with id 999999"), "{out:?}");
+    refused(&out, "no token with id 999999");
 }
 
 /// The subcommand names under `Commands:` in a help text.
@@ -493,4 +473,143 @@ fn each_groups_help_names_its_real_subcommands() {
         settings.lines().next().unwrap_or_default().contains("get"),
         "{settings}"
     );
+}
+
+#[tokio::test]
+async fn verify_finds_damage_and_list_get_download_and_restore_show_it() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let url = server.url.as_str();
+    let (user, admin) = (data.token(2, false), data.token(1, true));
+    exits(
+        &backupctl(url, &admin, &["backups", "create", "--name", "precious"]),
+        0,
+    );
+    let never = json(&backupctl(url, &admin, &["--json", "backups", "list"]));
+    assert_eq!(never[0]["last_verified_at"], Value::Null, "{never}");
+    assert!(stdout(&backupctl(url, &admin, &["backups", "list"])).contains("never"));
+
+    // A good backup: exit 0, and it is no longer "never" verified.
+    let out = backupctl(url, &admin, &["backups", "verify", "precious.db"]);
+    exits(&out, 0);
+    assert!(!stdout(&out).contains("never"), "{out:?}");
+    let good = json(&backupctl(
+        url,
+        &admin,
+        &["--json", "backups", "get", "precious.db"],
+    ));
+    assert_eq!(good[0]["damaged"], false, "{good}");
+    assert_eq!(good[0]["damage"], "", "{good}");
+    assert!(good[0]["last_verified_at"].is_string(), "{good}");
+
+    // Damaged on disk: verify is DataLoss, exit 1, and the backup is marked.
+    let file = data.backups_dir().join("precious.db");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open the backup")
+        .set_len(0)
+        .expect("truncate it");
+    let out = backupctl(url, &admin, &["backups", "verify", "precious.db"]);
+    refused(&out, "DataLoss");
+    let table = stdout(&backupctl(url, &admin, &["backups", "list"]));
+    let row = table
+        .lines()
+        .find(|line| line.contains("precious.db") && line.starts_with('|'))
+        .unwrap_or_else(|| panic!("no row for precious.db: {table}"));
+    assert!(row.contains("DAMAGED") && !row.contains("never"), "{table}");
+    assert!(
+        table.contains("DAMAGED: precious.db (owner 1): "),
+        "{table}"
+    );
+    let listed = json(&backupctl(url, &admin, &["--json", "backups", "list"]));
+    assert_eq!(listed[0]["filename"], "precious.db");
+    assert_eq!(listed[0]["damaged"], true, "{listed}");
+    assert_ne!(listed[0]["damage"], "", "{listed}");
+
+    // Download and restore refuse it too, and no file is left behind.
+    let dest = data.path().join("precious-copy.db");
+    let out = download(url, &admin, "precious.db", &dest);
+    refused(&out, "DataLoss");
+    assert!(!dest.exists() && !part_of(&dest).exists());
+    let out = backupctl(url, &admin, &["backups", "restore", "precious.db"]);
+    refused(&out, "DataLoss");
+    // The owner of nothing of that name: NotFound, not the admin's backup.
+    let out = backupctl(url, &user, &["backups", "verify", "precious.db"]);
+    refused(&out, "NotFound");
+}
+
+#[tokio::test]
+async fn owner_names_whose_backup_when_two_owners_share_a_name() {
+    let data = DataDir::new();
+    let server = data.start(&["--no-scheduler"]);
+    let url = server.url.as_str();
+    let (user, admin) = (data.token(2, false), data.token(1, true));
+    for token in [&user, &admin] {
+        exits(
+            &backupctl(url, token, &["backups", "create", "--name", "shared"]),
+            0,
+        );
+    }
+    let owner_of = |args: &[&str]| {
+        let got = json(&backupctl(
+            url,
+            &admin,
+            &[&["--json", "backups", "get", "shared.db"][..], args].concat(),
+        ));
+        got[0]["owner_user_id"].as_i64().expect("an owner")
+    };
+    assert_eq!(owner_of(&[]), 1);
+    assert_eq!(owner_of(&["--owner", "2"]), 2);
+    assert_eq!(owner_of(&["--owner", "1"]), 1);
+    let out = backupctl(
+        url,
+        &admin,
+        &["backups", "get", "shared.db", "--owner", "3"],
+    );
+    refused(&out, "NotFound");
+
+    // verify, download and delete reach user 2's backup with --owner.
+    exits(
+        &backupctl(
+            url,
+            &admin,
+            &["backups", "verify", "shared.db", "--owner", "2"],
+        ),
+        0,
+    );
+    let theirs = json(&backupctl(
+        url,
+        &user,
+        &["--json", "backups", "get", "shared.db"],
+    ));
+    assert!(theirs[0]["last_verified_at"].is_string(), "{theirs}");
+    let out = backupctl(
+        url,
+        &admin,
+        &[
+            "backups",
+            "download",
+            "shared.db",
+            "--owner",
+            "2",
+            "-o",
+            "-",
+        ],
+    );
+    exits(&out, 0);
+    assert_eq!(
+        sha256_hex(&out.stdout),
+        theirs[0]["sha256"].as_str().unwrap()
+    );
+    exits(
+        &backupctl(
+            url,
+            &admin,
+            &["backups", "delete", "shared.db", "--owner", "2"],
+        ),
+        0,
+    );
+    exits(&backupctl(url, &user, &["backups", "get", "shared.db"]), 1);
+    assert_eq!(owner_of(&[]), 1);
 }

@@ -148,3 +148,105 @@ async fn sigkill_at_many_points_of_backup_restore_and_retention_loses_nothing() 
         "only {interrupted} of 15 operations were interrupted"
     );
 }
+
+/// Catalogued backups as (file, damage, recorded sha256).
+fn marks(data: &DataDir) -> Vec<(String, Option<String>, String)> {
+    let conn = state_store(data);
+    let mut stmt = conn
+        .prepare("SELECT filename, damage, sha256 FROM backups ORDER BY filename")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_scheduled_verification_or_restore_leaves_every_backup_intact_and_truly_marked()
+ {
+    let data = DataDir::with_rows(5000);
+    grow_source(&data, 6000);
+    let admin = data.token(1, true);
+    {
+        let server = data.start(&["--no-scheduler", "--verify-interval", "0"]);
+        let mut backups = server.client(&admin).await.backups();
+        for i in 0..4 {
+            backups.create(Some(&format!("v{i}"))).await.unwrap();
+        }
+        backups.create(Some("broken")).await.unwrap();
+        assert!(server.shutdown().await.success());
+    }
+    // One backup really is damaged: the scrub must mark it, and nothing else.
+    let broken = data.backups_dir().join("broken.db");
+    let len = std::fs::metadata(&broken).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&broken)
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+
+    let mut verifications_before_kill = 0;
+    for round in 0..10u64 {
+        let before = audit_events(&data, "backup_files.verify").len();
+        let mut server = data.start(&["--no-scheduler", "--verify-interval", "1s"]);
+        let restore = (round % 2 == 1).then(|| {
+            let url = server.url.clone();
+            let token = admin.clone();
+            tokio::spawn(async move {
+                let client = Client::connect(&url, &token).await.unwrap();
+                client
+                    .backups()
+                    .restore(&format!("v{}.db", round % 4))
+                    .await
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(20 + (round * 37) % 400)).await;
+        server.kill();
+        if let Some(restore) = restore {
+            let _ = restore.await.unwrap();
+        }
+        verifications_before_kill += audit_events(&data, "backup_files.verify").len() - before;
+
+        // Restarted without the scrub: what the kill left, as it is.
+        let restarted = data.start(&["--no-scheduler", "--verify-interval", "0"]);
+        assert!(
+            integrity_ok(&data.source()),
+            "round {round}: the source fails integrity_check"
+        );
+        for (file, damage, sha256) in marks(&data) {
+            let bytes = std::fs::read(data.backups_dir().join(&file)).unwrap();
+            if file == "broken.db" {
+                assert_ne!(sha256_hex(&bytes), sha256);
+                continue;
+            }
+            assert_eq!(sha256_hex(&bytes), sha256, "round {round}: {file} changed");
+            assert_eq!(damage, None, "round {round}: intact {file} marked damaged");
+        }
+        drop(restarted);
+    }
+    assert!(
+        verifications_before_kill > 0,
+        "the scrub never verified anything before a kill"
+    );
+    // Given time, the scrub marks the damaged one, and only it.
+    let server = data.start(&["--no-scheduler", "--verify-interval", "1s"]);
+    wait_for(
+        "the scrub to mark broken.db",
+        Duration::from_secs(60),
+        || {
+            marks(&data)
+                .iter()
+                .any(|(file, damage, _)| file == "broken.db" && damage.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+    let damaged: Vec<String> = marks(&data)
+        .into_iter()
+        .filter(|(_, damage, _)| damage.is_some())
+        .map(|(file, _, _)| file)
+        .collect();
+    assert_eq!(damaged, ["broken.db"]);
+    drop(server);
+}

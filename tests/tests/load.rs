@@ -352,7 +352,13 @@ async fn many_clients_mixing_every_rpc_leave_no_errors_leaks_or_inconsistency() 
     let data = DataDir::new();
     let admin_token = data.token(1, true);
     let tokens: Vec<String> = (0..USERS).map(|u| data.token(2 + u, false)).collect();
-    let server = data.start(&[]);
+    // Users download their own backups, as on a single-tenant source, and
+    // create more than the default manual-backup quota over the run.
+    let server = data.start(&[
+        "--allow-user-downloads",
+        "--max-manual-backups-per-user",
+        "100000",
+    ]);
     let pid = server.child.id();
 
     // Baselines, with no client connected.

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::Duration;
 
 use backup_client::proto_health::health_check_response::ServingStatus;
 use backup_tests::*;
@@ -59,6 +58,18 @@ fn plaintext_on_a_public_address_is_refused_unless_allowed() {
     assert!(server.url.contains("0.0.0.0"));
 }
 
+/// The Prometheus text the metrics listener on `port` serves.
+fn scrape(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    body.to_owned()
+}
+
 #[tokio::test]
 async fn metrics_count_rpcs_and_backups() {
     let data = DataDir::new();
@@ -72,29 +83,65 @@ async fn metrics_count_rpcs_and_backups() {
                 .map(|server| (server, port))
         })
         .expect("a server with metrics on a free port");
+
+    // Before any RPC: every counter and gauge is there at 0, and every
+    // series carries the backup_ prefix.
+    let body = scrape(port);
+    for series in [
+        r#"backup_grpc_server_handled_total{method="/backup.v1.BackupFiles/CreateBackup",code="Ok"} 0"#,
+        r#"backup_grpc_server_handled_total{method="/backup.v1.AuditLog/SubscribeAuditEvents",code="Ok"} 0"#,
+        r#"backup_backups_total{kind="manual",outcome="completed"} 0"#,
+        r#"backup_backups_total{kind="auto",outcome="failed"} 0"#,
+        "backup_retention_deleted_total 0",
+        "backup_audit_subscribers 0",
+        "backup_damaged 0",
+        r#"backup_verifications_total{outcome="intact"} 0"#,
+        r#"backup_verifications_total{outcome="damaged"} 0"#,
+        "# TYPE backup_backups_total counter",
+        "# TYPE backup_damaged gauge",
+    ] {
+        assert!(
+            body.lines().any(|l| l == series),
+            "no {series:?} in\n{body}"
+        );
+    }
+    for gauge in [
+        "backup_scheduler_lease_held",
+        "backup_scheduler_next_due_timestamp_seconds",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(&format!("{gauge} "))),
+            "no {gauge} in\n{body}"
+        );
+    }
+    let unprefixed: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("backup_"))
+        .collect();
+    assert!(unprefixed.is_empty(), "{unprefixed:?}");
+
     let mut backups = server.client(&data.token(1, false)).await.backups();
     backups.create(Some("counted")).await.unwrap();
     assert_eq!(code(backups.get("missing.db").await), Code::NotFound);
 
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
+    let body = scrape(port);
     assert!(
         body.contains(
-            r#"grpc_server_handled_total{method="/backup.v1.BackupFiles/CreateBackup",code="Ok"} 1"#
+            r#"backup_grpc_server_handled_total{method="/backup.v1.BackupFiles/CreateBackup",code="Ok"} 1"#
         ),
         "{body}"
     );
     assert!(body.contains(r#"code="NotFound""#), "{body}");
     assert!(
-        body.contains(r#"backups_total{kind="manual",outcome="completed"} 1"#),
+        body.contains(r#"backup_backups_total{kind="manual",outcome="completed"} 1"#),
         "{body}"
     );
-    assert!(body.contains("grpc_server_handling_seconds"), "{body}");
-    assert!(body.contains("scheduler_lease_held 1"), "{body}");
+    assert!(
+        body.contains("backup_grpc_server_handling_seconds"),
+        "{body}"
+    );
+    assert!(body.contains("backup_duration_seconds"), "{body}");
+    assert!(body.contains("backup_scheduler_lease_held 1"), "{body}");
 }
 
 #[test]
@@ -226,18 +273,6 @@ async fn health_follows_the_state_store() {
     await_health(&client, "", ServingStatus::Serving).await;
     let probe = backupctl(&server.url, "", &["health"]);
     assert_eq!(probe.status.code(), Some(0), "{probe:?}");
-}
-
-/// Polls the health of `service` until it reports `status`, for at most 40 s.
-async fn await_health(client: &Client, service: &str, status: ServingStatus) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    while client.health(service).await.unwrap() != status {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health of {service:?} never turned {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]

@@ -354,55 +354,45 @@ async fn the_summary_is_exactly_what_apply_deletes() {
 }
 
 #[tokio::test]
-async fn a_corrupt_newest_backup_is_not_counted_as_the_one_kept() {
+async fn a_corrupt_newest_backup_is_marked_damaged_and_counts_for_nothing() {
     let data = DataDir::new();
     let server = data.start(&[]);
     let user = server.client(&data.token(2, false)).await;
     create_in_order(&user, &["b0", "b1", "b2", "b3"]).await;
     corrupt(&data.backups_dir().join("b3.db"));
 
+    // Found damaged while the plan is secured: b3 counts for nothing, and
+    // the newest intact backup is the one kept.
     let mut retention = user.retention();
     let s = retention.summary(1, Owners::Caller).await.unwrap();
-    assert_eq!(kept_with(&s, proto::KeepReason::NewestN), db(&["b3"]));
-    assert_eq!(
-        kept_with(&s, proto::KeepReason::NewestVerified),
-        db(&["b2"])
-    );
+    assert_eq!(kept_with(&s, proto::KeepReason::Damaged), db(&["b3"]));
+    assert_eq!(kept_with(&s, proto::KeepReason::NewestN), db(&["b2"]));
     assert_eq!(s.filenames_to_delete, db(&["b1", "b0"]));
     let deleted = retention.apply(1, Owners::Caller).await.unwrap();
     assert_eq!(deleted, s.filenames_to_delete);
     assert_eq!(backup_files(&data), set(&["b2.db", "b3.db"]));
-    let checks = events(&data, "backup_retention.safety_check");
-    assert_eq!(checks.len(), 1, "{checks:?}");
-    assert_eq!(checks[0].details["owner"], 2);
-    assert_eq!(
-        strings(&checks[0].details["failed_verification"]),
-        ["b3.db"]
-    );
-    assert_eq!(strings(&checks[0].details["kept"]), ["b2.db"]);
+    let found = events(&data, "backup_files.verify");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(!found[0].success);
+    assert_eq!(found[0].details["trigger"], "retention");
+    assert!(user.backups().get("b3.db").await.unwrap().damaged);
 
-    // A good new backup makes the old ones deletable again.
+    // A good new backup makes the older intact one deletable; the damaged
+    // one stays for an operator to look at.
     create_in_order(&user, &["b4"]).await;
     let s = retention.summary(1, Owners::Caller).await.unwrap();
-    assert_eq!(s.filenames_to_delete, db(&["b3", "b2"]));
+    assert_eq!(s.filenames_to_delete, db(&["b2"]));
+    assert_eq!(kept_with(&s, proto::KeepReason::Damaged), db(&["b3"]));
 
-    // When no backup passes, none is deleted, and that is audited too.
+    // The new newest damaged too: the intact one is kept instead, nothing
+    // is deleted.
     corrupt(&data.backups_dir().join("b4.db"));
-    corrupt(&data.backups_dir().join("b2.db"));
     let s = retention.summary(1, Owners::Caller).await.unwrap();
     assert!(s.filenames_to_delete.is_empty());
-    assert_eq!(
-        kept_with(&s, proto::KeepReason::NoVerifiedBackup),
-        db(&["b3", "b2"])
-    );
+    assert_eq!(kept_with(&s, proto::KeepReason::NewestN), db(&["b2"]));
+    assert_eq!(kept_with(&s, proto::KeepReason::Damaged), db(&["b4", "b3"]));
     assert!(retention.apply(1, Owners::Caller).await.unwrap().is_empty());
     assert_eq!(backup_files(&data), set(&["b2.db", "b3.db", "b4.db"]));
-    let checks = events(&data, "backup_retention.safety_check");
-    assert_eq!(checks.len(), 2);
-    assert_eq!(
-        strings(&checks[1].details["failed_verification"]),
-        db(&["b4", "b3", "b2"])
-    );
 }
 
 #[tokio::test]

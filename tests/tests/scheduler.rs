@@ -201,6 +201,7 @@ async fn bad_settings_are_rejected_field_by_field_and_change_nothing() {
     );
     assert_eq!(code(scheduler.stop().await), Code::PermissionDenied);
     let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    create_users(&data, [3]);
     assert_eq!(admin.update_settings(3, update()).await.unwrap().user_id, 3);
     assert_eq!(admin.list_settings().await.unwrap().len(), 2);
 }
@@ -303,6 +304,7 @@ async fn create_settings(data: &DataDir, users: &[i64]) -> chrono::NaiveTime {
     let time = chrono::NaiveTime::from_hms_opt(time.hour(), time.minute(), 0).unwrap();
     let server = data.start(&["--no-scheduler"]);
     let mut admin = server.client(&data.token(1, true)).await.scheduler();
+    create_users(data, users.iter().copied());
     for &user in users {
         let settings = SettingsUpdate {
             backup_time: Some(time.format("%H:%M").to_string()),

@@ -4,14 +4,13 @@ use std::pin::Pin;
 
 use backup_proto as pb;
 use backup_proto::audit_log_server::AuditLog;
-use chrono::{DateTime, Utc};
 use prost_types::value::Kind;
 use serde_json::Value;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::timestamp;
+use super::convert::{request_time, timestamp};
 use crate::audit::Event;
 use crate::audit::query::{self, Filter};
 use crate::error::{Error, Result};
@@ -41,8 +40,8 @@ impl AuditLog for AuditLogApi {
         let caller = self.app.caller(&request, "ListAuditEvents").await?;
         let req = request.into_inner();
         let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?.between(
-            time(req.start_time, "start_time")?,
-            time(req.end_time, "end_time")?,
+            request_time(req.start_time, "start_time")?,
+            request_time(req.end_time, "end_time")?,
         )?;
         let limit = page_size(req.page_size, 100, 1000)?;
         let after = match self.app.page_tokens.cursor(LISTING, &req.page_token)? {
@@ -93,17 +92,6 @@ impl AuditLog for AuditLogApi {
     }
 }
 
-/// A request timestamp as a time; out of range is INVALID_ARGUMENT.
-fn time(ts: Option<prost_types::Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>> {
-    ts.map(|t| {
-        u32::try_from(t.nanos)
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-            .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
-    })
-    .transpose()
-}
-
 fn event(e: &Event) -> pb::AuditEvent {
     pb::AuditEvent {
         id: e.id,
@@ -116,7 +104,7 @@ fn event(e: &Event) -> pb::AuditEvent {
         details: Some(details(&e.details)),
         error_message: e.error_message.clone(),
         timestamp: Some(timestamp(e.timestamp)),
-        subject_user_id: e.user_id,
+        subject_user_id: e.subject_user_id,
     }
 }
 

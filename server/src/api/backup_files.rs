@@ -4,12 +4,11 @@ use std::pin::Pin;
 
 use backup_proto as pb;
 use backup_proto::backup_files_server::BackupFiles;
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use super::convert::named;
 use crate::backup::catalog::Cursor;
 use crate::paging::page_size;
 
@@ -76,11 +75,9 @@ impl BackupFiles for BackupFilesApi {
         request: Request<pb::GetBackupRequest>,
     ) -> Result<Response<pb::GetBackupResponse>, Status> {
         let caller = self.app.caller(&request, "GetBackup").await?;
-        let backup = self
-            .app
-            .backups
-            .get(caller, &request.into_inner().filename)
-            .await?;
+        let req = request.into_inner();
+        let named = named(&req.filename, req.owner_user_id)?;
+        let backup = self.app.backups.get(caller, named).await?;
         Ok(Response::new(pb::GetBackupResponse {
             backup: Some(backup.into()),
         }))
@@ -93,36 +90,24 @@ impl BackupFiles for BackupFilesApi {
         request: Request<pb::DownloadBackupRequest>,
     ) -> Result<Response<Self::DownloadBackupStream>, Status> {
         let caller = self.app.caller(&request, "DownloadBackup").await?;
-        let filename = request.into_inner().filename;
-        let (backup, file) = self.app.backups.open_download(caller, &filename).await?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut file = tokio::fs::File::from_std(file);
-            let mut meta = Some(pb::Backup::from(backup));
-            loop {
-                let mut chunk = vec![0u8; CHUNK_BYTES];
-                let message = match file.read(&mut chunk).await {
-                    Ok(0) if meta.is_none() => break,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        Ok(pb::DownloadBackupResponse {
-                            chunk,
-                            backup: meta.take(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "download read failed");
-                        Err(Status::internal("reading the backup failed"))
-                    }
-                };
-                let failed = message.is_err();
-                // A failed send means the client went away.
-                if tx.send(message).await.is_err() || failed {
-                    break;
-                }
-            }
+        let req = request.into_inner();
+        let named = named(&req.filename, req.owner_user_id)?;
+        let (backup, chunks) = self
+            .app
+            .backups
+            .download(caller, named, CHUNK_BYTES)
+            .await?;
+        // The first message carries the metadata with the first chunk.
+        let mut meta = Some(pb::Backup::from(backup));
+        let messages = ReceiverStream::new(chunks).map(move |chunk| {
+            chunk
+                .map(|chunk| pb::DownloadBackupResponse {
+                    chunk,
+                    backup: meta.take(),
+                })
+                .map_err(Status::from)
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn restore_backup(
@@ -130,11 +115,9 @@ impl BackupFiles for BackupFilesApi {
         request: Request<pb::RestoreBackupRequest>,
     ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
         let caller = self.app.caller(&request, "RestoreBackup").await?;
-        let (restored, pre) = self
-            .app
-            .backups
-            .restore(caller, &request.into_inner().filename)
-            .await?;
+        let req = request.into_inner();
+        let named = named(&req.filename, req.owner_user_id)?;
+        let (restored, pre) = self.app.backups.restore(caller, named).await?;
         Ok(Response::new(pb::RestoreBackupResponse {
             restored: Some(restored.into()),
             pre_restore_backup: Some(pre.into()),
@@ -147,10 +130,8 @@ impl BackupFiles for BackupFilesApi {
     ) -> Result<Response<pb::DeleteBackupResponse>, Status> {
         let caller = self.app.caller(&request, "DeleteBackup").await?;
         let req = request.into_inner();
-        self.app
-            .backups
-            .delete(caller, &req.filename, req.force)
-            .await?;
+        let named = named(&req.filename, req.owner_user_id)?;
+        self.app.backups.delete(caller, named, req.force).await?;
         Ok(Response::new(pb::DeleteBackupResponse {}))
     }
 
@@ -158,7 +139,12 @@ impl BackupFiles for BackupFilesApi {
         &self,
         request: Request<pb::VerifyBackupRequest>,
     ) -> Result<Response<pb::VerifyBackupResponse>, Status> {
-        self.app.caller(&request, "VerifyBackup").await?;
-        Err(Status::unimplemented("VerifyBackup is being built"))
+        let caller = self.app.caller(&request, "VerifyBackup").await?;
+        let req = request.into_inner();
+        let named = named(&req.filename, req.owner_user_id)?;
+        let backup = self.app.backups.verify_named(caller, named).await?;
+        Ok(Response::new(pb::VerifyBackupResponse {
+            backup: Some(backup.into()),
+        }))
     }
 }

@@ -23,7 +23,14 @@ impl BackupSchedulerApi {
     }
 
     async fn stats(&self) -> Result<pb::SchedulerStats, Status> {
-        Ok(self.app.scheduler.stats().await?.into())
+        let mut stats = pb::SchedulerStats::from(self.app.scheduler.stats().await?);
+        let verified = self.app.backups.verification_stats().await?;
+        stats.damaged_backups = i64::try_from(verified.damaged_now).unwrap_or(i64::MAX);
+        stats.verifications_passed = i64::try_from(verified.intact).unwrap_or(i64::MAX);
+        stats.verifications_failed = i64::try_from(verified.damaged).unwrap_or(i64::MAX);
+        stats.verify_interval_seconds =
+            i64::try_from(self.app.verify_interval.as_secs()).unwrap_or(i64::MAX);
+        Ok(stats)
     }
 }
 
@@ -76,6 +83,7 @@ impl From<Stats> for pb::SchedulerStats {
             backups_failed: i64::try_from(s.failed).unwrap_or(i64::MAX),
             overdue_users: count(s.overdue_users),
             instance_id: s.instance_id,
+            // Filled in from the backups' side by `stats`.
             damaged_backups: 0,
             verifications_passed: 0,
             verifications_failed: 0,
@@ -92,9 +100,7 @@ impl BackupScheduler for BackupSchedulerApi {
     ) -> Result<Response<pb::GetBackupSettingsResponse>, Status> {
         let caller = self.app.caller(&request, "GetBackupSettings").await?;
         let user_id = caller.resolve_user(request.into_inner().user_id)?;
-        let found = settings::get(&self.app.db, user_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("user {user_id} has no backup settings")))?;
+        let found = settings::fetch(&self.app.db, user_id).await?;
         Ok(Response::new(pb::GetBackupSettingsResponse {
             settings: Some(found.into()),
         }))

@@ -28,6 +28,7 @@ fn reason(reason: KeepReason) -> pb::KeepReason {
         KeepReason::NewestVerified => pb::KeepReason::NewestVerified,
         KeepReason::System => pb::KeepReason::System,
         KeepReason::NoVerifiedBackup => pb::KeepReason::NoVerifiedBackup,
+        KeepReason::Damaged => pb::KeepReason::Damaged,
     }
 }
 
@@ -43,7 +44,7 @@ impl From<Summary> for pb::RetentionSummary {
                 .keep
                 .into_iter()
                 .map(|k| pb::KeptBackup {
-                    filename: k.filename,
+                    filename: k.name,
                     reason: reason(k.reason).into(),
                 })
                 .collect(),

@@ -24,6 +24,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::DataLoss(_) => Code::DataLoss,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Store(_) | Error::Io(_) | Error::Sqlite(_) | Error::Internal(_) => {
                 tracing::error!(error = %error, "request failed");

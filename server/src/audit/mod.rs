@@ -27,7 +27,10 @@ const LIVE_BUFFER: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct NewEvent {
     event_type: String,
+    /// Who acted.
     user_id: i64,
+    /// Whose resource it is about; `None`: the actor's own.
+    subject: Option<i64>,
     resource_type: String,
     resource_id: String,
     success: bool,
@@ -36,18 +39,28 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// A successful event of `event_type` (`service.action`) about `user_id`
-    /// (0 for the system).
+    /// A successful event of `event_type` (`service.action`) by `user_id`,
+    /// the actor (0 for the system), about the actor's own resources unless
+    /// [`NewEvent::subject`] says otherwise.
     pub fn new(event_type: &str, user_id: i64) -> Self {
         Self {
             event_type: event_type.to_owned(),
             user_id,
+            subject: None,
             resource_type: String::new(),
             resource_id: String::new(),
             success: true,
             details: json!({}),
             error_message: String::new(),
         }
+    }
+
+    /// The user whose resource the event is about (a backup's owner, a
+    /// settings row's user; 0 for the system), when not the actor. That
+    /// user sees the event too.
+    pub fn subject(mut self, user_id: i64) -> Self {
+        self.subject = Some(user_id);
+        self
     }
 
     pub fn resource(mut self, resource_type: &str, resource_id: impl Into<String>) -> Self {
@@ -75,6 +88,7 @@ impl NewEvent {
         audit_event::ActiveModel {
             event_type: Set(self.event_type),
             user_id: Set(self.user_id),
+            subject_user_id: Set(self.subject.unwrap_or(self.user_id)),
             resource_type: Set(self.resource_type),
             resource_id: Set(self.resource_id),
             action: Set(action),
@@ -207,6 +221,59 @@ pub(crate) mod tests {
         let db = crate::store::connect("sqlite::memory:").await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         db
+    }
+
+    #[tokio::test]
+    async fn events_from_before_the_subject_column_have_their_actor_as_subject() {
+        use sea_orm::ConnectionTrait;
+        let db = crate::store::connect("sqlite::memory:").await.unwrap();
+        // Up to m20261121_000004, before audit subjects.
+        Migrator::up(&db, Some(4)).await.unwrap();
+        db.execute_unprepared(
+            "INSERT INTO audit_events (event_type, user_id, resource_type, resource_id, action, \
+             success, details, error_message, timestamp) VALUES ('backup_files.create', 7, \
+             'backup', 'a.db', 'create', 1, '{}', '', '2026-01-01T00:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let about_7 = super::query::Filter {
+            user_id: Some(7),
+            ..Default::default()
+        };
+        let old = super::query::page(&db, &about_7, 0, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!((old[0].user_id, old[0].subject_user_id), (7, 7));
+
+        let recorder = super::Recorder::new(db.clone());
+        let own = recorder
+            .record(super::NewEvent::new("test.own", 7))
+            .await
+            .unwrap();
+        assert_eq!(own.subject_user_id, 7, "the subject defaults to the actor");
+        let theirs = recorder
+            .record(super::NewEvent::new("test.theirs", 1).subject(7))
+            .await
+            .unwrap();
+        assert_eq!((theirs.user_id, theirs.subject_user_id), (1, 7));
+
+        // The migration can be undone.
+        Migrator::down(&db, Some(1)).await.unwrap();
+        let columns = db
+            .query_all_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT name FROM pragma_table_info('audit_events')",
+            ))
+            .await
+            .unwrap();
+        let names: Vec<String> = columns
+            .iter()
+            .map(|r| r.try_get::<String>("", "name").unwrap())
+            .collect();
+        assert!(names.contains(&"user_id".to_owned()), "{names:?}");
+        assert!(!names.contains(&"subject_user_id".to_owned()), "{names:?}");
     }
 
     #[tokio::test]

@@ -18,7 +18,8 @@ use super::Event;
 pub struct Filter {
     /// Only event types starting with this (compared exactly, case and all).
     pub event_type_prefix: String,
-    /// Only this user's events; `None` for everyone's (admins only).
+    /// Only events this user is the actor or the subject of; `None` for
+    /// everyone's (admins only).
     pub user_id: Option<i64>,
     /// Only events at or after this time.
     pub start_time: Option<DateTime<Utc>>,
@@ -27,8 +28,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// The filter `caller` may use: a non-admin sees only their own events,
-    /// so an absent `user_id` means "mine" and another user's id is refused.
+    /// The filter `caller` may use: a non-admin sees only their own events
+    /// (those they did, and those about them), so an absent `user_id` means
+    /// "mine" and another user's id is refused.
     pub fn for_caller(
         caller: Caller,
         event_type_prefix: String,
@@ -80,7 +82,9 @@ impl Filter {
     /// [`Filter::condition`] applies in the store.
     pub fn matches(&self, event: &audit_event::Model) -> bool {
         (self.event_type_prefix.is_empty() || event.event_type.starts_with(&self.event_type_prefix))
-            && self.user_id.is_none_or(|id| event.user_id == id)
+            && self
+                .user_id
+                .is_none_or(|id| event.user_id == id || event.subject_user_id == id)
             && self.start_time.is_none_or(|t| event.timestamp >= t)
             && self.end_time.is_none_or(|t| event.timestamp < t)
     }
@@ -102,7 +106,13 @@ impl Filter {
             );
         }
         if let Some(id) = self.user_id {
-            condition = condition.add(Column::UserId.eq(id));
+            // Each side is a range of its own index, (user_id, id) and
+            // (subject_user_id, id).
+            condition = condition.add(
+                Condition::any()
+                    .add(Column::UserId.eq(id))
+                    .add(Column::SubjectUserId.eq(id)),
+            );
         }
         // SQLite keeps the times as RFC 3339 text, all `+00:00`, where text
         // order is time order (`+` sorts before `.` and digits, so a shorter
@@ -216,20 +226,22 @@ mod tests {
     async fn store_and_live_filters_agree() {
         let db = memory_store().await;
         let recorder = Recorder::new(db.clone());
-        for (event_type, user) in [
-            ("backup_files.create", 1),
-            ("backupXfiles.create", 1),
-            ("BACKUP_FILES.create", 2),
-            ("backup_files.delete", 2),
-            ("auth.denied", 0),
+        for (event_type, user, subject) in [
+            ("backup_files.create", 1, 1),
+            ("backupXfiles.create", 1, 1),
+            ("BACKUP_FILES.create", 2, 2),
+            ("backup_files.delete", 2, 2),
+            ("auth.denied", 0, 0),
+            ("backup_scheduler.settings_updated", 1, 3),
         ] {
             recorder
-                .record(NewEvent::new(event_type, user))
+                .record(NewEvent::new(event_type, user).subject(subject))
                 .await
                 .unwrap();
         }
         let all = page(&db, &Filter::default(), 0, None, 100).await.unwrap();
-        assert_eq!(all.len(), 5);
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[5].subject_user_id, 3);
         let now = Utc::now();
         let filters = [
             Filter::default(),
@@ -244,6 +256,14 @@ mod tests {
             },
             Filter {
                 user_id: Some(0),
+                ..Filter::default()
+            },
+            Filter {
+                user_id: Some(1),
+                ..Filter::default()
+            },
+            Filter {
+                user_id: Some(3),
                 ..Filter::default()
             },
             Filter::default().between(Some(now), None).unwrap(),
@@ -266,6 +286,20 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(ids(&db, &prefixed, 0, None).await, [1, 4]);
+        let about_3 = Filter {
+            user_id: Some(3),
+            ..Filter::default()
+        };
+        assert_eq!(ids(&db, &about_3, 0, None).await, [6], "the subject's view");
+        let by_1 = Filter {
+            user_id: Some(1),
+            ..Filter::default()
+        };
+        assert_eq!(
+            ids(&db, &by_1, 0, None).await,
+            [1, 2, 6],
+            "the actor's view"
+        );
         assert_eq!(ids(&db, &Filter::default(), 1, Some(3)).await, [2, 3]);
         assert_eq!(
             page(&db, &Filter::default(), 0, None, 2)
@@ -274,7 +308,7 @@ mod tests {
                 .len(),
             2
         );
-        assert_eq!(last_id(&db).await.unwrap(), 5);
+        assert_eq!(last_id(&db).await.unwrap(), 6);
         assert!(
             Filter::default()
                 .between(Some(now), Some(all[0].timestamp))

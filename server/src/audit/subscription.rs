@@ -121,7 +121,7 @@ impl Hub {
         };
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let now_active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("audit_subscribers").set(now_active as f64);
+        metrics::gauge!(crate::telemetry::AUDIT_SUBSCRIBERS).set(now_active as f64);
         let subscription = Subscription {
             db: self.db.clone(),
             filter,
@@ -219,7 +219,7 @@ struct Counted(Arc<AtomicUsize>);
 impl Drop for Counted {
     fn drop(&mut self) {
         let now_active = self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        metrics::gauge!("audit_subscribers").set(now_active as f64);
+        metrics::gauge!(crate::telemetry::AUDIT_SUBSCRIBERS).set(now_active as f64);
     }
 }
 

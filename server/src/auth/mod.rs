@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, Set,
 };
 use subtle::ConstantTimeEq;
 
@@ -58,6 +59,17 @@ impl Caller {
                 "only an admin may act for another user".into(),
             ))
         }
+    }
+}
+
+/// NOT_FOUND unless `user_id` is a user (`token create` made one): an admin
+/// naming a user id nobody has must not create anything for it.
+pub async fn require_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> Result<()> {
+    match user::Entity::find_by_id(user_id).one(conn).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound(format!(
+            "there is no user {user_id}; `backup-server token create --user-id {user_id}` creates one"
+        ))),
     }
 }
 

@@ -6,9 +6,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    FromQueryResult, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::BackupKind;
 use crate::error::{Error, Result};
 use crate::store::entity::backup::{self, Model as Backup};
 
@@ -43,8 +44,82 @@ impl Cursor {
     }
 }
 
-pub async fn get<C: ConnectionTrait>(conn: &C, filename: &str) -> Result<Option<Backup>> {
+/// The backup whose bytes are in `filename`.
+pub async fn by_filename<C: ConnectionTrait>(conn: &C, filename: &str) -> Result<Option<Backup>> {
     Ok(backup::Entity::find_by_id(filename).one(conn).await?)
+}
+
+/// `owner`'s backup called `name`.
+pub async fn by_name<C: ConnectionTrait>(
+    conn: &C,
+    owner: i64,
+    name: &str,
+) -> Result<Option<Backup>> {
+    Ok(backup::Entity::find()
+        .filter(backup::Column::OwnerUserId.eq(owner))
+        .filter(backup::Column::Name.eq(name))
+        .one(conn)
+        .await?)
+}
+
+/// Every owner's backups called `name` (at most one per owner).
+pub async fn all_named<C: ConnectionTrait>(conn: &C, name: &str) -> Result<Vec<Backup>> {
+    Ok(backup::Entity::find()
+        .filter(backup::Column::Name.eq(name))
+        .all(conn)
+        .await?)
+}
+
+/// How many manual backups `owner` has.
+pub async fn count_manual<C: ConnectionTrait>(conn: &C, owner: i64) -> Result<u64> {
+    Ok(backup::Entity::find()
+        .filter(backup::Column::OwnerUserId.eq(owner))
+        .filter(backup::Column::Kind.eq(BackupKind::Manual.as_str()))
+        .count(conn)
+        .await?)
+}
+
+/// How many backups are marked damaged.
+pub async fn count_damaged<C: ConnectionTrait>(conn: &C) -> Result<u64> {
+    Ok(backup::Entity::find()
+        .filter(backup::Column::Damage.is_not_null())
+        .count(conn)
+        .await?)
+}
+
+/// Records what verifying `filename` found at `at`: `damage` is what is
+/// wrong, `None` when intact.
+pub async fn record_verification<C: ConnectionTrait>(
+    conn: &C,
+    filename: &str,
+    damage: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    backup::Entity::update_many()
+        .col_expr(
+            backup::Column::Damage,
+            Expr::value(damage.map(str::to_owned)),
+        )
+        .col_expr(backup::Column::LastVerifiedAt, Expr::value(Some(at)))
+        .filter(backup::Column::Filename.eq(filename))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// The backup whose last verification (or, never verified, creation) lies
+/// furthest back, of those not in `passed_over` (file names): the next one
+/// a scrub looks at.
+pub async fn least_recently_verified<C: ConnectionTrait>(
+    conn: &C,
+    passed_over: &[String],
+) -> Result<Option<Backup>> {
+    Ok(backup::Entity::find()
+        .filter(backup::Column::Filename.is_not_in(passed_over.iter().map(String::as_str)))
+        .order_by_asc(Expr::cust("coalesce(last_verified_at, created_at)"))
+        .order_by_asc(backup::Column::Filename)
+        .one(conn)
+        .await?)
 }
 
 pub async fn insert<C: ConnectionTrait>(conn: &C, row: Backup) -> Result<()> {
@@ -102,21 +177,31 @@ pub async fn page<C: ConnectionTrait>(
 #[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
 pub struct Entry {
     pub filename: String,
+    pub name: String,
     pub owner_user_id: i64,
     pub kind: String,
     pub is_protected: bool,
     pub created_at: DateTime<Utc>,
+    /// Marked damaged by its last verification.
+    pub damaged: bool,
 }
+
+/// `damaged` of [`Entry`], from the `damage` column.
+const DAMAGED: &str = "(damage IS NOT NULL)";
 
 /// Every backup's [`Entry`], optionally one owner's, in no particular order.
 pub async fn entries<C: ConnectionTrait>(conn: &C, owner: Option<i64>) -> Result<Vec<Entry>> {
-    let mut query = backup::Entity::find().select_only().columns([
-        backup::Column::Filename,
-        backup::Column::OwnerUserId,
-        backup::Column::Kind,
-        backup::Column::IsProtected,
-        backup::Column::CreatedAt,
-    ]);
+    let mut query = backup::Entity::find()
+        .select_only()
+        .columns([
+            backup::Column::Filename,
+            backup::Column::Name,
+            backup::Column::OwnerUserId,
+            backup::Column::Kind,
+            backup::Column::IsProtected,
+            backup::Column::CreatedAt,
+        ])
+        .column_as(Expr::cust(DAMAGED), "damaged");
     if let Some(owner) = owner {
         query = query.filter(backup::Column::OwnerUserId.eq(owner));
     }
@@ -145,9 +230,9 @@ pub async fn entries_by_owner<C: ConnectionTrait>(
         .select_only()
         .column(backup::Column::OwnerUserId)
         .column_as(
-            Expr::cust(
-                "group_concat(concat_ws('/', created_at, kind, is_protected, filename), '/')",
-            ),
+            Expr::cust(format!(
+                "group_concat(concat_ws('/', created_at, kind, is_protected, {DAMAGED}, filename, name), '/')"
+            )),
             "packed",
         )
         .group_by(backup::Column::OwnerUserId);
@@ -161,22 +246,29 @@ pub async fn entries_by_owner<C: ConnectionTrait>(
         .collect()
 }
 
-/// Reads `created_at/kind/is_protected/filename[/...]` back into entries.
+/// Reads `created_at/kind/is_protected/damaged/filename/name[/...]` back
+/// into entries.
 fn unpack(owner: i64, packed: &str) -> Result<Vec<Entry>> {
     let malformed = || Error::Internal(format!("unreadable catalog rows of owner {owner}"));
     let mut fields = packed.split('/');
     let mut entries = Vec::new();
     while let Some(created_at) = fields.next() {
-        let (Some(kind), Some(protected), Some(filename)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(kind), Some(protected), Some(damaged), Some(filename), Some(name)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             return Err(malformed());
         };
         entries.push(Entry {
             filename: filename.to_owned(),
+            name: name.to_owned(),
             owner_user_id: owner,
             kind: kind.to_owned(),
             is_protected: protected != "0",
+            damaged: damaged != "0",
             created_at: DateTime::parse_from_rfc3339(created_at)
                 .map_err(|_| malformed())?
                 .to_utc(),
@@ -193,6 +285,9 @@ mod tests {
     fn row(filename: &str, owner: i64, kind: &str, protected: bool, at: &str) -> Backup {
         Backup {
             filename: filename.into(),
+            name: format!("name-of-{filename}"),
+            damage: filename.starts_with('c').then(|| "digest".into()),
+            last_verified_at: None,
             owner_user_id: owner,
             kind: kind.into(),
             size_bytes: 1,
@@ -232,6 +327,7 @@ mod tests {
         }
         assert_eq!(packed, plain);
         assert!(packed[&0][0].is_protected);
+        assert!(packed[&1].iter().any(|e| e.damaged) && packed[&1].iter().any(|e| !e.damaged));
         let one = entries_by_owner(&db, Some(7)).await.unwrap();
         assert_eq!(one.keys().collect::<Vec<_>>(), [&7]);
         assert!(entries_by_owner(&db, Some(8)).await.unwrap().is_empty());
@@ -239,11 +335,13 @@ mod tests {
 
     #[test]
     fn unpack_rejects_malformed_text() {
-        assert!(unpack(1, "2026-01-01T00:00:00+00:00/auto/0").is_err());
-        assert!(unpack(1, "yesterday/auto/0/a.db").is_err());
+        assert!(unpack(1, "2026-01-01T00:00:00+00:00/auto/0/0/a.db").is_err());
+        assert!(unpack(1, "yesterday/auto/0/0/a.db/a.db").is_err());
+        let one = unpack(1, "2026-01-01T00:00:00+00:00/auto/1/1/u1~a.db/a.db").unwrap();
         assert_eq!(
-            unpack(1, "2026-01-01T00:00:00+00:00/auto/1/a.db").unwrap()[0].filename,
-            "a.db"
+            (one[0].filename.as_str(), one[0].name.as_str()),
+            ("u1~a.db", "a.db")
         );
+        assert!(one[0].damaged);
     }
 }

@@ -118,7 +118,10 @@ pub fn check_free(dir: &Path, filename: &str) -> Result<()> {
 }
 
 fn already_exists(filename: &str) -> Error {
-    Error::AlreadyExists(format!("backup {filename:?} already exists"))
+    Error::AlreadyExists(format!(
+        "backup {} already exists",
+        crate::error::quote(filename)
+    ))
 }
 
 /// A finished, fsynced snapshot under a temporary name, waiting to be
@@ -215,17 +218,156 @@ pub fn describe(dir: &Path, filename: &str) -> Result<(FileFacts, DateTime<Utc>)
     Ok((hash_file(&file)?, modified.into()))
 }
 
-/// A backup opened read-only that passed `PRAGMA integrity_check`. Holding
-/// the open connection keeps its content readable even if the file is
-/// deleted meanwhile, so what is restored is exactly what was verified.
-pub struct VerifiedBackup(Connection);
+/// A backup whose bytes matched the catalog and passed `PRAGMA
+/// integrity_check`, opened read-only. Holding the open connection keeps its
+/// content readable even if the file is deleted meanwhile, so what is
+/// restored is exactly what was verified.
+pub struct VerifiedBackup {
+    conn: Connection,
+    /// The file as it was verified: a later change to it is noticed.
+    pub stamp: FileStamp,
+}
 
-/// Opens a backup and runs a full `PRAGMA integrity_check` (quick_check
-/// misses index damage).
-pub fn verify(path: &Path, what: &str) -> Result<VerifiedBackup> {
-    let conn = open_existing(path, what, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    check_integrity(&conn, what)?;
-    Ok(VerifiedBackup(conn))
+/// Checks a backup in `dir` against what the catalog recorded when it was
+/// written: its size, its SHA-256, then a full `PRAGMA integrity_check`
+/// (quick_check misses index damage). Damage is [`Error::DataLoss`] saying
+/// what is wrong; anything else (a locked or unreadable file) is another
+/// error, and says nothing about the bytes.
+pub fn verify_backup(dir: &Path, filename: &str, expected: &FileFacts) -> Result<VerifiedBackup> {
+    let file = open_catalogued(dir, filename).map_err(|e| match e {
+        // Being deleted (renamed, its row not yet gone): nothing is lost.
+        Error::Io(e)
+            if e.kind() == ErrorKind::NotFound
+                && !dir.join(format!("{DELETING_PREFIX}{filename}")).exists() =>
+        {
+            Error::DataLoss("the backup's file is missing".into())
+        }
+        e => e,
+    })?;
+    let before = stamp(dir, filename)?;
+    let on_disk = file.metadata()?.len();
+    if i64::try_from(on_disk).ok() != Some(expected.size_bytes) {
+        return Err(size_mismatch(on_disk, expected));
+    }
+    let actual = hash_file(&file)?;
+    if actual.size_bytes != expected.size_bytes {
+        return Err(size_mismatch(actual.size_bytes as u64, expected));
+    }
+    if actual.sha256 != expected.sha256 {
+        return Err(Error::DataLoss(format!(
+            "digest: the file's SHA-256 is {}…, the catalog recorded {}…",
+            prefix(&actual.sha256),
+            prefix(&expected.sha256)
+        )));
+    }
+    // An empty file opens as an empty database and passes integrity_check.
+    match sniff(dir, filename)? {
+        Content::Sqlite => {}
+        Content::Empty => return Err(Error::DataLoss("the file is empty".into())),
+        Content::NotSqlite => {
+            return Err(Error::DataLoss("the file is not a SQLite database".into()));
+        }
+    }
+    let conn = open_existing(
+        &dir.join(filename),
+        "the backup",
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    check_integrity(&conn, "the backup").map_err(|e| match e {
+        Error::FailedPrecondition(why) => Error::DataLoss(format!("integrity check: {why}")),
+        e => e,
+    })?;
+    if stamp(dir, filename)? != before {
+        return Err(Error::Unavailable(
+            "the backup's file changed while it was verified; verify it again".into(),
+        ));
+    }
+    Ok(VerifiedBackup {
+        conn,
+        stamp: before,
+    })
+}
+
+/// Opens a catalogued backup's file for reading. Its name holding anything
+/// but a regular file (a symlink, never followed) is damage: what was
+/// written is not there.
+fn open_catalogued(dir: &Path, filename: &str) -> Result<File> {
+    open_backup(dir, filename).map_err(|e| match e {
+        Error::Io(e)
+            if e.kind() == ErrorKind::InvalidInput || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            Error::DataLoss("the backup's file was replaced by something other than a file".into())
+        }
+        e => e,
+    })
+}
+
+fn size_mismatch(on_disk: u64, expected: &FileFacts) -> Error {
+    Error::DataLoss(format!(
+        "size: the file has {on_disk} bytes, the catalog recorded {}",
+        expected.size_bytes
+    ))
+}
+
+/// The first 12 hex digits of a digest, enough to tell two apart.
+fn prefix(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// Reads a backup's bytes for a download while checking them against the
+/// catalog, so a download of damaged bytes never ends as if it were whole:
+/// a size that differs fails before the first byte, a digest that differs
+/// after the last.
+pub struct CheckedReader {
+    file: File,
+    expected: FileFacts,
+    hasher: ring::digest::Context,
+    read: u64,
+}
+
+impl CheckedReader {
+    /// Opens `dir/filename`; a size other than the recorded one is
+    /// [`Error::DataLoss`].
+    pub fn open(dir: &Path, filename: &str, expected: FileFacts) -> Result<Self> {
+        let file = open_catalogued(dir, filename)?;
+        let on_disk = file.metadata()?.len();
+        if i64::try_from(on_disk).ok() != Some(expected.size_bytes) {
+            return Err(size_mismatch(on_disk, &expected));
+        }
+        Ok(Self {
+            file,
+            expected,
+            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            read: 0,
+        })
+    }
+
+    /// The next at most `max` bytes; empty at the end, once the bytes read
+    /// matched the recorded size and digest ([`Error::DataLoss`] if not).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut chunk = vec![0u8; max];
+        let n = self.file.read(&mut chunk)?;
+        chunk.truncate(n);
+        self.read += n as u64;
+        self.hasher.update(&chunk);
+        if i64::try_from(self.read).ok() > Some(self.expected.size_bytes) {
+            return Err(size_mismatch(self.read, &self.expected));
+        }
+        if n == 0 {
+            if i64::try_from(self.read).ok() != Some(self.expected.size_bytes) {
+                return Err(size_mismatch(self.read, &self.expected));
+            }
+            let digest = hex::encode(self.hasher.clone().finish());
+            if digest != self.expected.sha256 {
+                return Err(Error::DataLoss(format!(
+                    "digest: the file's SHA-256 is {}…, the catalog recorded {}…",
+                    prefix(&digest),
+                    prefix(&self.expected.sha256)
+                )));
+            }
+        }
+        Ok(chunk)
+    }
 }
 
 fn check_integrity(conn: &Connection, what: &str) -> Result<()> {
@@ -249,9 +391,57 @@ fn check_integrity(conn: &Connection, what: &str) -> Result<()> {
 /// database, never a torn one, and SQLite keeps any WAL consistent. The
 /// result is checked again before returning.
 pub fn restore(backup: VerifiedBackup, source: &Path, what: &str) -> Result<()> {
-    let mut dst = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    copy_database(&backup.0, &mut dst)?;
+    let mut dst = open_writable(source, what)?;
+    copy_database(&backup.conn, &mut dst).map_err(|e| unwritable(what, e))?;
     check_integrity(&dst, what)
+}
+
+/// Opens the live database for writing, failing with FAILED_PRECONDITION
+/// naming the cause when it cannot be written (a read-only file, directory
+/// or file system), before anything is changed.
+pub fn open_writable(source: &Path, what: &str) -> Result<Connection> {
+    // Opened for writing (never truncated nor created) to ask the kernel:
+    // a read-only file system or file says so here, where SQLite would
+    // only fail to open a WAL database.
+    match OpenOptions::new().write(true).open(source) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} cannot be written: {e}"
+            )));
+        }
+        _ => {}
+    }
+    let conn = open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // SQLite quietly opens a file it may not write read-only.
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(Error::FailedPrecondition(format!(
+            "{what} cannot be written: the file is read-only"
+        )));
+    }
+    // A write takes the lock and creates the journal (or WAL files) beside
+    // the file: a read-only directory or file system fails here.
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|e| unwritable(what, e.into()))?;
+    Ok(conn)
+}
+
+/// A failed write to the live database: read-only is the operator's to fix
+/// (FAILED_PRECONDITION), anything else stays as it is.
+fn unwritable(what: &str, error: Error) -> Error {
+    let Error::Sqlite(e) = &error else {
+        return error;
+    };
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            Error::FailedPrecondition(format!("{what} cannot be written: {e}"))
+        }
+        _ => error,
+    }
 }
 
 /// One-step online backup from `src` into `dst`, waiting out locks held by
@@ -346,11 +536,6 @@ pub fn open_backup(dir: &Path, filename: &str) -> Result<File> {
     Ok(file)
 }
 
-/// Whether a file starts with the SQLite header and is not empty.
-pub fn looks_like_sqlite(dir: &Path, filename: &str) -> Result<bool> {
-    Ok(sniff(dir, filename)? == Content::Sqlite)
-}
-
 /// What a backup file holds, judged by its size and header alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Content {
@@ -405,14 +590,6 @@ pub fn stamp(dir: &Path, filename: &str) -> Result<FileStamp> {
         mtime: (meta.mtime(), meta.mtime_nsec()),
         ctime: (meta.ctime(), meta.ctime_nsec()),
     })
-}
-
-/// Runs [`verify`] on a backup in `dir`; returns the stamp the file had
-/// before the check, so a later change to the file is noticed.
-pub fn verify_backup(dir: &Path, filename: &str) -> Result<FileStamp> {
-    let before = stamp(dir, filename)?;
-    verify(&dir.join(filename), "the backup")?;
-    Ok(before)
 }
 
 /// Deletes a backup file crash-safely in two steps: [`begin_delete`] renames

@@ -9,6 +9,8 @@
 pub mod catalog;
 pub mod file_io;
 pub mod naming;
+pub mod scrub;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{SubsecRound, Utc};
 use sea_orm::DatabaseConnection;
 use serde_json::json;
-use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::sync::{Mutex, MutexGuard, Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quote};
 use crate::store::{self, entity::backup::Model as Backup};
 
 /// Why a backup exists. Stored as its `as_str` in the catalog.
@@ -65,9 +67,45 @@ impl BackupKind {
 /// What a new backup is: its name, owner and kind.
 #[derive(Clone, Debug)]
 pub struct NewBackup {
-    pub filename: String,
+    /// Unique among the owner's backups.
+    pub name: String,
     pub owner_user_id: i64,
     pub kind: BackupKind,
+    /// The most manual backups the owner may have with this one (checked
+    /// under the directory lock); `None` for no limit.
+    pub manual_quota: Option<u32>,
+}
+
+impl NewBackup {
+    /// A backup without a quota.
+    pub fn new(name: String, owner_user_id: i64, kind: BackupKind) -> Self {
+        Self {
+            name,
+            owner_user_id,
+            kind,
+            manual_quota: None,
+        }
+    }
+}
+
+/// Which backup a request names: a name, and whose (absent: the caller's,
+/// or for an admin the one backup of that name if only one owner has it).
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    pub name: &'a str,
+    pub owner: Option<i64>,
+}
+
+/// What the operator allows users, beyond what is always allowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Backups and restores copying at once.
+    pub max_concurrent_copies: u32,
+    /// Whether a non-admin may download their backups. A backup holds the
+    /// whole source, every user's rows, so by default only admins may.
+    pub allow_user_downloads: bool,
+    /// The most manual backups a non-admin may keep.
+    pub max_manual_backups_per_user: u32,
 }
 
 /// The backups directory, the source database, and the catalog.
@@ -86,6 +124,11 @@ pub struct Backups {
     /// Backups waiting for a copy permit; beyond [`WAITING_PER_COPY`] per
     /// permit more are turned away (RESOURCE_EXHAUSTED) instead of queued.
     waiting: AtomicUsize,
+    limits: Limits,
+    /// Files known to be intact, so retention does not re-read them.
+    verified: verify::VerifiedFiles,
+    /// Verification outcomes since start, for GetSchedulerStats.
+    verifications: verify::Counts,
 }
 
 /// How many backups may wait for each copy permit.
@@ -124,13 +167,16 @@ async fn detached<T: Send + 'static>(
 /// Source-database wording for errors: callers see what, never where.
 const SOURCE: &str = "the source database";
 
+/// The owner of system backups (pre-restore, pre-migration, adopted files).
+pub const SYSTEM_OWNER: i64 = 0;
+
 impl Backups {
     pub fn new(
         db: DatabaseConnection,
         audit: Recorder,
         source: PathBuf,
         dir: PathBuf,
-        max_concurrent_copies: u32,
+        limits: Limits,
     ) -> Self {
         Self {
             db,
@@ -138,9 +184,12 @@ impl Backups {
             source,
             dir,
             dir_lock: Mutex::new(()),
-            copies: Semaphore::new(max_concurrent_copies as usize),
-            max_copies: max_concurrent_copies,
+            copies: Semaphore::new(limits.max_concurrent_copies as usize),
+            max_copies: limits.max_concurrent_copies,
             waiting: AtomicUsize::new(0),
+            limits,
+            verified: verify::VerifiedFiles::default(),
+            verifications: verify::Counts::default(),
         }
     }
 
@@ -166,7 +215,6 @@ impl Backups {
     /// [`WAITING_PER_COPY`] waiters per permit a backup is turned away at
     /// once rather than queued without limit. `cancel` ends the wait.
     async fn copy_permit(&self, cancel: &CancellationToken) -> Result<SemaphorePermit<'_>> {
-        let shutting_down = || Error::Unavailable("the server is shutting down".into());
         match self.copies.try_acquire() {
             Ok(permit) => return Ok(permit),
             Err(TryAcquireError::Closed) => return Err(shutting_down()),
@@ -254,11 +302,12 @@ impl Backups {
         } else {
             "failed"
         };
-        metrics::counter!("backups_total", "kind" => kind, "outcome" => outcome).increment(1);
+        metrics::counter!(crate::telemetry::BACKUPS_TOTAL, "kind" => kind, "outcome" => outcome)
+            .increment(1);
         if let Ok(backup) = &result {
-            metrics::histogram!("backup_duration_seconds", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_DURATION_SECONDS, "kind" => kind)
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("backup_size_bytes", "kind" => kind)
+            metrics::histogram!(crate::telemetry::BACKUP_SIZE_BYTES, "kind" => kind)
                 .record(backup.size_bytes as f64);
         }
         result
@@ -272,10 +321,10 @@ impl Backups {
         event: impl FnOnce(&Backup) -> NewEvent,
         cancel: &CancellationToken,
     ) -> Result<Backup> {
-        let (dir, filename) = (self.dir.clone(), new.filename.clone());
-        // Not worth a copy if the name is taken (checked again under the lock).
-        blocking(move || file_io::check_free(&dir, &filename)).await?;
-        let staged = Arc::new(self.stage(&new.filename, cancel).await?);
+        // Not worth a copy if the name is taken or the quota reached
+        // (checked again under the lock).
+        self.check_admissible(&new).await?;
+        let staged = Arc::new(self.stage(&new.name, cancel).await?);
         self.catalogue(&staged, new, event, cancel).await
     }
 
@@ -299,16 +348,13 @@ impl Backups {
     ) -> Result<Backup> {
         let dir_lock = self.lock_dir().await?;
         file_io::check_cancelled(cancel)?;
-        if catalog::get(&self.db, &new.filename).await?.is_some() {
-            return Err(Error::AlreadyExists(format!(
-                "backup {:?} already exists",
-                new.filename
-            )));
-        }
-        let (linked, filename) = (Arc::clone(staged), new.filename.clone());
-        blocking(move || linked.link_as(&filename).map_err(file_io::dir_error)).await?;
+        self.check_admissible(&new).await?;
+        let filename = self.file_for(&new).await?;
+        let (linked, link) = (Arc::clone(staged), filename.clone());
+        blocking(move || linked.link_as(&link).map_err(file_io::dir_error)).await?;
         let row = Backup {
-            filename: new.filename,
+            filename,
+            name: new.name,
             owner_user_id: new.owner_user_id,
             kind: new.kind.as_str().into(),
             size_bytes: staged.facts.size_bytes,
@@ -316,6 +362,8 @@ impl Backups {
             is_protected: new.kind.is_protected(),
             // Microseconds, the precision page cursors carry.
             created_at: staged.taken_at,
+            damage: None,
+            last_verified_at: None,
         };
         let txn = store::begin_write(&self.db).await?;
         let committed = async {
@@ -348,21 +396,60 @@ impl Backups {
         Ok(row)
     }
 
-    /// CreateBackup: a manual backup owned by the caller.
+    /// The file a new backup's bytes go to: its name, or for a user's
+    /// manual backup whose name another owner's file has, the name
+    /// qualified by its owner. The caller holds the directory lock.
+    async fn file_for(&self, new: &NewBackup) -> Result<String> {
+        if new.kind != BackupKind::Manual || new.owner_user_id == SYSTEM_OWNER {
+            return Ok(new.name.clone());
+        }
+        let (dir, plain) = (self.dir.clone(), new.name.clone());
+        let on_disk = blocking(move || Ok(file_io::check_free(&dir, &plain).is_err())).await?;
+        if on_disk || catalog::by_filename(&self.db, &new.name).await?.is_some() {
+            return Ok(naming::owner_qualified(new.owner_user_id, &new.name));
+        }
+        Ok(new.name.clone())
+    }
+
+    /// Fails when `new`'s name is taken among its owner's backups, or its
+    /// owner has as many manual backups as the quota allows.
+    async fn check_admissible(&self, new: &NewBackup) -> Result<()> {
+        if catalog::by_name(&self.db, new.owner_user_id, &new.name)
+            .await?
+            .is_some()
+        {
+            return Err(Error::AlreadyExists(format!(
+                "you already have a backup named {}",
+                quote(&new.name)
+            )));
+        }
+        if let Some(quota) = new.manual_quota {
+            let have = catalog::count_manual(&self.db, new.owner_user_id).await?;
+            if have >= u64::from(quota) {
+                return Err(Error::ResourceExhausted(format!(
+                    "you have {have} manual backups, the most this server allows \
+                     (--max-manual-backups-per-user {quota}); delete some first"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// CreateBackup: a manual backup owned by the caller. A non-admin may
+    /// keep at most `max_manual_backups_per_user` of them.
     pub async fn create(self: &Arc<Self>, caller: Caller, custom: Option<&str>) -> Result<Backup> {
         let filename = match custom {
             Some(name) => naming::validate_custom_filename(name)
                 .map_err(|why| Error::invalid("custom_filename", why))?,
             None => naming::manual_filename(Utc::now()),
         };
-        let new = NewBackup {
-            filename: filename.clone(),
-            owner_user_id: caller.user_id,
-            kind: BackupKind::Manual,
-        };
+        let mut new = NewBackup::new(filename.clone(), caller.user_id, BackupKind::Manual);
+        if !caller.is_admin {
+            new.manual_quota = Some(self.limits.max_manual_backups_per_user);
+        }
         let event = move |b: &Backup| {
             NewEvent::new("backup_files.create", caller.user_id)
-                .resource("backup", &b.filename)
+                .resource("backup", &b.name)
                 .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind }))
         };
         // A caller that stops waiting (a client deadline, a dropped
@@ -383,16 +470,41 @@ impl Backups {
         .await
     }
 
-    /// A backup the caller may see. Another user's backup is NOT_FOUND, as
-    /// if it did not exist, so names do not leak across users.
-    pub async fn get(&self, caller: Caller, filename: &str) -> Result<Backup> {
-        let not_found = || Error::NotFound(format!("no backup named {filename:?}"));
-        if !naming::is_backup_filename(filename) {
+    /// The backup a request names, if the caller may see it. Names are
+    /// looked up among the caller's own backups, so another user's backup of
+    /// the same name is never found, and its existence never shown. Naming
+    /// another owner needs an admin. An admin's bare name that is not one of
+    /// their own finds the one backup of that name, if only one owner has it.
+    pub async fn get(&self, caller: Caller, named: Named<'_>) -> Result<Backup> {
+        let name = named.name;
+        let not_found = || Error::NotFound(format!("no backup named {}", quote(name)));
+        if !naming::is_backup_filename(name) {
             return Err(not_found());
         }
-        match catalog::get(&self.db, filename).await? {
-            Some(b) if caller.can_access(b.owner_user_id) => Ok(b),
-            _ => Err(not_found()),
+        if let Some(owner) = named.owner {
+            if !caller.can_access(owner) {
+                return Err(Error::PermissionDenied(
+                    "only an admin may name another user's backup".into(),
+                ));
+            }
+            return catalog::by_name(&self.db, owner, name)
+                .await?
+                .ok_or_else(not_found);
+        }
+        if let Some(mine) = catalog::by_name(&self.db, caller.user_id, name).await? {
+            return Ok(mine);
+        }
+        if !caller.is_admin {
+            return Err(not_found());
+        }
+        let mut all = catalog::all_named(&self.db, name).await?;
+        match all.len() {
+            0 => Err(not_found()),
+            1 => Ok(all.remove(0)),
+            n => Err(Error::invalid(
+                "owner_user_id",
+                format!("{n} owners have a backup named {}; say whose", quote(name)),
+            )),
         }
     }
 
@@ -409,117 +521,183 @@ impl Backups {
         catalog::page(&self.db, owner, after, limit).await
     }
 
-    /// Opens a backup for download and audits it.
-    pub async fn open_download(
-        &self,
+    /// DownloadBackup: the backup and its bytes in chunks of at most
+    /// `chunk_bytes` (at least one, empty for an empty file), checked
+    /// against the catalog as they are read. A
+    /// damaged backup fails with DATA_LOSS: before the first chunk when it is
+    /// known or its size is wrong, else in place of the end of the stream.
+    /// Admin only, unless the operator allows user downloads: a backup
+    /// holds every user's rows of the source. (Another user's backup is
+    /// NOT_FOUND first, as everywhere.)
+    pub async fn download(
+        self: &Arc<Self>,
         caller: Caller,
-        filename: &str,
-    ) -> Result<(Backup, std::fs::File)> {
-        let result = async {
-            let backup = self.get(caller, filename).await?;
-            let (dir, name) = (self.dir.clone(), backup.filename.clone());
-            let file = blocking(move || {
-                file_io::open_backup(&dir, &name).map_err(|e| match e {
-                    Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
-                        file_io::dir_error(Error::Io(e))
-                    }
-                    // Deleted meanwhile, or no longer a regular file (never
-                    // followed): as if it did not exist.
-                    Error::Io(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
-                        ) || e.raw_os_error() == Some(libc::ELOOP) =>
-                    {
-                        Error::NotFound(format!("no backup named {name:?}"))
-                    }
-                    e => e,
-                })
+        named: Named<'_>,
+        chunk_bytes: usize,
+    ) -> Result<(Backup, mpsc::Receiver<Result<Vec<u8>>>)> {
+        let opened = async {
+            let backup = self.get(caller, named).await?;
+            if !caller.is_admin && !self.limits.allow_user_downloads {
+                return Err(Error::PermissionDenied(
+                    "a backup holds the whole source database, every user's rows, so only an \
+                     admin may download it (the operator can allow users with \
+                     --allow-user-downloads)"
+                        .into(),
+                ));
+            }
+            verify::refuse_damaged(&backup)?;
+            let (dir, file, name) = (
+                self.dir.clone(),
+                backup.filename.clone(),
+                backup.name.clone(),
+            );
+            let facts = verify::recorded_facts(&backup);
+            let reader = blocking(move || {
+                file_io::CheckedReader::open(&dir, &file, facts)
+                    .map_err(|e| gone_as_not_found(e, &dir, &name))
             })
-            .await?;
-            Ok((backup, file))
+            .await;
+            match reader {
+                Ok(reader) => Ok((backup, reader)),
+                Err(e) => Err(self
+                    .found_damaged(&backup, e, verify::Trigger::Download, caller.user_id)
+                    .await),
+            }
         }
         .await;
-        let event =
-            NewEvent::new("backup_files.download", caller.user_id).resource("backup", filename);
+        let mut event =
+            NewEvent::new("backup_files.download", caller.user_id).resource("backup", named.name);
+        if let Ok((backup, _)) = &opened {
+            event = event.subject(backup.owner_user_id);
+        }
         self.audit
-            .record_outcome(event, &result, |(b, _)| json!({ "size": b.size_bytes }))
+            .record_outcome(event, &opened, |(b, _)| json!({ "size": b.size_bytes }))
             .await;
-        result
+        let (backup, reader) = opened?;
+        let (tx, rx) = mpsc::channel(4);
+        let (this, meta) = (Arc::clone(self), backup.clone());
+        tokio::spawn(async move {
+            let mut reader = reader;
+            let mut sent_any = false;
+            loop {
+                let read = blocking(move || Ok((reader.next_chunk(chunk_bytes), reader))).await;
+                let (chunk, back) = match read {
+                    Ok((chunk, back)) => (chunk, Some(back)),
+                    Err(e) => (Err(e), None),
+                };
+                let message = match chunk {
+                    // The end, with every byte checked.
+                    Ok(bytes) if bytes.is_empty() && sent_any => return,
+                    Ok(bytes) => Ok(bytes),
+                    Err(e) => Err(this
+                        .found_damaged(&meta, e, verify::Trigger::Download, caller.user_id)
+                        .await),
+                };
+                let last = matches!(&message, Ok(bytes) if bytes.is_empty()) || message.is_err();
+                sent_any = true;
+                // A failed send means the client went away.
+                if tx.send(message).await.is_err() || last {
+                    return;
+                }
+                let Some(back) = back else { return };
+                reader = back;
+            }
+        });
+        Ok((backup, rx))
     }
 
-    /// RestoreBackup: verify, snapshot the current source (protected), then
-    /// replace the source's content. Admin only.
+    /// RestoreBackup: verify the backup against the catalog, check that the
+    /// source can be written, snapshot it (protected), then replace the
+    /// source's content. Admin only. A damaged backup is DATA_LOSS and
+    /// nothing is touched or taken.
     pub async fn restore(
         self: &Arc<Self>,
         caller: Caller,
-        filename: &str,
+        named: Named<'_>,
     ) -> Result<(Backup, Backup)> {
         let result = async {
             caller.require_admin()?;
-            let backup = self.get(caller, filename).await?;
-            let path = self.dir.join(&backup.filename);
+            let backup = self.get(caller, named).await?;
             // The verified connection keeps the content even if the file is
             // deleted meanwhile: what is restored is what was verified.
-            let verified = blocking(move || file_io::verify(&path, "the backup")).await?;
-            let pre = NewBackup {
-                filename: naming::pre_restore_filename(Utc::now()),
-                owner_user_id: 0,
-                kind: BackupKind::PreRestore,
-            };
-            let restored_name = backup.filename.clone();
+            let (backup, verified) = self
+                .verify(&backup, verify::Trigger::Restore, caller.user_id)
+                .await?;
+            let source = self.source.clone();
+            blocking(move || file_io::open_writable(&source, SOURCE).map(drop))
+                .await
+                .map_err(|e| {
+                    e.with_note("nothing was changed and no pre-restore backup was taken")
+                })?;
+            let pre = NewBackup::new(
+                naming::pre_restore_filename(Utc::now()),
+                SYSTEM_OWNER,
+                BackupKind::PreRestore,
+            );
+            let restored_name = backup.name.clone();
             let pre = self
                 .snapshot(pre, move |p| {
                     NewEvent::new("backup_files.pre_restore", caller.user_id)
-                        .resource("backup", &p.filename)
+                        .subject(SYSTEM_OWNER)
+                        .resource("backup", &p.name)
                         .details(json!({ "restoring": restored_name, "size": p.size_bytes }))
                 })
                 .await?;
-            let _permit = self
-                .copies
-                .acquire()
-                .await
-                .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-            let source = self.source.clone();
-            blocking(move || file_io::restore(verified, &source, SOURCE)).await?;
-            Ok((backup, pre))
+            let replaced = async {
+                let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
+                let source = self.source.clone();
+                blocking(move || file_io::restore(verified, &source, SOURCE)).await
+            }
+            .await;
+            match replaced {
+                Ok(()) => Ok((backup, pre)),
+                Err(e) => Err(e.with_note(&format!(
+                    "the pre-restore backup {:?} taken before it is kept",
+                    pre.name
+                ))),
+            }
         }
         .await;
-        let event =
-            NewEvent::new("backup_files.restore", caller.user_id).resource("backup", filename);
+        let mut event =
+            NewEvent::new("backup_files.restore", caller.user_id).resource("backup", named.name);
+        if let Ok((backup, _)) = &result {
+            event = event.subject(backup.owner_user_id);
+        }
         self.audit
             .record_outcome(
                 event,
                 &result,
-                |(_, pre)| json!({ "pre_restore_backup": pre.filename }),
+                |(_, pre)| json!({ "pre_restore_backup": pre.name }),
             )
             .await;
         result
     }
 
     /// DeleteBackup. A protected backup needs an admin and `force`.
-    pub async fn delete(&self, caller: Caller, filename: &str, force: bool) -> Result<()> {
+    pub async fn delete(&self, caller: Caller, named: Named<'_>, force: bool) -> Result<()> {
         let result = async {
             // Looked up under the lock: a backup another deleter (retention)
             // removed meanwhile is NOT_FOUND, never deleted twice.
             let _dir = self.lock_dir().await?;
-            let backup = self.get(caller, filename).await?;
+            let backup = self.get(caller, named).await?;
             if backup.is_protected {
                 caller.require_admin()?;
                 if !force {
                     return Err(Error::FailedPrecondition(format!(
-                        "backup {filename:?} is protected; an admin must pass force=true to delete it"
+                        "backup {} is protected; an admin must pass force=true to delete it",
+                        quote(&backup.name)
                     )));
                 }
             }
             let event = NewEvent::new("backup_files.delete", caller.user_id)
-                .resource("backup", filename)
+                .subject(backup.owner_user_id)
+                .resource("backup", &backup.name)
                 .details(json!({ "forced": force, "protected": backup.is_protected }));
             self.remove_locked(&backup.filename, event).await
         }
         .await;
         if let Err(e) = &result {
-            self.audit_failure("backup_files.delete", caller, filename, e)
+            self.audit_failure("backup_files.delete", caller, named.name, e)
                 .await;
         }
         result
@@ -535,6 +713,7 @@ impl Backups {
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(file_io::dir_error(e)),
         };
+        self.verified.forget(filename);
         let committed = async {
             let txn = store::begin_write(&self.db).await?;
             catalog::remove(&txn, filename).await?;
@@ -601,15 +780,29 @@ impl Backups {
                     continue;
                 }
             };
-            let (kind, owner) = naming::classify(name);
+            let (kind, owner, mut backup_name) = naming::classify(name);
+            // A name its owner already uses (a file dropped in beside a
+            // catalogued one) is adopted under its file name, unique.
+            if catalog::by_name(&self.db, owner, backup_name)
+                .await?
+                .is_some()
+                || adopted
+                    .iter()
+                    .any(|b: &Backup| b.owner_user_id == owner && b.name == backup_name)
+            {
+                backup_name = name.as_str();
+            }
             adopted.push(Backup {
                 filename: name.clone(),
+                name: backup_name.to_owned(),
                 owner_user_id: owner,
                 kind: kind.as_str().into(),
                 size_bytes: facts.size_bytes,
                 sha256: facts.sha256,
                 is_protected: kind.is_protected(),
                 created_at: modified.trunc_subsecs(6),
+                damage: None,
+                last_verified_at: None,
             });
         }
         if adopted.is_empty() && missing.is_empty() && restored.is_empty() && finished.is_empty() {
@@ -652,6 +845,25 @@ impl Backups {
         let _ = self.copies.acquire_many(self.max_copies).await;
         self.copies.close();
     }
+}
+
+/// A backup file that vanished (deleted meanwhile) is as if the backup did
+/// not exist; a vanished directory is the operator's to fix.
+fn gone_as_not_found(error: Error, dir: &Path, name: &str) -> Error {
+    match error {
+        Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
+            file_io::dir_error(Error::Io(e))
+        }
+        Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("no backup named {}", quote(name)))
+        }
+        e => e,
+    }
+}
+
+/// The error of work refused because the server is shutting down.
+fn shutting_down() -> Error {
+    Error::Unavailable("the server is shutting down".into())
 }
 
 /// Runs blocking file or SQLite work off the async threads.

@@ -1,5 +1,14 @@
-//! Backup file names: validation of custom names, generated names, and the
-//! kind and protection a name implies (also for files other tools drop in).
+//! Backup names and file names: validation of custom names, generated
+//! names, where a backup's bytes are stored, and the kind, owner and name a
+//! file implies (also for files other tools drop in).
+//!
+//! Names are unique per owner: users 2 and 3 may each have `nightly.db`. A
+//! backup's file is named after the backup; a user's manual backup whose
+//! name another owner's file already has is stored as `u<owner>~<name>`
+//! instead (`~` is never in a custom name). Automatic backups carry the
+//! owner in their name, and system backups' names are unique, so neither
+//! ever needs that. Backups catalogued before names were per owner keep
+//! their file name as their name.
 
 use chrono::{DateTime, Utc};
 
@@ -58,6 +67,15 @@ pub fn is_backup_filename(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
+/// Separates the owner from the name in a user's manual backup's file name.
+const OWNER_SEPARATOR: char = '~';
+
+/// The file name of `owner`'s manual backup `name` when another owner's
+/// file has the plain name.
+pub fn owner_qualified(owner: i64, name: &str) -> String {
+    format!("u{owner}{OWNER_SEPARATOR}{name}")
+}
+
 fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y%m%dT%H%M%S%.6fZ").to_string()
 }
@@ -86,22 +104,29 @@ pub fn pre_migration_filename(at: DateTime<Utc>) -> String {
     format!("pre_migration_{}.db", stamp(at))
 }
 
-/// What a file found in the backups directory is, from its name alone: its
-/// kind and its owner (the user id in an automatic backup's name, else 0 for
-/// the system).
-pub fn classify(name: &str) -> (BackupKind, i64) {
-    if name.starts_with("pre_restore_") {
-        (BackupKind::PreRestore, 0)
-    } else if name.starts_with("pre_migration_") {
-        (BackupKind::PreMigration, 0)
-    } else if let Some(owner) = name
+/// What a file found in the backups directory is, from its file name
+/// alone: its kind, its owner (the user id in an automatic or a user's
+/// manual backup's file name, else 0 for the system) and its name.
+pub fn classify(filename: &str) -> (BackupKind, i64, &str) {
+    if filename.starts_with("pre_restore_") {
+        (BackupKind::PreRestore, 0, filename)
+    } else if filename.starts_with("pre_migration_") {
+        (BackupKind::PreMigration, 0, filename)
+    } else if let Some(owner) = filename
         .strip_prefix("auto_backup_user")
         .and_then(|rest| rest.split('_').next())
         .and_then(|id| id.parse::<i64>().ok())
     {
-        (BackupKind::Auto, owner)
+        (BackupKind::Auto, owner, filename)
+    } else if let Some((owner, name)) = filename
+        .strip_prefix('u')
+        .and_then(|rest| rest.split_once(OWNER_SEPARATOR))
+        .and_then(|(id, name)| Some((id.parse::<i64>().ok().filter(|&o| o > 0)?, name)))
+        .filter(|(_, name)| is_backup_filename(name))
+    {
+        (BackupKind::Manual, owner, name)
     } else {
-        (BackupKind::Manual, 0)
+        (BackupKind::Manual, 0, filename)
     }
 }
 
@@ -154,17 +179,34 @@ mod tests {
     fn classifies_by_prefix() {
         assert_eq!(
             classify("pre_restore_backup_1.db"),
-            (BackupKind::PreRestore, 0)
+            (BackupKind::PreRestore, 0, "pre_restore_backup_1.db")
         );
         assert_eq!(
             classify("pre_migration_x.db"),
-            (BackupKind::PreMigration, 0)
+            (BackupKind::PreMigration, 0, "pre_migration_x.db")
         );
         let auto = auto_filename(42, DateTime::UNIX_EPOCH);
         assert_eq!(auto, "auto_backup_user42_1970-01-01T00-00-00.db");
-        assert_eq!(classify(&auto), (BackupKind::Auto, 42));
-        assert_eq!(classify("auto_backup_userX_1.db"), (BackupKind::Manual, 0));
-        assert_eq!(classify("mine.db"), (BackupKind::Manual, 0));
+        assert_eq!(classify(&auto), (BackupKind::Auto, 42, auto.as_str()));
+        assert_eq!(
+            classify("auto_backup_userX_1.db"),
+            (BackupKind::Manual, 0, "auto_backup_userX_1.db")
+        );
+        assert_eq!(classify("mine.db"), (BackupKind::Manual, 0, "mine.db"));
+    }
+
+    #[test]
+    fn owner_qualified_names_keep_their_owner() {
+        let stored = owner_qualified(7, "nightly.db");
+        assert_eq!(stored, "u7~nightly.db");
+        assert_ne!(stored, owner_qualified(8, "nightly.db"));
+        assert_eq!(classify(&stored), (BackupKind::Manual, 7, "nightly.db"));
+        assert!(is_backup_filename(&stored));
+        for odd in ["u0~x.db", "u-1~x.db", "ux~y.db", "u7~", "u7~.hidden"] {
+            assert_eq!(classify(odd).1, 0, "{odd}");
+        }
+        // No custom name can look like a stored one.
+        assert!(validate_custom_filename("u7~nightly").is_err());
     }
 
     #[test]

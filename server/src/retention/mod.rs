@@ -3,7 +3,9 @@
 //!
 //! What goes is decided by [`plan`], a pure function of one owner's catalog
 //! rows; [`OwnerPlan::secure`] then makes sure the owner's newest backup that
-//! passes verification stays. The preview ([`Retention::summary`]) and the
+//! passes verification stays. Damaged backups count towards no `keep_count`
+//! and are never deleted by a policy: a backup found damaged while securing
+//! is marked so, and the owner's plan is made again without it. The preview ([`Retention::summary`]) and the
 //! deletions ([`Retention::apply`]) run the same two steps under the
 //! directory lock, so a preview is exactly what an apply right after deletes,
 //! and concurrent runs never delete more than asked. Files are deleted one
@@ -12,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chrono::Utc;
 use sea_orm::DatabaseConnection;
@@ -21,14 +23,12 @@ use serde_json::{Value, json};
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
 use crate::backup::catalog::{self, Entry};
-use crate::backup::{BackupKind, Backups, DirGuard, blocking, file_io};
+use crate::backup::verify::Health;
+use crate::backup::{BackupKind, Backups, DirGuard, SYSTEM_OWNER, blocking, file_io};
 use crate::error::{Error, FieldViolation, Result};
 
 /// The smallest and largest `keep_count` a policy may have.
 pub const KEEP_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
-
-/// The owner of system backups (pre-restore, pre-migration, adopted files).
-pub const SYSTEM_OWNER: i64 = 0;
 
 /// Why a backup is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,12 +45,15 @@ pub enum KeepReason {
     /// No regular backup of its owner passes verification, so retention
     /// deletes none of them.
     NoVerifiedBackup,
+    /// Marked damaged: counted towards no `keep_count`, left for an
+    /// operator to inspect or delete.
+    Damaged,
 }
 
-/// A backup that stays, and why.
+/// A backup that stays (by its name among its owner's), and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kept {
-    pub filename: String,
+    pub name: String,
     pub reason: KeepReason,
 }
 
@@ -65,7 +68,7 @@ pub struct OwnerPlan {
     /// Kept backups with their reasons: newest first, then any kept by
     /// [`OwnerPlan::secure`].
     pub keep: Vec<Kept>,
-    /// Backups to delete, newest first.
+    /// Names of the backups to delete, newest first.
     pub delete: Vec<String>,
 }
 
@@ -106,18 +109,24 @@ pub fn plan(owner: i64, rows: &[Entry], keep_count: usize) -> OwnerPlan {
     for backup in mine {
         let reason = if !is_regular(backup) {
             plan.protected += 1;
-            KeepReason::Protected
+            if backup.damaged {
+                KeepReason::Damaged
+            } else {
+                KeepReason::Protected
+            }
+        } else if backup.damaged {
+            KeepReason::Damaged
         } else if owner == SYSTEM_OWNER {
             KeepReason::System
         } else if regular_kept < keep_count {
             regular_kept += 1;
             KeepReason::NewestN
         } else {
-            plan.delete.push(backup.filename.clone());
+            plan.delete.push(backup.name.clone());
             continue;
         };
         plan.keep.push(Kept {
-            filename: backup.filename.clone(),
+            name: backup.name.clone(),
             reason,
         });
     }
@@ -163,6 +172,17 @@ impl Safety {
 }
 
 impl OwnerPlan {
+    /// The backups [`OwnerPlan::secure`] asks about, in the order it asks,
+    /// until one passes.
+    pub fn verification_order(&self) -> impl Iterator<Item = &str> {
+        let asks = !self.delete.is_empty();
+        self.keep
+            .iter()
+            .filter(move |k| asks && k.reason == KeepReason::NewestN)
+            .map(|k| k.name.as_str())
+            .chain(self.delete.iter().map(String::as_str))
+    }
+
     /// Makes sure the owner's newest backup that passes verification is
     /// kept. `passes` is asked about the newest N in order until one passes;
     /// if none does, about the ones planned for deletion, the first that
@@ -177,7 +197,7 @@ impl OwnerPlan {
             .keep
             .iter()
             .filter(|k| k.reason == KeepReason::NewestN)
-            .map(|k| k.filename.clone())
+            .map(|k| k.name.clone())
             .collect();
         for name in newest {
             if passes(&name) {
@@ -192,16 +212,16 @@ impl OwnerPlan {
             if passes(&self.delete[i]) {
                 let verified = self.delete.remove(i);
                 self.keep.push(Kept {
-                    filename: verified.clone(),
+                    name: verified.clone(),
                     reason: KeepReason::NewestVerified,
                 });
                 return Safety::Rescued { verified, failed };
             }
             failed.push(self.delete[i].clone());
         }
-        for filename in self.delete.drain(..) {
+        for name in self.delete.drain(..) {
             self.keep.push(Kept {
-                filename,
+                name,
                 reason: KeepReason::NoVerifiedBackup,
             });
         }
@@ -301,6 +321,34 @@ impl Summary {
     }
 }
 
+/// One owner's plan, secured, with the file behind each of the owner's
+/// backup names.
+struct Secured {
+    plan: OwnerPlan,
+    safety: Safety,
+    files: HashMap<String, String>,
+}
+
+/// A backup a run deletes: its file, its name and owner, and the details
+/// its audit event records.
+struct Doomed {
+    filename: String,
+    name: String,
+    owner: i64,
+    details: Value,
+}
+
+impl Doomed {
+    fn of(entry: Entry, details: Value) -> Self {
+        Self {
+            filename: entry.filename,
+            name: entry.name,
+            owner: entry.owner_user_id,
+            details,
+        }
+    }
+}
+
 /// Who started a run, for the audit record.
 #[derive(Clone, Copy, Debug)]
 struct Actor {
@@ -308,61 +356,16 @@ struct Actor {
     trigger: &'static str,
 }
 
-/// Files known to pass verification, by name, with the stamp they had when
-/// they passed: an unchanged file is not checked again.
-#[derive(Default)]
-struct VerifiedFiles(Mutex<HashMap<String, file_io::FileStamp>>);
-
-impl VerifiedFiles {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, file_io::FileStamp>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether `dir/filename` passes a full integrity check (blocking).
-    fn passes(&self, dir: &Path, filename: &str) -> bool {
-        match file_io::stamp(dir, filename) {
-            Ok(now) if self.map().get(filename) == Some(&now) => return true,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(file = %filename, error = %e, "backup cannot be verified");
-                self.forget(filename);
-                return false;
-            }
-        }
-        match file_io::verify_backup(dir, filename) {
-            Ok(stamp) => {
-                self.map().insert(filename.to_owned(), stamp);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(file = %filename, error = %e, "backup fails verification");
-                self.forget(filename);
-                false
-            }
-        }
-    }
-
-    fn forget(&self, filename: &str) {
-        self.map().remove(filename);
-    }
-}
-
 /// The retention service's domain side.
 pub struct Retention {
     db: DatabaseConnection,
     audit: Recorder,
     backups: Arc<Backups>,
-    verified: Arc<VerifiedFiles>,
 }
 
 impl Retention {
     pub fn new(db: DatabaseConnection, audit: Recorder, backups: Arc<Backups>) -> Self {
-        Self {
-            db,
-            audit,
-            backups,
-            verified: Arc::default(),
-        }
+        Self { db, audit, backups }
     }
 
     /// GetRetentionSummary: exactly what [`Retention::apply`] with the same
@@ -377,8 +380,8 @@ impl Retention {
         let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
         let _dir = self.backups.lock_dir().await?;
         let mut summary = Summary::default();
-        for (plan, _) in self.secured_plans(policy).await? {
-            summary.add(plan);
+        for secured in self.secured_plans(policy, caller.user_id).await? {
+            summary.add(secured.plan);
         }
         Ok(summary)
     }
@@ -398,7 +401,7 @@ impl Retention {
         };
         let result = async {
             let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
-            let _dir = self.lock_after_verifying(policy).await?;
+            let _dir = self.lock_after_verifying(policy, actor).await?;
             self.apply_locked(actor, policy).await
         }
         .await;
@@ -427,7 +430,7 @@ impl Retention {
                 keep_count,
                 scope: Scope::Owner(owner_user_id),
             };
-            let _dir = self.lock_after_verifying(policy).await?;
+            let _dir = self.lock_after_verifying(policy, actor).await?;
             self.apply_locked(actor, policy).await
         }
         .await;
@@ -437,15 +440,20 @@ impl Retention {
     /// Verifies the policy's backups first (reading files needs no lock),
     /// then takes the directory lock: the locked pass finds every result
     /// cached, so concurrent backups do not queue behind integrity checks.
-    async fn lock_after_verifying(&self, policy: Policy) -> Result<DirGuard<'_>> {
-        self.secured_plans(policy).await?;
+    async fn lock_after_verifying(&self, policy: Policy, actor: Actor) -> Result<DirGuard<'_>> {
+        self.secured_plans(policy, actor.user_id).await?;
         self.backups.lock_dir().await
     }
 
     /// Plans, secures and deletes. The caller holds the directory lock.
     async fn apply_locked(&self, actor: Actor, policy: Policy) -> Result<Vec<String>> {
         let mut all_deleted = Vec::new();
-        for (plan, safety) in self.secured_plans(policy).await? {
+        for secured in self.secured_plans(policy, actor.user_id).await? {
+            let Secured {
+                plan,
+                safety,
+                files,
+            } = secured;
             let owner = plan.owner;
             if safety.refused() {
                 let kept: Vec<&str> = plan
@@ -457,7 +465,7 @@ impl Retention {
                             KeepReason::NewestVerified | KeepReason::NoVerifiedBackup
                         )
                     })
-                    .map(|k| k.filename.as_str())
+                    .map(|k| k.name.as_str())
                     .collect();
                 let why = match &safety {
                     Safety::NoneVerified { .. } => {
@@ -467,26 +475,31 @@ impl Retention {
                 };
                 self.audit
                     .record_or_log(
-                        NewEvent::new("backup_retention.safety_check", actor.user_id).details(
-                            json!({
+                        NewEvent::new("backup_retention.safety_check", actor.user_id)
+                            .subject(owner)
+                            .details(json!({
                                 "owner": owner,
                                 "keep_count": policy.keep_count,
                                 "reason": why,
                                 "failed_verification": safety.failed(),
                                 "kept": kept,
-                            }),
-                        ),
+                            })),
                     )
                     .await;
             }
-            let doomed = plan.delete.iter().map(|name| {
+            let doomed = plan.delete.iter().filter_map(|name| {
                 let details = json!({
                     "owner": owner,
                     "keep_count": policy.keep_count,
                     "reason": "older than the newest keep_count",
                     "trigger": actor.trigger,
                 });
-                (name.clone(), details)
+                Some(Doomed {
+                    filename: files.get(name)?.clone(),
+                    name: name.clone(),
+                    owner,
+                    details,
+                })
             });
             let (deleted, failed) = self.delete_each(actor.user_id, doomed.collect()).await;
             // Every owner named in the request gets a record; with every
@@ -495,13 +508,15 @@ impl Retention {
             if named || !plan.delete.is_empty() || safety.refused() {
                 self.audit
                     .record_or_log(
-                        NewEvent::new("backup_retention.applied", actor.user_id).details(json!({
-                            "owner": owner,
-                            "keep_count": policy.keep_count,
-                            "deleted": deleted,
-                            "failed": failed,
-                            "trigger": actor.trigger,
-                        })),
+                        NewEvent::new("backup_retention.applied", actor.user_id)
+                            .subject(owner)
+                            .details(json!({
+                                "owner": owner,
+                                "keep_count": policy.keep_count,
+                                "deleted": deleted,
+                                "failed": failed,
+                                "trigger": actor.trigger,
+                            })),
                     )
                     .await;
             }
@@ -512,8 +527,10 @@ impl Retention {
 
     /// Every selected owner's plan, secured. Under the directory lock the
     /// catalog and the files stay as planned; without it, a pass only fills
-    /// the verification cache.
-    async fn secured_plans(&self, policy: Policy) -> Result<Vec<(OwnerPlan, Safety)>> {
+    /// the verification cache. A backup found damaged while securing is
+    /// marked so, and its owner planned again without it, so a damaged
+    /// backup never takes the place of an intact one.
+    async fn secured_plans(&self, policy: Policy, actor: i64) -> Result<Vec<Secured>> {
         let owner = match policy.scope {
             Scope::Owner(owner) => Some(owner),
             Scope::AllOwners => None,
@@ -523,18 +540,45 @@ impl Retention {
             by_owner.entry(owner).or_default();
         }
         let keep_count = policy.keep_count as usize;
-        let (dir, verified) = (self.backups.dir().to_owned(), Arc::clone(&self.verified));
-        blocking(move || {
-            Ok(by_owner
-                .into_iter()
-                .map(|(owner, rows)| {
-                    let mut plan = plan(owner, &rows, keep_count);
-                    let safety = plan.secure(|name| verified.passes(&dir, name));
-                    (plan, safety)
-                })
-                .collect())
-        })
-        .await
+        let mut secured = Vec::with_capacity(by_owner.len());
+        for (owner, mut rows) in by_owner {
+            let files: HashMap<String, String> = rows
+                .iter()
+                .map(|e| (e.name.clone(), e.filename.clone()))
+                .collect();
+            loop {
+                let mut plan = plan(owner, &rows, keep_count);
+                // Verified ahead, in the order `secure` asks, up to the
+                // first intact one: what `secure` then finds.
+                let mut health = HashMap::new();
+                let mut found_damaged = Vec::new();
+                for name in plan.verification_order() {
+                    let found = match files.get(name) {
+                        Some(filename) => self.backups.health(filename, actor).await,
+                        None => Health::Unverifiable,
+                    };
+                    health.insert(name.to_owned(), found);
+                    match found {
+                        Health::Intact => break,
+                        Health::Damaged => found_damaged.push(files[name].clone()),
+                        Health::Unverifiable => {}
+                    }
+                }
+                let safety = plan.secure(|name| health.get(name) == Some(&Health::Intact));
+                if found_damaged.is_empty() {
+                    secured.push(Secured {
+                        plan,
+                        safety,
+                        files,
+                    });
+                    break;
+                }
+                for row in rows.iter_mut() {
+                    row.damaged |= found_damaged.contains(&row.filename);
+                }
+            }
+        }
+        Ok(secured)
     }
 
     /// CleanupEmptyBackups (admin): deletes zero-byte backups and
@@ -556,7 +600,7 @@ impl Retention {
                     Ok(file_io::Content::Empty) => "empty",
                     Ok(file_io::Content::NotSqlite) if !row.is_protected => "not a SQLite database",
                     Ok(file_io::Content::NotSqlite) => {
-                        spared.push(row.filename);
+                        spared.push(row.name);
                         continue;
                     }
                     Ok(file_io::Content::Sqlite) => continue,
@@ -566,7 +610,7 @@ impl Retention {
                     }
                 };
                 let details = json!({ "owner": row.owner_user_id, "reason": reason, "trigger": "cleanup_empty" });
-                doomed.push((row.filename, details));
+                doomed.push(Doomed::of(row, details));
             }
             let (deleted, failed) = self.delete_each(caller.user_id, doomed).await;
             self.audit
@@ -597,9 +641,11 @@ impl Retention {
             }
             caller.require_admin()?;
             let cutoff = Utc::now().checked_sub_signed(chrono::Duration::days(days_old.into()));
+            // Files other tools dropped in are judged too.
+            self.backups.reconcile().await?;
             let _dir = self.backups.lock_dir().await?;
             let rows = catalog::entries(&self.db, None).await?;
-            let doomed: Vec<(String, Value)> = rows
+            let doomed: Vec<Doomed> = rows
                 .into_iter()
                 .filter(|b| b.is_protected && cutoff.is_some_and(|c| b.created_at < c))
                 .map(|b| {
@@ -610,7 +656,7 @@ impl Retention {
                         "created_at": b.created_at,
                         "trigger": "cleanup_old_protected",
                     });
-                    (b.filename, details)
+                    Doomed::of(b, details)
                 })
                 .collect();
             let (deleted, failed) = self.delete_each(caller.user_id, doomed).await;
@@ -637,42 +683,45 @@ impl Retention {
     /// transaction. A file that cannot be deleted is audited
     /// `backup_retention.delete_error` and the rest go on. The caller holds
     /// the directory lock. Returns (deleted, failed).
-    async fn delete_each(
-        &self,
-        actor: i64,
-        doomed: Vec<(String, Value)>,
-    ) -> (Vec<String>, Vec<String>) {
+    async fn delete_each(&self, actor: i64, doomed: Vec<Doomed>) -> (Vec<String>, Vec<String>) {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
-        for (filename, details) in doomed {
+        for Doomed {
+            filename,
+            name,
+            owner,
+            details,
+        } in doomed
+        {
             let event = NewEvent::new("backup_retention.delete", actor)
-                .resource("backup", &filename)
+                .subject(owner)
+                .resource("backup", &name)
                 .details(details.clone());
             let outcome = self.backups.remove_locked(&filename, event).await;
-            self.verified.forget(&filename);
             let Err(e) = outcome else {
-                metrics::counter!("retention_deleted_total").increment(1);
-                deleted.push(filename);
+                metrics::counter!(crate::telemetry::RETENTION_DELETED_TOTAL).increment(1);
+                deleted.push(name);
                 continue;
             };
             // The row and its event may have committed before the failure
             // (unlinking the renamed file): then the backup is gone, and the
             // next start finishes removing the file.
-            if let Ok(None) = catalog::get(&self.db, &filename).await {
+            if let Ok(None) = catalog::by_filename(&self.db, &filename).await {
                 tracing::warn!(file = %filename, error = %e, "backup deleted; its file is removed at the next start");
-                deleted.push(filename);
+                deleted.push(name);
                 continue;
             }
             tracing::warn!(file = %filename, error = %e, "could not delete a backup; going on with the rest");
             self.audit
                 .record_or_log(
                     NewEvent::new("backup_retention.delete_error", actor)
-                        .resource("backup", &filename)
+                        .subject(owner)
+                        .resource("backup", &name)
                         .details(details)
                         .failed(&e),
                 )
                 .await;
-            failed.push(filename);
+            failed.push(name);
         }
         (deleted, failed)
     }
@@ -714,7 +763,9 @@ mod tests {
 
     fn row(name: &str, owner: i64, kind: BackupKind, second: i64) -> Entry {
         Entry {
-            filename: name.into(),
+            filename: format!("file-of-{name}"),
+            name: name.into(),
+            damaged: false,
             owner_user_id: owner,
             kind: kind.as_str().into(),
             is_protected: kind.is_protected(),
@@ -725,7 +776,7 @@ mod tests {
     fn names(kept: &[Kept], reason: KeepReason) -> Vec<&str> {
         kept.iter()
             .filter(|k| k.reason == reason)
-            .map(|k| k.filename.as_str())
+            .map(|k| k.name.as_str())
             .collect()
     }
 
@@ -805,6 +856,29 @@ mod tests {
         let system = plan(0, &rows, 1);
         assert!(system.delete.is_empty());
         assert_eq!(names(&system.keep, KeepReason::System), ["system"]);
+    }
+
+    #[test]
+    fn damaged_backups_count_towards_nothing_and_are_never_deleted() {
+        let mut rows: Vec<Entry> = (0..4)
+            .map(|i| row(&format!("b{i}"), 1, BackupKind::Auto, i))
+            .collect();
+        rows[3].damaged = true; // the newest
+        rows[0].damaged = true; // the oldest
+        let mut p = plan(1, &rows, 1);
+        assert_eq!(names(&p.keep, KeepReason::NewestN), ["b2"]);
+        assert_eq!(names(&p.keep, KeepReason::Damaged), ["b3", "b0"]);
+        assert_eq!(p.delete, ["b1"]);
+        let order: Vec<&str> = p.verification_order().collect();
+        assert_eq!(order, ["b2", "b1"]);
+        assert!(!p.secure(|name| name == "b2").refused());
+        assert_eq!(p.delete, ["b1"]);
+    }
+
+    #[test]
+    fn nothing_to_verify_when_nothing_goes() {
+        let rows = vec![row("a", 1, BackupKind::Auto, 1)];
+        assert_eq!(plan(1, &rows, 3).verification_order().count(), 0);
     }
 
     #[test]

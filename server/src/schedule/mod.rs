@@ -170,7 +170,7 @@ impl Scheduler {
                 }
                 match settings::next_due(&self.db).await {
                     Ok(Some(due)) => {
-                        metrics::gauge!("scheduler_next_due_timestamp_seconds")
+                        metrics::gauge!(crate::telemetry::SCHEDULER_NEXT_DUE)
                             .set(due.timestamp() as f64);
                         let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                         wake_in = wake_in.min(until);
@@ -186,7 +186,7 @@ impl Scheduler {
             }
         }
         self.holds_lease.store(false, Ordering::Relaxed);
-        metrics::gauge!("scheduler_lease_held").set(0.0);
+        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(0.0);
     }
 
     /// Takes or renews the lease and publishes whether this process holds it.
@@ -201,7 +201,7 @@ impl Scheduler {
         if self.holds_lease.swap(holds, Ordering::Relaxed) && !holds {
             tracing::warn!(instance = %self.instance_id, "lost the scheduler lease");
         }
-        metrics::gauge!("scheduler_lease_held").set(if holds { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
         holds
     }
 
@@ -306,6 +306,7 @@ impl Scheduler {
                     .insert(
                         txn,
                         NewEvent::new("backup_scheduler.backup_error", user_id)
+                            .subject(user_id)
                             .resource("backup_settings", user_id.to_string())
                             .details(json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }))
                             .failed(&error),
@@ -387,16 +388,17 @@ impl Scheduler {
             return Ok(Outcome::Skipped);
         };
         let user_id = due.user_id;
-        let new = NewBackup {
-            filename: naming::auto_filename(user_id, slot),
-            owner_user_id: user_id,
-            kind: BackupKind::Auto,
-        };
+        let new = NewBackup::new(
+            naming::auto_filename(user_id, slot),
+            user_id,
+            BackupKind::Auto,
+        );
         let backup = self
             .backups
             .snapshot_shared(shared, new, move |b| {
                 NewEvent::new("backup_files.create", user_id)
-                    .resource("backup", &b.filename)
+                    .subject(user_id)
+                    .resource("backup", &b.name)
                     .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
             })
             .await;
@@ -427,7 +429,9 @@ impl Scheduler {
                     slot,
                     None,
                     Some(&backup.filename),
-                    NewEvent::new("backup_scheduler.backup_completed", user_id).details(details),
+                    NewEvent::new("backup_scheduler.backup_completed", user_id)
+                        .subject(user_id)
+                        .details(details),
                 )
                 .await?;
                 self.completed.fetch_add(1, Ordering::Relaxed);
@@ -437,6 +441,7 @@ impl Scheduler {
                 let retry_at = (Utc::now() + RETRY_DELAY).trunc_subsecs(0).min(next);
                 let details = json!({ "scheduled_for": slot, "retry_at": retry_at, "reason": e.public_message() });
                 let event = NewEvent::new("backup_scheduler.backup_error", user_id)
+                    .subject(user_id)
                     .details(details)
                     .failed(&e);
                 self.finish(&due, slot, Some((retry_at, &e)), None, event)
@@ -498,6 +503,7 @@ impl Scheduler {
                     .insert(
                         &txn,
                         NewEvent::new("backup_scheduler.missed", due.user_id)
+                            .subject(due.user_id)
                             .resource("backup_settings", due.user_id.to_string())
                             .details(json!({
                                 "missed_slots": slots,

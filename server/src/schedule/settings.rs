@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::next_run::{self, Frequency, Schedule};
 use crate::audit::{NewEvent, Recorder};
-use crate::error::{Error, FieldViolation, Result};
+use crate::auth;
+use crate::error::{Error, FieldViolation, Result, quote};
 use crate::store::{self, entity::backup_settings};
 
 pub use backup_settings::Model as Settings;
@@ -91,7 +92,10 @@ impl RawUpdate {
         let backup_time = self.backup_time.and_then(|t| {
             next_run::parse_backup_time(&t)
                 .map_err(|why| {
-                    violations.push(FieldViolation::new("backup_time", format!("{t:?} {why}")))
+                    violations.push(FieldViolation::new(
+                        "backup_time",
+                        format!("{} {why}", quote(&t)),
+                    ))
                 })
                 .ok()
         });
@@ -108,7 +112,10 @@ impl RawUpdate {
                 .map_err(|_| {
                     violations.push(FieldViolation::new(
                         "timezone",
-                        format!("{name:?} is not an IANA time zone name such as \"Europe/London\" or \"UTC\""),
+                        format!(
+                            "{} is not an IANA time zone name such as \"Europe/London\" or \"UTC\"",
+                            quote(&name)
+                        ),
                     ))
                 })
                 .ok()
@@ -168,9 +175,21 @@ pub async fn get<C: ConnectionTrait>(conn: &C, user_id: i64) -> Result<Option<Se
         .await?)
 }
 
+/// A user's settings; NOT_FOUND when the user has none, or does not exist.
+pub async fn fetch(db: &DatabaseConnection, user_id: i64) -> Result<Settings> {
+    if let Some(found) = get(db, user_id).await? {
+        return Ok(found);
+    }
+    auth::require_user(db, user_id).await?;
+    Err(Error::NotFound(format!(
+        "user {user_id} has no backup settings"
+    )))
+}
+
 /// Applies a partial update (creating the settings on first use) and
 /// audits it in the same transaction; a failure is rolled back and audited
-/// as `backup_scheduler.settings_error`.
+/// as `backup_scheduler.settings_error`. A user that does not exist is
+/// NOT_FOUND, and nothing is created for it.
 pub async fn update(
     db: &DatabaseConnection,
     audit: &Recorder,
@@ -181,6 +200,7 @@ pub async fn update(
 ) -> Result<Settings> {
     let result = async {
         let txn = store::begin_write(db).await?;
+        auth::require_user(&txn, user_id).await?;
         let (saved, event) = match get(&txn, user_id).await? {
             None => {
                 let frequency = update.frequency.unwrap_or(Frequency::Daily);
@@ -241,6 +261,7 @@ pub async fn update(
             .insert(
                 &txn,
                 NewEvent::new(event, actor)
+                    .subject(user_id)
                     .resource("backup_settings", user_id.to_string())
                     .details(json!({
                         "user_id": user_id,
@@ -262,6 +283,7 @@ pub async fn update(
         audit
             .record_or_log(
                 NewEvent::new("backup_scheduler.settings_error", actor)
+                    .subject(user_id)
                     .resource("backup_settings", user_id.to_string())
                     .failed(e),
             )

@@ -133,6 +133,33 @@ def test_call_without_token_is_unauthenticated(server):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
 
 
+def test_a_huge_value_is_invalid_argument_with_a_short_message(server):
+    """A 10 KB value must come back as INVALID_ARGUMENT: were it echoed whole,
+    the status would overflow grpcio's 8 KB metadata limit and the client
+    would see RESOURCE_EXHAUSTED instead."""
+    from backup.v1 import backup_scheduler_pb2 as scheduler
+    from backup.v1 import backup_scheduler_pb2_grpc as scheduler_grpc
+
+    address, token = server
+    auth = [("authorization", f"Bearer {token}")]
+    huge = "x" * 10240
+    with grpc.insecure_channel(address) as channel:
+        stub = scheduler_grpc.BackupSchedulerStub(channel)
+        for field in ("timezone", "backup_time"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.UpdateBackupSettings(
+                    scheduler.UpdateBackupSettingsRequest(user_id=0, **{field: huge}),
+                    metadata=auth, timeout=CALL_TIMEOUT_S,
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value)
+            details = err.value.details()
+            assert f'"{"x" * 64}…" (10240 bytes)' in details, (field, details)
+            assert len(details) < 400, (field, len(details))
+            # The BadRequest details travel in metadata too.
+            trailers = dict(err.value.trailing_metadata() or ())
+            assert 0 < len(trailers.get("grpc-status-details-bin", b"")) < 400, field
+
+
 class AuditWatch:
     """Reads SubscribeAuditEvents on a thread until `want` (event_type,
     resource_id) pairs have all been seen, the stream ends or fails."""

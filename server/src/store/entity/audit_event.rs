@@ -8,6 +8,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     pub event_type: String,
+    /// Who acted: the caller, 0 for the system.
     pub user_id: i64,
     pub resource_type: String,
     pub resource_id: String,
@@ -16,6 +17,8 @@ pub struct Model {
     pub details: Json,
     pub error_message: String,
     pub timestamp: DateTimeUtc,
+    /// Whose resource the event is about; the actor unless set otherwise.
+    pub subject_user_id: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

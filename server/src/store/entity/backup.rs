@@ -1,4 +1,7 @@
 //! The backup catalog: one row per file in the backups directory.
+//!
+//! A backup is identified by its owner and `name`; `filename` is where its
+//! bytes live in the backups directory (see `backup::naming::stored_filename`).
 
 use sea_orm::entity::prelude::*;
 
@@ -7,6 +10,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub filename: String,
+    /// The name the API shows, unique among the owner's backups.
+    pub name: String,
     /// 0 for system backups (pre-restore, pre-migration, adopted files).
     pub owner_user_id: i64,
     /// `auto`, `manual`, `pre_restore` or `pre_migration` (see `backup::BackupKind`).
@@ -16,6 +21,10 @@ pub struct Model {
     pub is_protected: bool,
     /// When the snapshot was taken; retention orders by this, never by file mtime.
     pub created_at: DateTimeUtc,
+    /// What the last verification found wrong; `None` while intact.
+    pub damage: Option<String>,
+    /// When the backup last passed or failed verification.
+    pub last_verified_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,314 @@
+//! Verification: a backup's bytes checked against the size and SHA-256 the
+//! catalog recorded when it was written, then `PRAGMA integrity_check`.
+//!
+//! Every read that matters goes through here (restore, on-demand and
+//! scheduled verification, retention's choice of a newest intact backup;
+//! downloads check as they stream). What a verification finds is recorded
+//! in the catalog: `last_verified_at`, and the damage, which makes the
+//! backup DATA_LOSS for restores and downloads and keeps it out of every
+//! retention count until a later verification finds it whole again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use chrono::{SubsecRound, Utc};
+use serde_json::json;
+
+use super::file_io::{self, FileFacts, FileStamp, VerifiedBackup};
+use super::{Backups, blocking, catalog, shutting_down};
+use crate::audit::NewEvent;
+use crate::error::{Error, Result, quote};
+use crate::store::{self, entity::backup::Model as Backup};
+
+/// Why a backup is verified; audited with the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// VerifyBackup.
+    Request,
+    /// The scheduled scrub.
+    Scrub,
+    /// Before a restore.
+    Restore,
+    /// While a download streams.
+    Download,
+    /// Retention choosing the newest intact backup.
+    Retention,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Scrub => "scrub",
+            Self::Restore => "restore",
+            Self::Download => "download",
+            Self::Retention => "retention",
+        }
+    }
+
+    /// Whether an intact outcome is audited too: verification was the
+    /// point of the call. Otherwise only damage is.
+    fn audits_intact(self) -> bool {
+        matches!(self, Self::Request | Self::Scrub)
+    }
+}
+
+/// What the catalog recorded of a backup's bytes.
+pub fn recorded_facts(backup: &Backup) -> FileFacts {
+    FileFacts {
+        size_bytes: backup.size_bytes,
+        sha256: backup.sha256.clone(),
+    }
+}
+
+/// DATA_LOSS for a backup already marked damaged.
+pub fn refuse_damaged(backup: &Backup) -> Result<()> {
+    match &backup.damage {
+        None => Ok(()),
+        Some(damage) => Err(damaged(backup, damage)),
+    }
+}
+
+fn damaged(backup: &Backup, damage: &str) -> Error {
+    Error::DataLoss(format!(
+        "backup {} is damaged ({damage}); it is kept for inspection, and VerifyBackup \
+         clears the mark once its bytes match again",
+        quote(&backup.name)
+    ))
+}
+
+/// What retention may assume of a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Intact,
+    /// Marked damaged, now or before.
+    Damaged,
+    /// It could not be verified (a locked or unreadable file): not to be
+    /// counted on, but not known damaged either.
+    Unverifiable,
+}
+
+/// Verification outcomes since the process started.
+#[derive(Debug, Default)]
+pub struct Counts {
+    intact: AtomicU64,
+    damaged: AtomicU64,
+}
+
+/// What GetSchedulerStats reports of verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Backups marked damaged now, of every owner.
+    pub damaged_now: u64,
+    /// Verifications this process found intact since it started.
+    pub intact: u64,
+    /// Verifications this process found damaged since it started.
+    pub damaged: u64,
+}
+
+/// Files known to be intact, by file name, with the stamp they had when
+/// verified: an unchanged file is not read again.
+#[derive(Default)]
+pub struct VerifiedFiles(Mutex<HashMap<String, FileStamp>>);
+
+impl VerifiedFiles {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, FileStamp>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, filename: &str, stamp: FileStamp) {
+        self.map().insert(filename.to_owned(), stamp);
+    }
+
+    pub fn forget(&self, filename: &str) {
+        self.map().remove(filename);
+    }
+
+    fn still_intact(&self, filename: &str, now: &FileStamp) -> bool {
+        self.map().get(filename) == Some(now)
+    }
+}
+
+impl Backups {
+    /// Verifies `backup` and records the outcome. Intact: the backup as now
+    /// recorded, and its verified content. Damaged (or marked so already):
+    /// DATA_LOSS saying what is wrong. Any other error (a locked or
+    /// unreadable file) says nothing about the bytes and records nothing.
+    pub async fn verify(
+        &self,
+        backup: &Backup,
+        trigger: Trigger,
+        actor: i64,
+    ) -> Result<(Backup, VerifiedBackup)> {
+        if trigger != Trigger::Request && trigger != Trigger::Scrub {
+            refuse_damaged(backup)?;
+        }
+        let (dir, file, facts) = (
+            self.dir.clone(),
+            backup.filename.clone(),
+            recorded_facts(backup),
+        );
+        let checked = blocking(move || file_io::verify_backup(&dir, &file, &facts)).await;
+        match checked {
+            Ok(verified) => {
+                self.verified.remember(&backup.filename, verified.stamp);
+                let backup = self.record(backup, None, trigger, actor).await?;
+                Ok((backup, verified))
+            }
+            Err(e) => Err(self.found_damaged(backup, e, trigger, actor).await),
+        }
+    }
+
+    /// VerifyBackup: verifies a backup the caller may see, audited either
+    /// way, within the bound on concurrent copies.
+    pub async fn verify_named(
+        &self,
+        caller: crate::auth::Caller,
+        named: super::Named<'_>,
+    ) -> Result<Backup> {
+        let result = async {
+            let backup = self.get(caller, named).await?;
+            let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
+            self.verify(&backup, Trigger::Request, caller.user_id)
+                .await
+                .map(|(backup, _)| backup)
+        }
+        .await;
+        if let Err(e) = &result
+            && !matches!(e, Error::DataLoss(_))
+        {
+            self.audit_failure("backup_files.verify", caller, named.name, e)
+                .await;
+        }
+        result
+    }
+
+    /// What retention may assume of the backup in `filename`: an unchanged
+    /// file found intact before is not read again; damage found is recorded.
+    pub async fn health(&self, filename: &str, actor: i64) -> Health {
+        // One stat, on the async thread: a thread hop would cost more, and
+        // retention asks once per owner.
+        if let Ok(now) = file_io::stamp(&self.dir, filename)
+            && self.verified.still_intact(filename, &now)
+        {
+            return Health::Intact;
+        }
+        let backup = match catalog::by_filename(&self.db, filename).await {
+            Ok(Some(backup)) => backup,
+            Ok(None) => return Health::Unverifiable,
+            Err(e) => {
+                tracing::warn!(file = %filename, error = %e, "cannot read a backup's catalog row");
+                return Health::Unverifiable;
+            }
+        };
+        match self.verify(&backup, Trigger::Retention, actor).await {
+            Ok(_) => Health::Intact,
+            Err(Error::DataLoss(_)) => Health::Damaged,
+            Err(e) => {
+                tracing::warn!(file = %filename, error = %e, "backup cannot be verified");
+                Health::Unverifiable
+            }
+        }
+    }
+
+    /// Verifies one backup for the scrub, within the bound on concurrent
+    /// copies. Damage is an outcome, recorded; an error means the backup
+    /// could not be verified.
+    pub async fn scrub_one(&self, backup: &Backup) -> Result<()> {
+        let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
+        match self
+            .verify(backup, Trigger::Scrub, super::SYSTEM_OWNER)
+            .await
+        {
+            Ok(_) | Err(Error::DataLoss(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records damage when `error` is DATA_LOSS, and returns the error to
+    /// give the caller (naming the backup); other errors pass unchanged.
+    pub(super) async fn found_damaged(
+        &self,
+        backup: &Backup,
+        error: Error,
+        trigger: Trigger,
+        actor: i64,
+    ) -> Error {
+        let Error::DataLoss(damage) = error else {
+            return error;
+        };
+        self.verified.forget(&backup.filename);
+        tracing::error!(backup = %backup.name, file = %backup.filename, %damage, trigger = trigger.as_str(), "backup is damaged");
+        if let Err(e) = self.record(backup, Some(&damage), trigger, actor).await {
+            tracing::error!(error = %e, backup = %backup.name, "could not record the damage");
+        }
+        damaged(backup, &damage)
+    }
+
+    /// Records a verification's outcome in the catalog with its audit event
+    /// (for damage, and for intact outcomes of requests and the scrub), and
+    /// counts it. Returns the backup as now recorded.
+    async fn record(
+        &self,
+        backup: &Backup,
+        damage: Option<&str>,
+        trigger: Trigger,
+        actor: i64,
+    ) -> Result<Backup> {
+        let at = Utc::now().trunc_subsecs(6);
+        let counter = match damage {
+            None => &self.verifications.intact,
+            Some(_) => &self.verifications.damaged,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::VERIFICATIONS_TOTAL, "outcome" => if damage.is_some() { "damaged" } else { "intact" })
+            .increment(1);
+        let txn = store::begin_write(&self.db).await?;
+        catalog::record_verification(&txn, &backup.filename, damage, at).await?;
+        let audited = (damage.is_some() || trigger.audits_intact()).then(|| {
+            let event = NewEvent::new("backup_files.verify", actor)
+                .subject(backup.owner_user_id)
+                .resource("backup", &backup.name)
+                .details(json!({
+                    "trigger": trigger.as_str(),
+                    "owner": backup.owner_user_id,
+                    "size": backup.size_bytes,
+                    "sha256": backup.sha256,
+                }));
+            match damage {
+                None => event,
+                Some(damage) => event.failed(&damaged(backup, damage)),
+            }
+        });
+        let stored = match audited {
+            Some(event) => Some(self.audit.insert(&txn, event).await?),
+            None => None,
+        };
+        txn.commit().await?;
+        self.audit.publish(stored);
+        if damage.is_some() != backup.damage.is_some() {
+            self.refresh_damaged_gauge().await;
+        }
+        let mut now = backup.clone();
+        now.damage = damage.map(str::to_owned);
+        now.last_verified_at = Some(at);
+        Ok(now)
+    }
+
+    pub async fn verification_stats(&self) -> Result<Stats> {
+        Ok(Stats {
+            damaged_now: catalog::count_damaged(&self.db).await?,
+            intact: self.verifications.intact.load(Ordering::Relaxed),
+            damaged: self.verifications.damaged.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Sets the `backup_damaged` gauge to the catalog's count.
+    pub async fn refresh_damaged_gauge(&self) {
+        match catalog::count_damaged(&self.db).await {
+            Ok(n) => metrics::gauge!(crate::telemetry::DAMAGED).set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "cannot count damaged backups"),
+        }
+    }
+}
