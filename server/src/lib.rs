@@ -124,6 +124,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
+    backups.refresh_damaged_gauge().await;
     let retention = Arc::new(retention::Retention::new(
         db.clone(),
         audit.clone(),

@@ -11,7 +11,9 @@
 //! - `BENCH_RUNS` measurements per row, the median is reported (default 3)
 //!
 //! Targets (issue 2): CreateBackup <= 1.1x sqlite3 `.backup` idle; under a
-//! writer <= 3x its idle time; idle RSS <= 20 MB.
+//! writer <= 3x its idle time; idle RSS <= 20 MB. Also measured (issue 11):
+//! VerifyBackup of the same backup, the work the scrub does per backup
+//! (size, SHA-256, `PRAGMA integrity_check`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -84,6 +86,34 @@ async fn main() {
         println!("CreateBackup idle #{i}: {}", show(s));
         create_idle.push(s);
     }
+
+    // VerifyBackup of one backup of the source: what the scrub does per
+    // backup. The backup was just written, so it is in the page cache, as
+    // the source is for the other rows.
+    let kept = backups
+        .create(Some("bench-verify"))
+        .await
+        .unwrap_or_else(|e| panic!("CreateBackup bench-verify failed: {e}"));
+    let mut verify = Vec::new();
+    for i in 0..runs {
+        let cpu0 = backup_tests::cpu_seconds(pid);
+        let t = Instant::now();
+        let verified = backups
+            .verify(&kept.filename)
+            .await
+            .unwrap_or_else(|e| panic!("VerifyBackup failed: {e}"));
+        let s = Sample {
+            wall: t.elapsed(),
+            cpu: backup_tests::cpu_seconds(pid) - cpu0,
+        };
+        assert!(!verified.damaged);
+        println!("VerifyBackup #{i}: {}", show(s));
+        verify.push(s);
+    }
+    backups
+        .delete(&kept.filename, false)
+        .await
+        .unwrap_or_else(|e| panic!("DeleteBackup failed: {e}"));
 
     // `sqlite3 SRC '.backup DST'`, if the CLI is installed.
     let sqlite3_cli = sqlite3_version();
@@ -228,6 +258,15 @@ async fn main() {
             secs(median(&create_writer).wall) / secs(create_idle_m.wall)
         ),
         "<= 3x idle",
+    );
+    row(
+        "VerifyBackup: size, SHA-256, integrity_check (the scrub's work per backup; CPU: server process)",
+        &verify,
+        &format!(
+            "{:.2}x CreateBackup idle",
+            secs(median(&verify).wall) / secs(create_idle_m.wall)
+        ),
+        "",
     );
     row(
         "(orientation) SHA-256 of the file in-process (the server's hash_file, ring)",

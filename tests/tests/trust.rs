@@ -68,17 +68,6 @@ fn status(result: Result<impl std::fmt::Debug, Error>) -> (Code, String) {
     }
 }
 
-async fn verify(backups: &mut backup_client::Backups, name: &str) -> Result<proto::Backup, Error> {
-    let response = backups
-        .raw()
-        .verify_backup(proto::VerifyBackupRequest {
-            filename: name.into(),
-            owner_user_id: None,
-        })
-        .await?;
-    Ok(response.into_inner().backup.expect("a backup"))
-}
-
 #[tokio::test]
 async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
     let data = DataDir::new();
@@ -112,7 +101,7 @@ async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
         assert_eq!(got, Code::DataLoss, "{how:?}");
         assert!(!dest.exists(), "{how:?}: a damaged download was kept");
 
-        let (got, message) = status(verify(&mut backups, &name).await);
+        let (got, message) = status(backups.verify(&name).await);
         assert_eq!(got, Code::DataLoss, "{how:?}");
         let expected_cause = match how {
             Damage::FlippedInsideABlob => "digest",
@@ -142,7 +131,7 @@ async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
     // An intact backup verifies, and its verification time moves.
     let good = backups.create(Some("good")).await.unwrap();
     assert!(good.last_verified_at.is_none() && !good.damaged);
-    let verified = verify(&mut backups, "good.db").await.unwrap();
+    let verified = backups.verify("good.db").await.unwrap();
     assert!(verified.last_verified_at.is_some() && !verified.damaged);
     let (restored, _) = backups.restore("good.db").await.unwrap();
     assert_eq!(restored.filename, "good.db");
@@ -157,14 +146,11 @@ async fn a_repaired_backup_verifies_again() {
     let path = data.backups_dir().join("fixable.db");
     let original = std::fs::read(&path).unwrap();
     damage(&path, Damage::Appended);
-    assert_eq!(
-        code(verify(&mut backups, "fixable.db").await),
-        Code::DataLoss
-    );
+    assert_eq!(code(backups.verify("fixable.db").await), Code::DataLoss);
     // Marked damaged, a restore is refused without reading the file again.
     std::fs::write(&path, &original).unwrap();
     assert_eq!(code(backups.restore("fixable.db").await), Code::DataLoss);
-    let again = verify(&mut backups, "fixable.db").await.unwrap();
+    let again = backups.verify("fixable.db").await.unwrap();
     assert!(!again.damaged && again.damage.is_empty());
     backups.restore("fixable.db").await.unwrap();
 }
@@ -313,14 +299,15 @@ async fn names_are_per_owner_and_leak_nothing() {
     assert_eq!(code(three.get("only-two.db").await), Code::NotFound);
     two.create(Some("only-two")).await.unwrap();
     assert_eq!(code(three.get("only-two.db").await), Code::NotFound);
-    let named_other = three
-        .raw()
-        .get_backup(proto::GetBackupRequest {
-            filename: "only-two.db".into(),
-            owner_user_id: Some(2),
-        })
-        .await;
-    assert_eq!(named_other.unwrap_err().code(), Code::PermissionDenied);
+    let mut three_naming_two = server
+        .client(&data.token(3, false))
+        .await
+        .backups()
+        .owned_by(2);
+    assert_eq!(
+        code(three_naming_two.get("only-two.db").await),
+        Code::PermissionDenied
+    );
 
     // Both files are on disk, neither replaced the other.
     let files = file_names(&data.backups_dir());
@@ -338,16 +325,11 @@ async fn names_are_per_owner_and_leak_nothing() {
     let ambiguous = admin_backups.get("nightly-1.db").await.unwrap_err();
     assert_eq!(ambiguous.code(), Some(Code::InvalidArgument));
     assert_eq!(ambiguous.violated_fields(), ["owner_user_id"]);
-    let by_owner = admin_backups
-        .raw()
-        .get_backup(proto::GetBackupRequest {
-            filename: "nightly-1.db".into(),
-            owner_user_id: Some(3),
-        })
+    let by_owner = admin
+        .backups()
+        .owned_by(3)
+        .get("nightly-1.db")
         .await
-        .unwrap()
-        .into_inner()
-        .backup
         .unwrap();
     assert_eq!(by_owner, mine);
     assert_eq!(

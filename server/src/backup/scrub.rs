@@ -38,7 +38,6 @@ pub async fn run(backups: Arc<Backups>, every: Duration, stop: CancellationToken
         return;
     };
     tracing::info!(?every, "scheduled verification runs");
-    backups.refresh_damaged_gauge().await;
     // Backups that could not be verified, with when to try them again.
     let mut deferred: HashMap<String, Instant> = HashMap::new();
     while !stop.is_cancelled() {
