@@ -575,35 +575,45 @@ impl Backups {
             .await;
         let (backup, reader) = opened?;
         let (tx, rx) = mpsc::channel(4);
-        let (this, meta) = (Arc::clone(self), backup.clone());
-        tokio::spawn(async move {
-            let mut reader = reader;
-            let mut sent_any = false;
-            loop {
-                let read = blocking(move || Ok((reader.next_chunk(chunk_bytes), reader))).await;
-                let (chunk, back) = match read {
-                    Ok((chunk, back)) => (chunk, Some(back)),
-                    Err(e) => (Err(e), None),
-                };
-                let message = match chunk {
-                    // The end, with every byte checked.
-                    Ok(bytes) if bytes.is_empty() && sent_any => return,
-                    Ok(bytes) => Ok(bytes),
-                    Err(e) => Err(this
-                        .found_damaged(&meta, e, verify::Trigger::Download, caller.user_id)
-                        .await),
-                };
-                let last = matches!(&message, Ok(bytes) if bytes.is_empty()) || message.is_err();
-                sent_any = true;
-                // A failed send means the client went away.
-                if tx.send(message).await.is_err() || last {
-                    return;
-                }
-                let Some(back) = back else { return };
-                reader = back;
-            }
-        });
+        tokio::spawn(Arc::clone(self).stream(backup.clone(), reader, chunk_bytes, caller, tx));
         Ok((backup, rx))
+    }
+
+    /// Sends a download's chunks to `tx` until the end (the last chunk, or
+    /// one empty chunk for an empty file), a damage found (recorded, sent
+    /// as the last item), or the client leaving.
+    async fn stream(
+        self: Arc<Self>,
+        backup: Backup,
+        mut reader: file_io::CheckedReader,
+        chunk_bytes: usize,
+        caller: Caller,
+        tx: mpsc::Sender<Result<Vec<u8>>>,
+    ) {
+        let mut sent_any = false;
+        loop {
+            let read = blocking(move || Ok((reader.next_chunk(chunk_bytes), reader))).await;
+            let (chunk, back) = match read {
+                Ok((chunk, back)) => (chunk, Some(back)),
+                Err(e) => (Err(e), None),
+            };
+            let message = match chunk {
+                // The end, with every byte checked.
+                Ok(bytes) if bytes.is_empty() && sent_any => return,
+                Ok(bytes) => Ok(bytes),
+                Err(e) => Err(self
+                    .found_damaged(&backup, e, verify::Trigger::Download, caller.user_id)
+                    .await),
+            };
+            let last = matches!(&message, Ok(bytes) if bytes.is_empty()) || message.is_err();
+            sent_any = true;
+            // A failed send means the client went away.
+            if tx.send(message).await.is_err() || last {
+                return;
+            }
+            let Some(back) = back else { return };
+            reader = back;
+        }
     }
 
     /// RestoreBackup: verify the backup against the catalog, check that the
