@@ -5,7 +5,9 @@
 //! - [`run`] wires everything up; `main.rs` only parses flags and binds.
 //! - [`api`]: one thin file per gRPC service, protobuf in, domain calls out.
 //! - [`backup`]: the catalog and the backup files; [`backup::file_io`] is the
-//!   only code that touches backup bytes or the source database.
+//!   only code that touches backup bytes or the source database,
+//!   [`backup::verify`] checks those bytes against the catalog wherever they
+//!   are read, and [`backup::scrub`] verifies every backup on a schedule.
 //! - [`audit`]: the audit recorder and its live fan-out.
 //! - [`auth`]: bearer tokens and the caller identity.
 //! - [`store`]: the SeaORM state store, its entities and migrations.
