@@ -88,14 +88,15 @@ pub async fn count_damaged<C: ConnectionTrait>(conn: &C) -> Result<u64> {
 }
 
 /// Records what verifying `filename` found at `at`: `damage` is what is
-/// wrong, `None` when intact.
+/// wrong, `None` when intact. False when there is no such backup (any
+/// more).
 pub async fn record_verification<C: ConnectionTrait>(
     conn: &C,
     filename: &str,
     damage: Option<&str>,
     at: DateTime<Utc>,
-) -> Result<()> {
-    backup::Entity::update_many()
+) -> Result<bool> {
+    let updated = backup::Entity::update_many()
         .col_expr(
             backup::Column::Damage,
             Expr::value(damage.map(str::to_owned)),
@@ -104,7 +105,7 @@ pub async fn record_verification<C: ConnectionTrait>(
         .filter(backup::Column::Filename.eq(filename))
         .exec(conn)
         .await?;
-    Ok(())
+    Ok(updated.rows_affected > 0)
 }
 
 /// The backup whose last verification (or, never verified, creation) lies

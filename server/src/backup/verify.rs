@@ -239,16 +239,22 @@ impl Backups {
             return error;
         };
         self.verified.forget(&backup.filename);
-        tracing::error!(backup = %backup.name, file = %backup.filename, %damage, trigger = trigger.as_str(), "backup is damaged");
-        if let Err(e) = self.record(backup, Some(&damage), trigger, actor).await {
-            tracing::error!(error = %e, backup = %backup.name, "could not record the damage");
+        match self.record(backup, Some(&damage), trigger, actor).await {
+            // Deleted while it was verified: nothing was lost.
+            Err(gone @ Error::NotFound(_)) => return gone,
+            Err(e) => {
+                tracing::error!(error = %e, backup = %backup.name, "could not record the damage");
+            }
+            Ok(_) => {}
         }
+        tracing::error!(backup = %backup.name, file = %backup.filename, %damage, trigger = trigger.as_str(), "backup is damaged");
         damaged(backup, &damage)
     }
 
     /// Records a verification's outcome in the catalog with its audit event
     /// (for damage, and for intact outcomes of requests and the scrub), and
-    /// counts it. Returns the backup as now recorded.
+    /// counts it. Returns the backup as now recorded, or NOT_FOUND (and
+    /// records nothing) when it was deleted meanwhile.
     async fn record(
         &self,
         backup: &Backup,
@@ -257,15 +263,13 @@ impl Backups {
         actor: i64,
     ) -> Result<Backup> {
         let at = Utc::now().trunc_subsecs(6);
-        let counter = match damage {
-            None => &self.verifications.intact,
-            Some(_) => &self.verifications.damaged,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::VERIFICATIONS_TOTAL, "outcome" => if damage.is_some() { "damaged" } else { "intact" })
-            .increment(1);
         let txn = store::begin_write(&self.db).await?;
-        catalog::record_verification(&txn, &backup.filename, damage, at).await?;
+        if !catalog::record_verification(&txn, &backup.filename, damage, at).await? {
+            return Err(Error::NotFound(format!(
+                "no backup named {}",
+                quote(&backup.name)
+            )));
+        }
         let audited = (damage.is_some() || trigger.audits_intact()).then(|| {
             let event = NewEvent::new("backup_files.verify", actor)
                 .subject(backup.owner_user_id)
@@ -287,6 +291,12 @@ impl Backups {
         };
         txn.commit().await?;
         self.audit.publish(stored);
+        let (counter, outcome) = match damage {
+            None => (&self.verifications.intact, "intact"),
+            Some(_) => (&self.verifications.damaged, "damaged"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::VERIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
         if damage.is_some() != backup.damage.is_some() {
             self.refresh_damaged_gauge().await;
         }
@@ -296,6 +306,7 @@ impl Backups {
         Ok(now)
     }
 
+    /// Damaged backups now, and this process's verification outcomes.
     pub async fn verification_stats(&self) -> Result<Stats> {
         Ok(Stats {
             damaged_now: catalog::count_damaged(&self.db).await?,
