@@ -234,7 +234,7 @@ pub struct VerifiedBackup {
 /// what is wrong; anything else (a locked or unreadable file) is another
 /// error, and says nothing about the bytes.
 pub fn verify_backup(dir: &Path, filename: &str, expected: &FileFacts) -> Result<VerifiedBackup> {
-    let file = open_catalogued(dir, filename).map_err(|e| match e {
+    let mut reader = CheckedReader::open(dir, filename, expected.clone()).map_err(|e| match e {
         // Being deleted (renamed, its row not yet gone): nothing is lost.
         Error::Io(e)
             if e.kind() == ErrorKind::NotFound
@@ -245,21 +245,8 @@ pub fn verify_backup(dir: &Path, filename: &str, expected: &FileFacts) -> Result
         e => e,
     })?;
     let before = stamp(dir, filename)?;
-    let on_disk = file.metadata()?.len();
-    if i64::try_from(on_disk).ok() != Some(expected.size_bytes) {
-        return Err(size_mismatch(on_disk, expected));
-    }
-    let actual = hash_file(&file)?;
-    if actual.size_bytes != expected.size_bytes {
-        return Err(size_mismatch(actual.size_bytes as u64, expected));
-    }
-    if actual.sha256 != expected.sha256 {
-        return Err(Error::DataLoss(format!(
-            "digest: the file's SHA-256 is {}…, the catalog recorded {}…",
-            prefix(&actual.sha256),
-            prefix(&expected.sha256)
-        )));
-    }
+    // Size and digest, checked as the bytes are read, as for a download.
+    reader.check_to_end()?;
     // An empty file opens as an empty database and passes integrity_check.
     match sniff(dir, filename)? {
         Content::Sqlite => {}
@@ -309,13 +296,16 @@ fn size_mismatch(on_disk: u64, expected: &FileFacts) -> Error {
     ))
 }
 
+/// Bytes read at a time while verifying.
+const VERIFY_CHUNK: usize = 1 << 20;
+
 /// The first 12 hex digits of a digest, enough to tell two apart.
 fn prefix(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
-/// Reads a backup's bytes for a download while checking them against the
-/// catalog, so a download of damaged bytes never ends as if it were whole:
+/// Reads a backup's bytes (for a download, or a verification) while
+/// checking them against the catalog, so damaged bytes never end as whole:
 /// a size that differs fails before the first byte, a digest that differs
 /// after the last.
 pub struct CheckedReader {
@@ -346,15 +336,31 @@ impl CheckedReader {
     /// matched the recorded size and digest ([`Error::DataLoss`] if not).
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<u8>> {
         let mut chunk = vec![0u8; max];
-        let n = self.file.read(&mut chunk)?;
+        let n = self.read_some(&mut chunk)?;
         chunk.truncate(n);
+        Ok(chunk)
+    }
+
+    /// Reads every byte to the end, checking them as [`Self::next_chunk`]
+    /// does, into one reused buffer.
+    pub fn check_to_end(&mut self) -> Result<()> {
+        let mut buf = vec![0u8; VERIFY_CHUNK];
+        while self.read_some(&mut buf)? > 0 {}
+        Ok(())
+    }
+
+    /// Reads into `buf` and checks what came: too many bytes, or at the
+    /// end (0 read) a size or digest other than recorded, is damage.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = self.file.read(buf)?;
         self.read += n as u64;
-        self.hasher.update(&chunk);
-        if i64::try_from(self.read).ok() > Some(self.expected.size_bytes) {
+        self.hasher.update(&buf[..n]);
+        let recorded = self.expected.size_bytes;
+        if i64::try_from(self.read).ok() > Some(recorded) {
             return Err(size_mismatch(self.read, &self.expected));
         }
         if n == 0 {
-            if i64::try_from(self.read).ok() != Some(self.expected.size_bytes) {
+            if i64::try_from(self.read).ok() != Some(recorded) {
                 return Err(size_mismatch(self.read, &self.expected));
             }
             let digest = hex::encode(self.hasher.clone().finish());
@@ -366,7 +372,7 @@ impl CheckedReader {
                 )));
             }
         }
-        Ok(chunk)
+        Ok(n)
     }
 }
 

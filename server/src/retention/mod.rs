@@ -553,14 +553,15 @@ impl Retention {
                 let mut health = HashMap::new();
                 let mut found_damaged = Vec::new();
                 for name in plan.verification_order() {
-                    let found = match files.get(name) {
-                        Some(filename) => self.backups.health(filename, actor).await,
-                        None => Health::Unverifiable,
+                    // Every planned name is one of the owner's rows.
+                    let Some(filename) = files.get(name) else {
+                        continue;
                     };
+                    let found = self.backups.health(filename, actor).await;
                     health.insert(name.to_owned(), found);
                     match found {
                         Health::Intact => break,
-                        Health::Damaged => found_damaged.push(files[name].clone()),
+                        Health::Damaged => found_damaged.push(filename.clone()),
                         Health::Unverifiable => {}
                     }
                 }
