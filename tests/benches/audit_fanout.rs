@@ -122,17 +122,15 @@ async fn run() {
         tick.tick().await;
         let n = batch.min(total - written);
         let t = Instant::now();
-        let txn = store::begin_write(&db).await.expect("begin");
-        let batch = (written..written + n)
-            .map(|seq| {
+        let mut change = recorder.begin().await.expect("begin");
+        for seq in written..written + n {
+            change.record(
                 NewEvent::new("bench.write", 1)
                     .resource("bench", seq.to_string())
-                    .details(serde_json::json!({ "seq": seq }))
-            })
-            .collect();
-        let events = recorder.insert_many(&txn, batch).await.expect("insert");
-        txn.commit().await.expect("commit");
-        recorder.publish(events);
+                    .details(serde_json::json!({ "seq": seq })),
+            );
+        }
+        change.commit().await.expect("commit");
         slowest_commit = slowest_commit.max(t.elapsed());
         written += n;
     }

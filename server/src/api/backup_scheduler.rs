@@ -121,16 +121,11 @@ impl BackupScheduler for BackupSchedulerApi {
             timezone: req.timezone,
         }
         .validate()?;
-        let saved = settings::update(
-            &self.app.db,
-            &self.app.audit,
-            caller.user_id,
-            user_id,
-            update,
-            Utc::now(),
-        )
-        .await?;
-        self.app.scheduler.settings_changed();
+        let saved = self
+            .app
+            .scheduler
+            .update_settings(caller.user_id, user_id, update)
+            .await?;
         Ok(Response::new(pb::UpdateBackupSettingsResponse {
             settings: Some(saved.into()),
         }))

@@ -9,7 +9,7 @@ pub mod subscription;
 
 use std::sync::Arc;
 
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -127,45 +127,21 @@ impl Recorder {
         Self { db, live }
     }
 
-    /// Inserts `event` through `conn`, normally the transaction of the change
-    /// it records. Pass the result to [`Recorder::publish`] after commit.
-    pub async fn insert<C: ConnectionTrait>(&self, conn: &C, event: NewEvent) -> Result<Event> {
-        let model = event.into_row(chrono::Utc::now()).insert(conn).await?;
-        Ok(Arc::new(model))
-    }
-
-    /// Inserts many events in one statement, in order, through `conn`, which
-    /// must be a write transaction ([`store::begin_write`]) so that no other
-    /// writer interleaves. Returns them in id order, for
-    /// [`Recorder::publish`] after commit. Three round trips to the store
-    /// however many events: for bulk writers.
-    pub async fn insert_many<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<Event>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let count = events.len();
-        let before = query::last_id(conn).await?;
-        let now = chrono::Utc::now();
-        audit_event::Entity::insert_many(events.into_iter().map(|e| e.into_row(now)))
-            .exec_without_returning(conn)
-            .await?;
-        let inserted =
-            query::page(conn, &query::Filter::default(), before, None, count as u64).await?;
-        if inserted.len() != count {
-            return Err(Error::Internal(format!(
-                "inserted {count} audit events but read back {}",
-                inserted.len()
-            )));
-        }
-        Ok(inserted)
+    /// Begins a change of the state store in a write transaction. What it
+    /// changes and the events recording it commit together, and the events
+    /// reach live subscribers once committed: [`Change::commit`] does both,
+    /// so no caller can commit without publishing. Dropped uncommitted, it
+    /// rolls back and nothing is published.
+    pub async fn begin(&self) -> Result<Change<'_>> {
+        Ok(Change {
+            txn: store::begin_write(&self.db).await?,
+            recorder: self,
+            events: Vec::new(),
+        })
     }
 
     /// Hands committed events to live subscribers.
-    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
+    fn publish(&self, events: impl IntoIterator<Item = Event>) {
         for event in events {
             // No receivers is fine: nobody is watching.
             let _ = self.live.send(event);
@@ -175,11 +151,14 @@ impl Recorder {
     /// Records an event that has no state change of its own (a download, a
     /// failure, a denied call) in its own transaction.
     pub async fn record(&self, event: NewEvent) -> Result<Event> {
-        let txn = store::begin_write(&self.db).await?;
-        let stored = self.insert(&txn, event).await?;
-        txn.commit().await?;
-        self.publish([stored.clone()]);
-        Ok(stored)
+        let mut change = self.begin().await?;
+        change.record(event);
+        let committed = change.commit().await?;
+        committed
+            .events()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Internal("a recorded audit event was not stored".into()))
     }
 
     /// Records an event where failing to audit must not fail the operation
@@ -208,6 +187,91 @@ impl Recorder {
     /// A receiver of events committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
+    }
+}
+
+/// A write transaction and the audit events that record it; see
+/// [`Recorder::begin`]. Queries run through it as a transaction.
+pub struct Change<'r> {
+    txn: DatabaseTransaction,
+    recorder: &'r Recorder,
+    events: Vec<NewEvent>,
+}
+
+impl<'r> Change<'r> {
+    /// Adds an event recording this change; it is stored at commit, in the
+    /// order recorded.
+    pub fn record(&mut self, event: NewEvent) {
+        self.events.push(event);
+    }
+
+    /// Stores the recorded events and commits. The events are published
+    /// when the returned [`Committed`] is dropped: at once, or later by a
+    /// caller that first makes the change durable elsewhere.
+    pub async fn commit(self) -> Result<Committed<'r>> {
+        let events = insert_events(&self.txn, self.events).await?;
+        self.txn.commit().await?;
+        Ok(Committed {
+            events,
+            recorder: self.recorder,
+        })
+    }
+}
+
+/// Committed events, published to live subscribers when dropped.
+pub struct Committed<'r> {
+    events: Vec<Event>,
+    recorder: &'r Recorder,
+}
+
+impl Committed<'_> {
+    /// The events as stored, in id order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl Drop for Committed<'_> {
+    fn drop(&mut self) {
+        self.recorder.publish(self.events.drain(..));
+    }
+}
+
+impl std::ops::Deref for Change<'_> {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
+/// Inserts events in order through a write transaction (so no other writer
+/// interleaves) and reads them back in id order. One statement for one
+/// event; three round trips however many there are.
+async fn insert_events(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+    let now = chrono::Utc::now();
+    match events.len() {
+        0 => Ok(Vec::new()),
+        1 => {
+            let mut events = events;
+            let model = events.remove(0).into_row(now).insert(txn).await?;
+            Ok(vec![Arc::new(model)])
+        }
+        count => {
+            let before = query::last_id(txn).await?;
+            audit_event::Entity::insert_many(events.into_iter().map(|e| e.into_row(now)))
+                .exec_without_returning(txn)
+                .await?;
+            let inserted =
+                query::page(txn, &query::Filter::default(), before, None, count as u64).await?;
+            if inserted.len() != count {
+                return Err(Error::Internal(format!(
+                    "inserted {count} audit events but read back {}",
+                    inserted.len()
+                )));
+            }
+            Ok(inserted)
+        }
     }
 }
 
@@ -277,23 +341,30 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn insert_many_keeps_order_and_content() {
+    async fn a_change_stores_its_events_in_order_and_publishes_them_once_committed() {
         let db = memory_store().await;
         let recorder = super::Recorder::new(db.clone());
         recorder
             .record(super::NewEvent::new("test.first", 1))
             .await
             .unwrap();
-        let txn = crate::store::begin_write(&db).await.unwrap();
-        let events = (0..5)
-            .map(|i| {
+        let mut live = recorder.subscribe();
+        let mut change = recorder.begin().await.unwrap();
+        for i in 0..5 {
+            change.record(
                 super::NewEvent::new("test.bulk", i)
                     .resource("thing", i.to_string())
-                    .details(serde_json::json!({ "i": i }))
-            })
-            .collect();
-        let inserted = recorder.insert_many(&txn, events).await.unwrap();
-        txn.commit().await.unwrap();
+                    .details(serde_json::json!({ "i": i })),
+            );
+        }
+        assert!(
+            live.try_recv().is_err(),
+            "nothing is published before commit"
+        );
+        let committed = change.commit().await.unwrap();
+        assert!(live.try_recv().is_err(), "nor before the commit is dropped");
+        let inserted = committed.events().to_vec();
+        drop(committed);
         let ids: Vec<i64> = inserted.iter().map(|e| e.id).collect();
         assert_eq!(ids, [2, 3, 4, 5, 6]);
         for (i, e) in inserted.iter().enumerate() {
@@ -301,14 +372,16 @@ pub(crate) mod tests {
             assert_eq!(e.resource_id, i.to_string());
             assert_eq!(e.action, "bulk");
             assert_eq!(e.details, serde_json::json!({ "i": i }));
+            assert_eq!(live.try_recv().unwrap().id, e.id);
         }
-        let txn = crate::store::begin_write(&db).await.unwrap();
-        assert!(
-            recorder
-                .insert_many(&txn, Vec::new())
-                .await
-                .unwrap()
-                .is_empty()
-        );
+
+        // Dropped uncommitted: nothing stored, nothing published.
+        let mut dropped = recorder.begin().await.unwrap();
+        dropped.record(super::NewEvent::new("test.dropped", 1));
+        drop(dropped);
+        assert!(live.try_recv().is_err());
+        assert_eq!(super::query::last_id(&db).await.unwrap(), 6);
+        let nothing = recorder.begin().await.unwrap().commit().await.unwrap();
+        assert!(nothing.events().is_empty());
     }
 }

@@ -429,14 +429,14 @@ mod tests {
     }
 
     /// Commits an event without publishing it, as another process would.
-    async fn commit_unpublished(db: &DatabaseConnection, recorder: &Recorder, user: i64) -> Event {
+    async fn commit_unpublished(db: &DatabaseConnection, user: i64) -> Event {
         let txn = store::begin_write(db).await.unwrap();
-        let event = recorder
-            .insert(&txn, NewEvent::new("test.elsewhere", user))
-            .await
-            .unwrap();
+        let mut events =
+            super::super::insert_events(&txn, vec![NewEvent::new("test.elsewhere", user)])
+                .await
+                .unwrap();
         txn.commit().await.unwrap();
-        event
+        events.remove(0)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -489,8 +489,8 @@ mod tests {
     async fn an_event_published_before_an_earlier_one_waits_for_it() {
         let (db, recorder, hub, _shutdown) = setup(64).await;
         let mut rx = hub.subscribe(Filter::default(), None).await.unwrap();
-        let first = commit_unpublished(&db, &recorder, 1).await;
-        let second = commit_unpublished(&db, &recorder, 1).await;
+        let first = commit_unpublished(&db, 1).await;
+        let second = commit_unpublished(&db, 1).await;
         recorder.publish([second.clone()]);
         assert_eq!(next(&mut rx).await.unwrap().id, first.id);
         assert_eq!(next(&mut rx).await.unwrap().id, second.id);
@@ -508,9 +508,9 @@ mod tests {
 
     #[tokio::test]
     async fn events_that_are_never_published_arrive_from_the_store() {
-        let (db, recorder, hub, _shutdown) = setup(64).await;
+        let (db, _recorder, hub, _shutdown) = setup(64).await;
         let mut rx = hub.subscribe(Filter::default(), None).await.unwrap();
-        let elsewhere = commit_unpublished(&db, &recorder, 1).await;
+        let elsewhere = commit_unpublished(&db, 1).await;
         assert_eq!(next(&mut rx).await.unwrap().id, elsewhere.id);
     }
 
@@ -538,7 +538,7 @@ mod tests {
         let mut rx = hub.subscribe(Filter::default(), None).await.unwrap();
         let mut burst = Vec::new();
         for _ in 0..50 {
-            burst.push(commit_unpublished(&db, &recorder, 1).await);
+            burst.push(commit_unpublished(&db, 1).await);
         }
         // Published without a pause: the receiver is lagged at once.
         recorder.publish(burst);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
 use crate::error::{Error, Result, quote};
-use crate::store::{self, entity::backup::Model as Backup};
+use crate::store::entity::backup::Model as Backup;
 
 /// Why a backup exists. Stored as its `as_str` in the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,16 +365,15 @@ impl Backups {
             damage: None,
             last_verified_at: None,
         };
-        let txn = store::begin_write(&self.db).await?;
         let committed = async {
-            catalog::insert(&txn, row.clone()).await?;
-            let stored = self.audit.insert(&txn, event(&row)).await?;
-            txn.commit().await?;
-            Ok::<_, Error>(stored)
+            let mut change = self.audit.begin().await?;
+            catalog::insert(&*change, row.clone()).await?;
+            change.record(event(&row));
+            change.commit().await
         }
         .await;
-        let stored = match committed {
-            Ok(stored) => stored,
+        let committed = match committed {
+            Ok(committed) => committed,
             Err(e) => {
                 // No catalog row: take the file back out so nothing is left
                 // under the backup's name.
@@ -392,7 +391,7 @@ impl Backups {
         drop(dir_lock);
         let dir = self.dir.clone();
         blocking(move || file_io::sync_dir(&dir).map_err(file_io::dir_error)).await?;
-        self.audit.publish([stored]);
+        drop(committed);
         Ok(row)
     }
 
@@ -725,16 +724,15 @@ impl Backups {
         };
         self.verified.forget(filename);
         let committed = async {
-            let txn = store::begin_write(&self.db).await?;
-            catalog::remove(&txn, filename).await?;
-            let stored = self.audit.insert(&txn, event).await?;
-            txn.commit().await?;
-            Ok::<_, Error>(stored)
+            let mut change = self.audit.begin().await?;
+            catalog::remove(&*change, filename).await?;
+            change.record(event);
+            change.commit().await
         }
         .await;
         match committed {
-            Ok(stored) => {
-                self.audit.publish([stored]);
+            Ok(committed) => {
+                drop(committed);
                 if let Some(doomed) = doomed {
                     file_io::finish_delete(&doomed)?;
                 }
@@ -818,12 +816,12 @@ impl Backups {
         if adopted.is_empty() && missing.is_empty() && restored.is_empty() && finished.is_empty() {
             return Ok(());
         }
-        let txn = store::begin_write(&self.db).await?;
+        let mut change = self.audit.begin().await?;
         for row in &adopted {
-            catalog::insert(&txn, row.clone()).await?;
+            catalog::insert(&*change, row.clone()).await?;
         }
         for name in &missing {
-            catalog::remove(&txn, name).await?;
+            catalog::remove(&*change, name).await?;
         }
         let adopted_names: Vec<&str> = adopted.iter().map(|b| b.filename.as_str()).collect();
         tracing::info!(adopted = ?adopted_names, missing = ?missing, "reconciled the backups directory");
@@ -833,9 +831,8 @@ impl Backups {
             "delete_undone": restored,
             "delete_finished": finished,
         }));
-        let stored = self.audit.insert(&txn, event).await?;
-        txn.commit().await?;
-        self.audit.publish([stored]);
+        change.record(event);
+        change.commit().await?;
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use super::file_io::{self, FileFacts, FileStamp, VerifiedBackup};
 use super::{Backups, blocking, catalog, shutting_down};
 use crate::audit::NewEvent;
 use crate::error::{Error, Result, quote};
-use crate::store::{self, entity::backup::Model as Backup};
+use crate::store::entity::backup::Model as Backup;
 
 /// Why a backup is verified; audited with the outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,8 +263,8 @@ impl Backups {
         actor: i64,
     ) -> Result<Backup> {
         let at = Utc::now().trunc_subsecs(6);
-        let txn = store::begin_write(&self.db).await?;
-        if !catalog::record_verification(&txn, &backup.filename, damage, at).await? {
+        let mut change = self.audit.begin().await?;
+        if !catalog::record_verification(&*change, &backup.filename, damage, at).await? {
             return Err(Error::NotFound(format!(
                 "no backup named {}",
                 quote(&backup.name)
@@ -285,12 +285,10 @@ impl Backups {
                 Some(damage) => event.failed(&damaged(backup, damage)),
             }
         });
-        let stored = match audited {
-            Some(event) => Some(self.audit.insert(&txn, event).await?),
-            None => None,
-        };
-        txn.commit().await?;
-        self.audit.publish(stored);
+        if let Some(event) = audited {
+            change.record(event);
+        }
+        change.commit().await?;
         let (counter, outcome) = match damage {
             None => (&self.verifications.intact, "intact"),
             Some(_) => (&self.verifications.damaged, "damaged"),

@@ -23,14 +23,11 @@ use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::audit::{NewEvent, Recorder};
+use crate::audit::{Change, NewEvent, Recorder};
 use crate::backup::{BackupKind, Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
 use crate::retention::Retention;
-use crate::store::{
-    self,
-    entity::{scheduled_run, scheduler_lease},
-};
+use crate::store::entity::{scheduled_run, scheduler_lease};
 use settings::{Settings, schedule_of};
 
 /// How long after a failed backup the user's backup is tried again (unless
@@ -114,8 +111,22 @@ impl Scheduler {
         }
     }
 
-    /// Tells the loop that settings changed.
-    pub fn settings_changed(&self) {
+    /// Applies a settings update for `user_id` on behalf of `actor` (see
+    /// [`settings::update`]) and wakes the loop, whose next slot may have
+    /// moved.
+    pub async fn update_settings(
+        &self,
+        actor: i64,
+        user_id: i64,
+        update: settings::SettingsUpdate,
+    ) -> Result<Settings> {
+        let saved = settings::update(&self.audit, actor, user_id, update, Utc::now()).await?;
+        self.wake();
+        Ok(saved)
+    }
+
+    /// Wakes the loop to look at the settings again.
+    fn wake(&self) {
         self.wake.notify_one();
     }
 
@@ -230,13 +241,12 @@ impl Scheduler {
     async fn take_lease(&self, now: DateTime<Utc>) -> Result<bool> {
         let expires_at =
             now + chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
-        let txn = store::begin_write(&self.db).await?;
+        let mut change = self.audit.begin().await?;
         let current = scheduler_lease::Entity::find_by_id(LEASE_NAME)
-            .one(&txn)
+            .one(&*change)
             .await?;
         let newly_taken = match current {
             Some(lease) if lease.holder != self.instance_id && lease.expires_at > now => {
-                txn.rollback().await?;
                 return Ok(false);
             }
             Some(lease) => {
@@ -244,7 +254,7 @@ impl Scheduler {
                 let mut row = lease.into_active_model();
                 row.holder = Set(self.instance_id.clone());
                 row.expires_at = Set(expires_at);
-                row.update(&txn).await?;
+                row.update(&*change).await?;
                 newly
             }
             None => {
@@ -253,17 +263,15 @@ impl Scheduler {
                     holder: Set(self.instance_id.clone()),
                     expires_at: Set(expires_at),
                 }
-                .insert(&txn)
+                .insert(&*change)
                 .await?;
                 true
             }
         };
-        let mut events = Vec::new();
         if newly_taken {
-            events = self.settle_interrupted_runs(&txn, now).await?;
+            self.settle_interrupted_runs(&mut change, now).await?;
         }
-        txn.commit().await?;
-        self.audit.publish(events);
+        change.commit().await?;
         if newly_taken {
             tracing::info!(instance = %self.instance_id, "holding the scheduler lease");
         }
@@ -274,15 +282,14 @@ impl Scheduler {
     /// failed, audit why, and retry those users now.
     async fn settle_interrupted_runs(
         &self,
-        txn: &sea_orm::DatabaseTransaction,
+        change: &mut Change<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<crate::audit::Event>> {
+    ) -> Result<()> {
         let stale = scheduled_run::Entity::find()
             .filter(scheduled_run::Column::Status.eq("running"))
             .filter(scheduled_run::Column::Instance.ne(self.instance_id.as_str()))
-            .all(txn)
+            .all(&**change)
             .await?;
-        let mut events = Vec::new();
         for run in stale {
             let (user_id, slot) = (run.user_id, run.slot_at);
             let mut row = run.into_active_model();
@@ -291,44 +298,41 @@ impl Scheduler {
                 "interrupted: the scheduler that ran it stopped".into(),
             ));
             row.finished_at = Set(Some(now));
-            row.update(txn).await?;
-            if let Some(s) = settings::get(txn, user_id).await?
+            row.update(&**change).await?;
+            if let Some(s) = settings::get(&**change, user_id).await?
                 && s.enabled
                 && s.next_backup_at.is_some_and(|next| next > now)
             {
                 let mut retry = s.into_active_model();
                 retry.next_backup_at = Set(Some(now.trunc_subsecs(0)));
-                retry.update(txn).await?;
+                retry.update(&**change).await?;
             }
             let error = Error::Unavailable("interrupted: the scheduler that ran it stopped".into());
-            events.push(
-                self.audit
-                    .insert(
-                        txn,
-                        NewEvent::new("backup_scheduler.backup_error", user_id)
-                            .subject(user_id)
-                            .resource("backup_settings", user_id.to_string())
-                            .details(json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }))
-                            .failed(&error),
+            change.record(
+                NewEvent::new("backup_scheduler.backup_error", user_id)
+                    .subject(user_id)
+                    .resource("backup_settings", user_id.to_string())
+                    .details(
+                        json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }),
                     )
-                    .await?,
+                    .failed(&error),
             );
         }
-        Ok(events)
+        Ok(())
     }
 
     async fn release_lease(&self) -> Result<()> {
-        let txn = store::begin_write(&self.db).await?;
+        let change = self.audit.begin().await?;
         if let Some(lease) = scheduler_lease::Entity::find_by_id(LEASE_NAME)
-            .one(&txn)
+            .one(&*change)
             .await?
             && lease.holder == self.instance_id
         {
             scheduler_lease::Entity::delete_by_id(LEASE_NAME)
-                .exec(&txn)
+                .exec(&*change)
                 .await?;
         }
-        txn.commit().await?;
+        change.commit().await?;
         self.holds_lease.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -464,8 +468,8 @@ impl Scheduler {
     ) -> Result<Option<DateTime<Utc>>> {
         let schedule = schedule_of(due)?;
         let next = next_run::next_run_after(&schedule, now);
-        let txn = store::begin_write(&self.db).await?;
-        let Some(fresh) = settings::get(&txn, due.user_id).await? else {
+        let mut change = self.audit.begin().await?;
+        let Some(fresh) = settings::get(&*change, due.user_id).await? else {
             return Ok(None);
         };
         if !fresh.enabled || fresh.next_backup_at != Some(slot) {
@@ -479,7 +483,7 @@ impl Scheduler {
             started_at: Set(Utc::now()),
             ..Default::default()
         }
-        .insert(&txn)
+        .insert(&*change)
         .await;
         let mut row = fresh.into_active_model();
         row.next_backup_at = Set(Some(next));
@@ -487,35 +491,28 @@ impl Scheduler {
             Ok(_) => {}
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 // Already run once: never again, just move on.
-                row.update(&txn).await?;
-                txn.commit().await?;
+                row.update(&*change).await?;
+                change.commit().await?;
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
         }
-        row.update(&txn).await?;
+        row.update(&*change).await?;
         let merged = next_run::runs_between(&schedule, slot, now, 1000);
-        let mut events = Vec::new();
         if !merged.is_empty() || now - slot > MISSED_AFTER {
             let slots: Vec<DateTime<Utc>> = std::iter::once(slot).chain(merged).collect();
-            events.push(
-                self.audit
-                    .insert(
-                        &txn,
-                        NewEvent::new("backup_scheduler.missed", due.user_id)
-                            .subject(due.user_id)
-                            .resource("backup_settings", due.user_id.to_string())
-                            .details(json!({
-                                "missed_slots": slots,
-                                "caught_up_at": now,
-                                "next_backup_at": next,
-                            })),
-                    )
-                    .await?,
+            change.record(
+                NewEvent::new("backup_scheduler.missed", due.user_id)
+                    .subject(due.user_id)
+                    .resource("backup_settings", due.user_id.to_string())
+                    .details(json!({
+                        "missed_slots": slots,
+                        "caught_up_at": now,
+                        "next_backup_at": next,
+                    })),
             );
         }
-        txn.commit().await?;
-        self.audit.publish(events);
+        change.commit().await?;
         Ok(Some(next))
     }
 
@@ -530,11 +527,11 @@ impl Scheduler {
         event: NewEvent,
     ) -> Result<()> {
         let now = Utc::now();
-        let txn = store::begin_write(&self.db).await?;
+        let mut change = self.audit.begin().await?;
         if let Some(run) = scheduled_run::Entity::find()
             .filter(scheduled_run::Column::UserId.eq(due.user_id))
             .filter(scheduled_run::Column::SlotAt.eq(slot))
-            .one(&txn)
+            .one(&*change)
             .await?
         {
             let mut run = run.into_active_model();
@@ -547,34 +544,27 @@ impl Scheduler {
             run.finished_at = Set(Some(now));
             run.filename = Set(filename.map(str::to_owned));
             run.error = Set(failure.map(|(_, e)| e.public_message()));
-            run.update(&txn).await?;
+            run.update(&*change).await?;
         }
-        if let Some(current) = settings::get(&txn, due.user_id).await? {
+        if let Some(current) = settings::get(&*change, due.user_id).await? {
             let retry_at = failure.map(|(at, _)| at);
             let mut row = current.clone().into_active_model();
             match retry_at {
                 None => {
                     row.last_backup_at = Set(Some(now));
-                    row.update(&txn).await?;
+                    row.update(&*change).await?;
                 }
                 Some(at) if current.enabled && current.next_backup_at.is_some_and(|n| n > at) => {
                     row.next_backup_at = Set(Some(at));
-                    row.update(&txn).await?;
+                    row.update(&*change).await?;
                 }
                 Some(_) => {}
             }
         }
-        let stored = self
-            .audit
-            .insert(
-                &txn,
-                event.resource("backup_settings", due.user_id.to_string()),
-            )
-            .await?;
-        txn.commit().await?;
-        self.audit.publish([stored]);
+        change.record(event.resource("backup_settings", due.user_id.to_string()));
+        change.commit().await?;
         // A retry time may now be the earliest wake-up.
-        self.settings_changed();
+        self.wake();
         Ok(())
     }
 

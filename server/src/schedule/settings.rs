@@ -15,7 +15,7 @@ use super::next_run::{self, Frequency, Schedule};
 use crate::audit::{NewEvent, Recorder};
 use crate::auth;
 use crate::error::{Error, FieldViolation, Result, quote};
-use crate::store::{self, entity::backup_settings};
+use crate::store::entity::backup_settings;
 
 pub use backup_settings::Model as Settings;
 
@@ -191,7 +191,6 @@ pub async fn fetch(db: &DatabaseConnection, user_id: i64) -> Result<Settings> {
 /// as `backup_scheduler.settings_error`. A user that does not exist is
 /// NOT_FOUND, and nothing is created for it.
 pub async fn update(
-    db: &DatabaseConnection,
     audit: &Recorder,
     actor: i64,
     user_id: i64,
@@ -199,9 +198,9 @@ pub async fn update(
     now: DateTime<Utc>,
 ) -> Result<Settings> {
     let result = async {
-        let txn = store::begin_write(db).await?;
-        auth::require_user(&txn, user_id).await?;
-        let (saved, event) = match get(&txn, user_id).await? {
+        let mut change = audit.begin().await?;
+        auth::require_user(&*change, user_id).await?;
+        let (saved, event) = match get(&*change, user_id).await? {
             None => {
                 let frequency = update.frequency.unwrap_or(Frequency::Daily);
                 let time = update
@@ -224,7 +223,7 @@ pub async fn update(
                     updated_at: Set(now),
                     ..Default::default()
                 }
-                .insert(&txn)
+                .insert(&*change)
                 .await?;
                 (saved, "backup_scheduler.settings_created")
             }
@@ -254,28 +253,27 @@ pub async fn update(
                     row.next_backup_at = Set(Some(next));
                 }
                 row.updated_at = Set(now);
-                (row.update(&txn).await?, "backup_scheduler.settings_updated")
+                (
+                    row.update(&*change).await?,
+                    "backup_scheduler.settings_updated",
+                )
             }
         };
-        let stored = audit
-            .insert(
-                &txn,
-                NewEvent::new(event, actor)
-                    .subject(user_id)
-                    .resource("backup_settings", user_id.to_string())
-                    .details(json!({
-                        "user_id": user_id,
-                        "enabled": saved.enabled,
-                        "frequency": saved.frequency,
-                        "backup_time": saved.backup_time,
-                        "keep_count": saved.keep_count,
-                        "timezone": saved.timezone,
-                        "next_backup_at": saved.next_backup_at,
-                    })),
-            )
-            .await?;
-        txn.commit().await?;
-        audit.publish([stored]);
+        change.record(
+            NewEvent::new(event, actor)
+                .subject(user_id)
+                .resource("backup_settings", user_id.to_string())
+                .details(json!({
+                    "user_id": user_id,
+                    "enabled": saved.enabled,
+                    "frequency": saved.frequency,
+                    "backup_time": saved.backup_time,
+                    "keep_count": saved.keep_count,
+                    "timezone": saved.timezone,
+                    "next_backup_at": saved.next_backup_at,
+                })),
+        );
+        change.commit().await?;
         Ok(saved)
     }
     .await;
@@ -415,7 +413,7 @@ mod tests {
 
     #[tokio::test]
     async fn overdue_users_are_listed_counted_and_found_through_the_index() {
-        let db = store::connect("sqlite::memory:").await.unwrap();
+        let db = crate::store::connect("sqlite::memory:").await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         let rows = [
             row(1, true, Frequency::Daily, Some(3)),    // overdue
