@@ -56,18 +56,67 @@ pub enum Error {
     /// A dependency (the state store) is briefly unavailable; retrying may help.
     #[error("{0}")]
     Unavailable(String),
+    /// A database stayed locked by another connection past its busy
+    /// timeout, as its driver's error code says; retrying may help.
+    #[error("{what} is busy: {detail}")]
+    Busy {
+        /// What is busy, as the caller may be told.
+        what: &'static str,
+        /// The driver's message, for the log.
+        detail: String,
+    },
     #[error("state store error: {0}")]
-    Store(#[from] sea_orm::DbErr),
+    Store(sea_orm::DbErr),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("SQLite error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     /// A bug or an impossible state; details go to the log, not the caller.
     #[error("{0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// SQLite's primary result codes for "another connection holds the lock":
+/// SQLITE_BUSY and SQLITE_LOCKED (extended codes keep them in the low byte).
+const SQLITE_BUSY_CODES: [i32; 2] = [5, 6];
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(error: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, RuntimeErr};
+        let code = match &error {
+            DbErr::Conn(RuntimeErr::SqlxError(e))
+            | DbErr::Exec(RuntimeErr::SqlxError(e))
+            | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+                sea_orm::sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match code {
+            Some(code) if SQLITE_BUSY_CODES.contains(&(code & 0xff)) => Self::Busy {
+                what: "the state store",
+                detail: error.to_string(),
+            },
+            _ => Self::Store(error),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Self::Busy {
+                    what: "the database",
+                    detail: error.to_string(),
+                }
+            }
+            _ => Self::Sqlite(error),
+        }
+    }
+}
 
 /// The most characters of a client-sent value an error message quotes.
 pub const QUOTE_CHARS: usize = 64;
@@ -121,32 +170,15 @@ impl Error {
     /// the log.
     pub fn public_message(&self) -> String {
         match self {
+            Self::Busy { what, .. } => format!("{what} is busy; retry shortly"),
             Self::Store(_) | Self::Io(_) | Self::Sqlite(_) | Self::Internal(_) => {
                 if self.is_storage_full() {
                     "not enough disk space for the backup".into()
-                } else if self.is_busy() {
-                    "the state store is busy; retry shortly".into()
                 } else {
                     "internal error; see the server log".into()
                 }
             }
             other => other.to_string(),
-        }
-    }
-
-    /// Whether a database stayed locked past its busy timeout: worth a retry,
-    /// never shown to a caller as "database is locked".
-    pub fn is_busy(&self) -> bool {
-        match self {
-            Self::Store(e) => {
-                let text = e.to_string();
-                text.contains("database is locked") || text.contains("database is busy")
-            }
-            Self::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            ),
-            _ => false,
         }
     }
 
@@ -164,6 +196,67 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real lock, held by another connection, reaches both drivers as
+    /// SQLITE_BUSY: it must become `Busy` from the code, whatever the text.
+    #[tokio::test]
+    async fn a_locked_database_is_busy_by_its_error_code() {
+        use sea_orm::{ConnectOptions, ConnectionTrait, Database};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("CREATE TABLE t (x);").unwrap();
+        let mut options = ConnectOptions::new(format!("sqlite://{}", path.display()));
+        options
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| o.busy_timeout(std::time::Duration::ZERO));
+        let db = Database::connect(options).await.unwrap();
+        holder
+            .execute_batch("BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+            .unwrap();
+
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let error = Error::from(other.execute("INSERT INTO t VALUES (2)", []).unwrap_err());
+        assert!(
+            matches!(
+                error,
+                Error::Busy {
+                    what: "the database",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+
+        let error = Error::from(
+            db.execute_unprepared("INSERT INTO t VALUES (3)")
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            matches!(
+                error,
+                Error::Busy {
+                    what: "the state store",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.public_message(),
+            "the state store is busy; retry shortly"
+        );
+
+        // Other store errors stay what they are.
+        let error = Error::from(
+            db.execute_unprepared("SELECT * FROM nowhere")
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(error, Error::Store(_)), "{error:?}");
+    }
 
     #[test]
     fn quotes_short_values_whole_and_cuts_long_ones_at_a_char_boundary() {

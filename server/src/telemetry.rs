@@ -39,6 +39,8 @@ pub const AUDIT_SUBSCRIBERS: &str = "backup_audit_subscribers";
 pub const SCHEDULER_LEASE_HELD: &str = "backup_scheduler_lease_held";
 /// Gauge: the earliest next run, Unix seconds; 0 until the loop knows one.
 pub const SCHEDULER_NEXT_DUE: &str = "backup_scheduler_next_due_timestamp_seconds";
+/// Counter: times the scheduler loop panicked and was started again.
+pub const SCHEDULER_RESTARTS_TOTAL: &str = "backup_scheduler_restarts_total";
 /// Gauge: backups currently marked damaged.
 pub const DAMAGED: &str = "backup_damaged";
 /// Counter: backup verifications, by `outcome` (`intact`, `damaged`).
@@ -94,6 +96,10 @@ fn describe_at_zero() {
         SCHEDULER_NEXT_DUE,
         "The earliest next scheduled run, Unix seconds; 0 until known"
     );
+    describe_counter!(
+        SCHEDULER_RESTARTS_TOTAL,
+        "Times the scheduler loop panicked and was started again"
+    );
     describe_gauge!(DAMAGED, "Backups currently marked damaged");
     describe_counter!(VERIFICATIONS_TOTAL, "Backup verifications, by outcome");
 
@@ -109,6 +115,7 @@ fn describe_at_zero() {
         }
     }
     counter!(RETENTION_DELETED_TOTAL).absolute(0);
+    counter!(SCHEDULER_RESTARTS_TOTAL).absolute(0);
     for outcome in ["intact", "damaged"] {
         counter!(VERIFICATIONS_TOTAL, "outcome" => outcome).absolute(0);
     }

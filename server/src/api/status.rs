@@ -26,12 +26,14 @@ impl From<Error> for Status {
             Error::Cancelled(_) => Code::Cancelled,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Busy { .. } => {
+                tracing::warn!(error = %error, "request failed");
+                Code::Unavailable
+            }
             Error::Store(_) | Error::Io(_) | Error::Sqlite(_) | Error::Internal(_) => {
                 tracing::error!(error = %error, "request failed");
                 if error.is_storage_full() {
                     Code::ResourceExhausted
-                } else if error.is_busy() {
-                    Code::Unavailable
                 } else {
                     Code::Internal
                 }

@@ -138,7 +138,10 @@ impl Scheduler {
         }
         let (stop, stopped) = watch::channel(false);
         let this = Arc::clone(self);
-        *running = Some((stop, tokio::spawn(this.run_loop(stopped))));
+        let supervised = restart_on_panic(stopped, RESTART_DELAY, move |stopped| {
+            Arc::clone(&this).run_loop(stopped)
+        });
+        *running = Some((stop, tokio::spawn(supervised)));
         self.audit
             .record_or_log(
                 NewEvent::new("backup_scheduler.start", actor)
@@ -156,7 +159,9 @@ impl Scheduler {
             return Ok(());
         };
         let _ = stop.send(true);
-        let _ = task.await;
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the scheduler's supervisor failed");
+        }
         self.release_lease().await?;
         self.audit
             .record_or_log(
@@ -585,5 +590,70 @@ impl Scheduler {
             overdue_users: settings::count_overdue(&self.db, Utc::now()).await?,
             instance_id: self.instance_id.clone(),
         })
+    }
+}
+
+/// How long a loop that panicked waits before it starts again, so a panic
+/// on every pass does not spin.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs the loop `make` builds until it returns (it was told to stop), or,
+/// when it panics, logs the panic and starts it again after `delay`: one bug
+/// in one pass must not end scheduling until the process restarts.
+async fn restart_on_panic<F, Fut>(stopped: watch::Receiver<bool>, delay: Duration, make: F)
+where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make(stopped.clone())).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the scheduler loop panicked; restarting it");
+                metrics::counter!(crate::telemetry::SCHEDULER_RESTARTS_TOTAL).increment(1);
+            }
+        }
+        let mut stopped = stopped.clone();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A panic cannot be provoked in the real loop from outside, so a loop
+    /// that panics on its first two runs stands in for it.
+    #[tokio::test]
+    async fn a_loop_that_panics_is_started_again_until_told_to_stop() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = watch::channel(false);
+        let counted = Arc::clone(&runs);
+        let supervisor = tokio::spawn(restart_on_panic(
+            stopped,
+            Duration::from_millis(10),
+            move |mut stopped| {
+                let run = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    assert!(run >= 2, "run {run} panics");
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }
+            },
+        ));
+        while runs.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        supervisor.await.unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two restarts, then it stopped"
+        );
     }
 }
