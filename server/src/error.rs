@@ -29,6 +29,37 @@ impl fmt::Display for FieldViolation {
     }
 }
 
+/// The violations found in a request's fields, gathered so that every bad
+/// field is reported at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// The value of a checked field, or `None` with its violation kept.
+    pub fn check<T>(&mut self, checked: Result<T, FieldViolation>) -> Option<T> {
+        checked.map_err(|v| self.0.push(v)).ok()
+    }
+
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
+    }
+
+    /// INVALID_ARGUMENT naming every violation, if there is any.
+    pub fn into_result(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+impl From<FieldViolation> for Error {
+    fn from(violation: FieldViolation) -> Self {
+        Self::InvalidArgument(vec![violation])
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {}", join(.0))]

@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod model;
 pub mod paging;
 pub mod retention;
 pub mod schedule;

@@ -28,11 +28,9 @@ use std::collections::HashMap;
 use std::path::{Component, Path};
 
 use backup_server::backup::naming::{is_backup_filename, validate_custom_filename};
+use backup_server::model::settings::{Frequency, format_backup_time, parse_backup_time};
 use backup_server::paging::PageTokens;
-use backup_server::schedule::next_run::{
-    Frequency, Schedule, first_anchor, format_backup_time, next_run_after, parse_backup_time,
-    runs_between,
-};
+use backup_server::schedule::next_run::{Schedule, first_anchor, next_run_after, runs_between};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{
     DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta,

@@ -5,11 +5,20 @@ use backup_proto::backup_scheduler_server::BackupScheduler;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+
 use super::Shared;
 use super::convert::timestamp;
+use crate::error::{Error, FieldViolation, Result, Violations, quote};
+use crate::model::settings::{
+    Frequency, KeepCount, Settings, SettingsUpdate, format_backup_time, parse_backup_time,
+};
+use crate::model::user::UserSelector;
 use crate::paging::page_size;
 use crate::schedule::Stats;
-use crate::schedule::settings::{self, RawUpdate, Settings};
+use crate::schedule::settings;
 
 const LISTING: &str = "backup_settings";
 
@@ -34,12 +43,13 @@ impl BackupSchedulerApi {
     }
 }
 
-fn frequency(name: &str) -> pb::Frequency {
-    match name {
-        "daily" => pb::Frequency::Daily,
-        "weekly" => pb::Frequency::Weekly,
-        "monthly" => pb::Frequency::Monthly,
-        _ => pb::Frequency::Unspecified,
+impl From<Frequency> for pb::Frequency {
+    fn from(f: Frequency) -> Self {
+        match f {
+            Frequency::Daily => Self::Daily,
+            Frequency::Weekly => Self::Weekly,
+            Frequency::Monthly => Self::Monthly,
+        }
     }
 }
 
@@ -48,16 +58,91 @@ impl From<Settings> for pb::BackupSettings {
         Self {
             user_id: s.user_id,
             enabled: s.enabled,
-            frequency: frequency(&s.frequency).into(),
-            backup_time: s.backup_time,
-            keep_count: s.keep_count,
-            timezone: s.timezone,
+            frequency: pb::Frequency::from(s.frequency).into(),
+            backup_time: format_backup_time(s.backup_time),
+            keep_count: i32::try_from(s.keep_count.get()).unwrap_or(i32::MAX),
+            timezone: s.timezone.name().to_owned(),
             last_backup_at: s.last_backup_at.map(timestamp),
             next_backup_at: s.next_backup_at.map(timestamp),
             created_at: Some(timestamp(s.created_at)),
             updated_at: Some(timestamp(s.updated_at)),
         }
     }
+}
+
+impl TryFrom<pb::GetBackupSettingsRequest> for UserSelector {
+    type Error = Error;
+
+    fn try_from(req: pb::GetBackupSettingsRequest) -> Result<Self> {
+        Ok(Self::from_request(req.user_id, "user_id")?)
+    }
+}
+
+/// An UpdateBackupSettings request, checked: whose settings, and the
+/// change.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpdateSettings {
+    pub user: UserSelector,
+    pub update: SettingsUpdate,
+}
+
+impl TryFrom<pb::UpdateBackupSettingsRequest> for UpdateSettings {
+    type Error = Error;
+
+    /// Checks every field, reporting each bad one.
+    fn try_from(req: pb::UpdateBackupSettingsRequest) -> Result<Self> {
+        let mut bad = Violations::default();
+        let user = bad.check(UserSelector::from_request(req.user_id, "user_id"));
+        let frequency = req.frequency.and_then(|n| bad.check(frequency(n)));
+        let backup_time =
+            req.backup_time.and_then(|t| {
+                bad.check(parse_backup_time(&t).map_err(|why| {
+                    FieldViolation::new("backup_time", format!("{} {why}", quote(&t)))
+                }))
+            });
+        let keep_count = req
+            .keep_count
+            .and_then(|k| bad.check(KeepCount::new(i64::from(k), "keep_count")));
+        let timezone = req.timezone.and_then(|name| bad.check(timezone(&name)));
+        bad.into_result()?;
+        Ok(Self {
+            // Only absent when a violation was returned above.
+            user: user.unwrap_or(UserSelector::Caller),
+            update: SettingsUpdate {
+                enabled: req.enabled,
+                frequency,
+                backup_time,
+                keep_count,
+                timezone,
+            },
+        })
+    }
+}
+
+fn frequency(n: i32) -> Result<Frequency, FieldViolation> {
+    match pb::Frequency::try_from(n) {
+        Ok(pb::Frequency::Daily) => Ok(Frequency::Daily),
+        Ok(pb::Frequency::Weekly) => Ok(Frequency::Weekly),
+        Ok(pb::Frequency::Monthly) => Ok(Frequency::Monthly),
+        Ok(pb::Frequency::Unspecified) | Err(_) => Err(FieldViolation::new(
+            "frequency",
+            format!(
+                "{n} is not allowed; use FREQUENCY_DAILY, FREQUENCY_WEEKLY or FREQUENCY_MONTHLY"
+            ),
+        )),
+    }
+}
+
+fn timezone(name: &str) -> Result<Tz, FieldViolation> {
+    Tz::from_str(name).map_err(|_| {
+        FieldViolation::new(
+            "timezone",
+            format!(
+                "{} is not an IANA time zone name such as \"Europe/London\" or \"UTC\"",
+                quote(name)
+            ),
+        )
+    })
 }
 
 fn count(n: u64) -> i32 {
@@ -99,7 +184,8 @@ impl BackupScheduler for BackupSchedulerApi {
         request: Request<pb::GetBackupSettingsRequest>,
     ) -> Result<Response<pb::GetBackupSettingsResponse>, Status> {
         let caller = self.app.caller(&request, "GetBackupSettings").await?;
-        let user_id = caller.resolve_user(request.into_inner().user_id)?;
+        let user = UserSelector::try_from(request.into_inner())?;
+        let user_id = caller.resolve(user)?;
         let found = settings::fetch(&self.app.db, user_id).await?;
         Ok(Response::new(pb::GetBackupSettingsResponse {
             settings: Some(found.into()),
@@ -111,16 +197,8 @@ impl BackupScheduler for BackupSchedulerApi {
         request: Request<pb::UpdateBackupSettingsRequest>,
     ) -> Result<Response<pb::UpdateBackupSettingsResponse>, Status> {
         let caller = self.app.caller(&request, "UpdateBackupSettings").await?;
-        let req = request.into_inner();
-        let user_id = caller.resolve_user(req.user_id)?;
-        let update = RawUpdate {
-            enabled: req.enabled,
-            frequency: req.frequency,
-            backup_time: req.backup_time,
-            keep_count: req.keep_count,
-            timezone: req.timezone,
-        }
-        .validate()?;
+        let UpdateSettings { user, update } = request.into_inner().try_into()?;
+        let user_id = caller.resolve(user)?;
         let saved = self
             .app
             .scheduler
@@ -143,11 +221,11 @@ impl BackupScheduler for BackupSchedulerApi {
             Some(cursor) => Some(
                 cursor
                     .parse::<i64>()
-                    .map_err(|_| crate::error::Error::invalid("page_token", "is malformed"))?,
+                    .map_err(|_| Error::invalid("page_token", "is malformed"))?,
             ),
             None => None,
         };
-        let page = settings::page(&self.app.db, after, limit).await?;
+        let page = crate::store::settings::page(&self.app.db, after, limit).await?;
         let next_page_token = match page.last() {
             Some(last) if page.len() as u64 == limit => self
                 .app
@@ -169,7 +247,7 @@ impl BackupScheduler for BackupSchedulerApi {
             .caller(&request, "ListOverdueSettings")
             .await?
             .require_admin()?;
-        let overdue = settings::overdue(&self.app.db, Utc::now()).await?;
+        let overdue = crate::store::settings::overdue(&self.app.db, Utc::now()).await?;
         Ok(Response::new(pb::ListOverdueSettingsResponse {
             settings: overdue.into_iter().map(Into::into).collect(),
         }))
@@ -225,5 +303,78 @@ impl BackupScheduler for BackupSchedulerApi {
         Ok(Response::new(pb::StopSchedulerResponse {
             stats: Some(self.stats().await?),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> pb::UpdateBackupSettingsRequest {
+        pb::UpdateBackupSettingsRequest::default()
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let err = UpdateSettings::try_from(pb::UpdateBackupSettingsRequest {
+            user_id: -3,
+            enabled: Some(true),
+            frequency: Some(0),
+            backup_time: Some("24:00".into()),
+            keep_count: Some(31),
+            timezone: Some("Mars/Olympus".into()),
+        })
+        .unwrap_err();
+        let Error::InvalidArgument(violations) = err else {
+            panic!("not invalid argument: {err}");
+        };
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "user_id",
+                "frequency",
+                "backup_time",
+                "keep_count",
+                "timezone"
+            ]
+        );
+    }
+
+    #[test]
+    fn good_values_pass() {
+        let ok = UpdateSettings::try_from(pb::UpdateBackupSettingsRequest {
+            user_id: 4,
+            frequency: Some(pb::Frequency::Monthly.into()),
+            backup_time: Some("23:59".into()),
+            keep_count: Some(30),
+            timezone: Some("Australia/Lord_Howe".into()),
+            ..request()
+        })
+        .unwrap();
+        assert_eq!(ok.user, UserSelector::User(4));
+        assert_eq!(ok.update.frequency, Some(Frequency::Monthly));
+        assert_eq!(ok.update.keep_count.map(KeepCount::get), Some(30));
+        assert_eq!(
+            UpdateSettings::try_from(request()).unwrap(),
+            UpdateSettings {
+                user: UserSelector::Caller,
+                update: SettingsUpdate::default(),
+            }
+        );
+        for bad in ["3:00", "03:60", "0300", " 03:00"] {
+            let req = pb::UpdateBackupSettingsRequest {
+                backup_time: Some(bad.into()),
+                ..request()
+            };
+            assert!(UpdateSettings::try_from(req).is_err(), "{bad:?}");
+        }
+        for bad in [0, -1, 31, 4] {
+            let req = pb::UpdateBackupSettingsRequest {
+                frequency: Some(bad),
+                ..request()
+            };
+            assert!(UpdateSettings::try_from(req).is_err(), "{bad}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use sea_orm::{
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
+use crate::model::user::UserSelector;
 use crate::store::{
     self,
     entity::{api_token, user},
@@ -38,20 +39,12 @@ impl Caller {
         self.is_admin || self.user_id == owner
     }
 
-    /// Resolves a request's user id (0 or absent = the caller) and checks
-    /// that the caller may act for that user.
-    pub fn resolve_user(&self, requested: i64) -> Result<i64> {
-        let user_id = if requested == 0 {
-            self.user_id
-        } else {
-            requested
+    /// The user `selector` names, if the caller may act for that user.
+    pub fn resolve(&self, selector: UserSelector) -> Result<i64> {
+        let user_id = match selector {
+            UserSelector::Caller => self.user_id,
+            UserSelector::User(id) => id,
         };
-        if user_id < 0 {
-            return Err(Error::invalid(
-                "user_id",
-                "must be a positive user id, or 0 for yourself",
-            ));
-        }
         if self.can_access(user_id) {
             Ok(user_id)
         } else {

@@ -25,10 +25,8 @@ use crate::auth::Caller;
 use crate::backup::catalog::{self, Entry};
 use crate::backup::verify::Health;
 use crate::backup::{BackupKind, Backups, DirGuard, SYSTEM_OWNER, blocking, file_io};
-use crate::error::{Error, FieldViolation, Result};
-
-/// The smallest and largest `keep_count` a policy may have.
-pub const KEEP_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=30;
+use crate::error::{Error, Result};
+use crate::model::settings::KeepCount;
 
 /// Why a backup is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,69 +236,53 @@ pub enum Scope {
     AllOwners,
 }
 
-/// A checked policy: a `keep_count` in range and a scope the caller may act on.
+/// Whose backups a request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owners {
+    /// The caller's own.
+    Caller,
+    /// One owner's: a user, or 0 for the system.
+    Owner(i64),
+    /// Every owner's, each on its own.
+    All,
+}
+
+/// A retention request, its values checked: how many to keep, of whose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRequest {
+    pub keep_count: KeepCount,
+    pub owners: Owners,
+}
+
+/// A policy the caller may apply: a `keep_count` and a scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
-    pub keep_count: u32,
+    pub keep_count: KeepCount,
     pub scope: Scope,
 }
 
 impl Policy {
-    /// Checks a request: bad values are INVALID_ARGUMENT naming every bad
-    /// field; a non-admin naming another owner or every owner is
-    /// PERMISSION_DENIED. `user_id` absent means the caller.
-    pub fn checked(
-        caller: Caller,
-        keep_count: i32,
-        user_id: Option<i64>,
-        all_users: bool,
-    ) -> Result<Self> {
-        let mut bad = Vec::new();
-        let keep = u32::try_from(keep_count)
-            .ok()
-            .filter(|k| KEEP_COUNT_RANGE.contains(k));
-        if keep.is_none() {
-            bad.push(keep_count_violation(i64::from(keep_count)));
-        }
-        match user_id {
-            Some(_) if all_users => bad.push(FieldViolation::new(
-                "user_id",
-                "must be absent when all_users is set",
-            )),
-            Some(id) if id < 0 => bad.push(FieldViolation::new(
-                "user_id",
-                format!("must be a user id (0 for system backups); got {id}"),
-            )),
-            _ => {}
-        }
-        let Some(keep_count) = keep.filter(|_| bad.is_empty()) else {
-            return Err(Error::InvalidArgument(bad));
-        };
-        let scope = if all_users {
-            caller.require_admin()?;
-            Scope::AllOwners
-        } else {
-            let owner = user_id.unwrap_or(caller.user_id);
-            if !caller.can_access(owner) {
+    /// `request` as `caller` may apply it: a non-admin naming another owner
+    /// or every owner is PERMISSION_DENIED.
+    pub fn authorized(caller: Caller, request: PolicyRequest) -> Result<Self> {
+        let scope = match request.owners {
+            Owners::All => {
+                caller.require_admin()?;
+                Scope::AllOwners
+            }
+            Owners::Caller => Scope::Owner(caller.user_id),
+            Owners::Owner(owner) if caller.can_access(owner) => Scope::Owner(owner),
+            Owners::Owner(_) => {
                 return Err(Error::PermissionDenied(
                     "only an admin may apply retention to another user's backups".into(),
                 ));
             }
-            Scope::Owner(owner)
         };
-        Ok(Self { keep_count, scope })
+        Ok(Self {
+            keep_count: request.keep_count,
+            scope,
+        })
     }
-}
-
-fn keep_count_violation(got: i64) -> FieldViolation {
-    FieldViolation::new(
-        "keep_count",
-        format!(
-            "must be between {} and {}; got {got}",
-            KEEP_COUNT_RANGE.start(),
-            KEEP_COUNT_RANGE.end()
-        ),
-    )
 }
 
 /// A preview of a policy over its scope.
@@ -370,14 +352,8 @@ impl Retention {
 
     /// GetRetentionSummary: exactly what [`Retention::apply`] with the same
     /// arguments would delete now, and why every other backup stays.
-    pub async fn summary(
-        &self,
-        caller: Caller,
-        keep_count: i32,
-        user_id: Option<i64>,
-        all_users: bool,
-    ) -> Result<Summary> {
-        let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
+    pub async fn summary(&self, caller: Caller, request: PolicyRequest) -> Result<Summary> {
+        let policy = Policy::authorized(caller, request)?;
         let _dir = self.backups.lock_dir().await?;
         let mut summary = Summary::default();
         for secured in self.secured_plans(policy, caller.user_id).await? {
@@ -388,19 +364,13 @@ impl Retention {
 
     /// ApplyRetentionPolicy: deletes the selected owners' regular backups
     /// beyond their newest `keep_count`. Returns the deleted file names.
-    pub async fn apply(
-        &self,
-        caller: Caller,
-        keep_count: i32,
-        user_id: Option<i64>,
-        all_users: bool,
-    ) -> Result<Vec<String>> {
+    pub async fn apply(&self, caller: Caller, request: PolicyRequest) -> Result<Vec<String>> {
         let actor = Actor {
             user_id: caller.user_id,
             trigger: "request",
         };
         let result = async {
-            let policy = Policy::checked(caller, keep_count, user_id, all_users)?;
+            let policy = Policy::authorized(caller, request)?;
             let _dir = self.lock_after_verifying(policy, actor).await?;
             self.apply_locked(actor, policy).await
         }
@@ -414,18 +384,13 @@ impl Retention {
     pub async fn apply_for_owner(
         &self,
         owner_user_id: i64,
-        keep_count: u32,
+        keep_count: KeepCount,
     ) -> Result<Vec<String>> {
         let actor = Actor {
             user_id: owner_user_id,
             trigger: "scheduler",
         };
         let result = async {
-            if !KEEP_COUNT_RANGE.contains(&keep_count) {
-                return Err(Error::InvalidArgument(vec![keep_count_violation(
-                    i64::from(keep_count),
-                )]));
-            }
             let policy = Policy {
                 keep_count,
                 scope: Scope::Owner(owner_user_id),
@@ -479,7 +444,7 @@ impl Retention {
                             .subject(owner)
                             .details(json!({
                                 "owner": owner,
-                                "keep_count": policy.keep_count,
+                                "keep_count": policy.keep_count.get(),
                                 "reason": why,
                                 "failed_verification": safety.failed(),
                                 "kept": kept,
@@ -490,7 +455,7 @@ impl Retention {
             let doomed = plan.delete.iter().filter_map(|name| {
                 let details = json!({
                     "owner": owner,
-                    "keep_count": policy.keep_count,
+                    "keep_count": policy.keep_count.get(),
                     "reason": "older than the newest keep_count",
                     "trigger": actor.trigger,
                 });
@@ -512,7 +477,7 @@ impl Retention {
                             .subject(owner)
                             .details(json!({
                                 "owner": owner,
-                                "keep_count": policy.keep_count,
+                                "keep_count": policy.keep_count.get(),
                                 "deleted": deleted,
                                 "failed": failed,
                                 "trigger": actor.trigger,
@@ -539,7 +504,7 @@ impl Retention {
         if let Some(owner) = owner {
             by_owner.entry(owner).or_default();
         }
-        let keep_count = policy.keep_count as usize;
+        let keep_count = policy.keep_count.get() as usize;
         let mut secured = Vec::with_capacity(by_owner.len());
         for (owner, mut rows) in by_owner {
             let files: HashMap<String, String> = rows
@@ -949,7 +914,7 @@ mod tests {
     }
 
     #[test]
-    fn policies_are_checked_before_anything_happens() {
+    fn a_policy_needs_an_admin_for_other_owners() {
         let user = Caller {
             user_id: 5,
             is_admin: false,
@@ -958,50 +923,32 @@ mod tests {
             user_id: 1,
             is_admin: true,
         };
-        let fields = |r: Result<Policy>| match r {
-            Err(Error::InvalidArgument(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),
-            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        let keep = |n| KeepCount::new(n, "keep_count").unwrap();
+        let request = |n, owners| PolicyRequest {
+            keep_count: keep(n),
+            owners,
         };
-        for bad in [0, 31, -1, i32::MIN, i32::MAX] {
-            assert_eq!(
-                fields(Policy::checked(admin, bad, None, false)),
-                ["keep_count"]
-            );
+        for owners in [Owners::Owner(6), Owners::Owner(0), Owners::All] {
+            assert!(matches!(
+                Policy::authorized(user, request(3, owners)),
+                Err(Error::PermissionDenied(_))
+            ));
         }
         assert_eq!(
-            fields(Policy::checked(admin, 0, Some(2), true)),
-            ["keep_count", "user_id"]
-        );
-        assert_eq!(
-            fields(Policy::checked(admin, 3, Some(-4), false)),
-            ["user_id"]
-        );
-        assert!(matches!(
-            Policy::checked(user, 3, Some(6), false),
-            Err(Error::PermissionDenied(_))
-        ));
-        assert!(matches!(
-            Policy::checked(user, 3, None, true),
-            Err(Error::PermissionDenied(_))
-        ));
-        assert_eq!(
-            Policy::checked(user, 3, None, false).unwrap(),
+            Policy::authorized(user, request(3, Owners::Caller)).unwrap(),
             Policy {
-                keep_count: 3,
+                keep_count: keep(3),
                 scope: Scope::Owner(5)
             }
         );
-        assert_eq!(
-            Policy::checked(user, 30, Some(5), false).unwrap().scope,
-            Scope::Owner(5)
-        );
-        assert_eq!(
-            Policy::checked(admin, 1, Some(6), false).unwrap().scope,
-            Scope::Owner(6)
-        );
-        assert_eq!(
-            Policy::checked(admin, 1, None, true).unwrap().scope,
-            Scope::AllOwners
-        );
+        let scope = |caller, owners| {
+            Policy::authorized(caller, request(1, owners))
+                .unwrap()
+                .scope
+        };
+        assert_eq!(scope(user, Owners::Owner(5)), Scope::Owner(5));
+        assert_eq!(scope(admin, Owners::Owner(6)), Scope::Owner(6));
+        assert_eq!(scope(admin, Owners::Owner(0)), Scope::Owner(0));
+        assert_eq!(scope(admin, Owners::All), Scope::AllOwners);
     }
 }

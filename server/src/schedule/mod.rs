@@ -15,10 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
-    Set, SqlErr,
-};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -26,9 +23,11 @@ use tokio::task::JoinSet;
 use crate::audit::{Change, NewEvent, Recorder};
 use crate::backup::{BackupKind, Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
+use crate::model::run::{Lease, RunStatus};
+use crate::model::settings::{Settings, SettingsUpdate};
 use crate::retention::Retention;
-use crate::store::entity::{scheduled_run, scheduler_lease};
-use settings::{Settings, schedule_of};
+use crate::store::{self, lease};
+use settings::schedule_of;
 
 /// How long after a failed backup the user's backup is tried again (unless
 /// the regular slot comes first).
@@ -37,8 +36,6 @@ const RETRY_DELAY: chrono::Duration = chrono::Duration::minutes(5);
 const MISSED_AFTER: chrono::Duration = chrono::Duration::minutes(1);
 /// Most due users taken per query; the loop keeps querying until none.
 const DUE_BATCH: u64 = 256;
-const LEASE_NAME: &str = "scheduler";
-
 /// Knobs, from the server configuration.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -55,7 +52,7 @@ pub struct Stats {
     pub enabled_settings: u64,
     pub total_settings: u64,
     pub holds_lease: bool,
-    pub lease: Option<scheduler_lease::Model>,
+    pub lease: Option<Lease>,
     pub next_due_at: Option<DateTime<Utc>>,
     pub completed: u64,
     pub failed: u64,
@@ -118,7 +115,7 @@ impl Scheduler {
         &self,
         actor: i64,
         user_id: i64,
-        update: settings::SettingsUpdate,
+        update: SettingsUpdate,
     ) -> Result<Settings> {
         let saved = settings::update(&self.audit, actor, user_id, update, Utc::now()).await?;
         self.wake();
@@ -184,7 +181,7 @@ impl Scheduler {
                         .record_or_log(NewEvent::new("backup_scheduler.check_error", 0).failed(&e))
                         .await;
                 }
-                match settings::next_due(&self.db).await {
+                match store::settings::next_due(&self.db).await {
                     Ok(Some(due)) => {
                         metrics::gauge!(crate::telemetry::SCHEDULER_NEXT_DUE)
                             .set(due.timestamp() as f64);
@@ -247,32 +244,12 @@ impl Scheduler {
         let expires_at =
             now + chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
         let mut change = self.audit.begin().await?;
-        let current = scheduler_lease::Entity::find_by_id(LEASE_NAME)
-            .one(&*change)
-            .await?;
-        let newly_taken = match current {
-            Some(lease) if lease.holder != self.instance_id && lease.expires_at > now => {
-                return Ok(false);
-            }
-            Some(lease) => {
-                let newly = lease.holder != self.instance_id;
-                let mut row = lease.into_active_model();
-                row.holder = Set(self.instance_id.clone());
-                row.expires_at = Set(expires_at);
-                row.update(&*change).await?;
-                newly
-            }
-            None => {
-                scheduler_lease::ActiveModel {
-                    name: Set(LEASE_NAME.into()),
-                    holder: Set(self.instance_id.clone()),
-                    expires_at: Set(expires_at),
-                }
-                .insert(&*change)
-                .await?;
-                true
-            }
-        };
+        let newly_taken =
+            match store::lease::take(&*change, &self.instance_id, now, expires_at).await? {
+                lease::Taken::HeldByOther => return Ok(false),
+                lease::Taken::Renewed => false,
+                lease::Taken::Newly => true,
+            };
         if newly_taken {
             self.settle_interrupted_runs(&mut change, now).await?;
         }
@@ -290,29 +267,19 @@ impl Scheduler {
         change: &mut Change<'_>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let stale = scheduled_run::Entity::find()
-            .filter(scheduled_run::Column::Status.eq("running"))
-            .filter(scheduled_run::Column::Instance.ne(self.instance_id.as_str()))
-            .all(&**change)
-            .await?;
-        for run in stale {
-            let (user_id, slot) = (run.user_id, run.slot_at);
-            let mut row = run.into_active_model();
-            row.status = Set("failed".into());
-            row.error = Set(Some(
-                "interrupted: the scheduler that ran it stopped".into(),
-            ));
-            row.finished_at = Set(Some(now));
-            row.update(&**change).await?;
-            if let Some(s) = settings::get(&**change, user_id).await?
+        let interrupted = "interrupted: the scheduler that ran it stopped";
+        let settled =
+            store::runs::fail_others_running(&**change, &self.instance_id, interrupted, now)
+                .await?;
+        for (user_id, slot) in settled {
+            if let Some(mut s) = store::settings::get(&**change, user_id).await?
                 && s.enabled
                 && s.next_backup_at.is_some_and(|next| next > now)
             {
-                let mut retry = s.into_active_model();
-                retry.next_backup_at = Set(Some(now.trunc_subsecs(0)));
-                retry.update(&**change).await?;
+                s.next_backup_at = Some(now.trunc_subsecs(0));
+                store::settings::save(&**change, &s).await?;
             }
-            let error = Error::Unavailable("interrupted: the scheduler that ran it stopped".into());
+            let error = Error::Unavailable(interrupted.into());
             change.record(
                 NewEvent::new("backup_scheduler.backup_error", user_id)
                     .subject(user_id)
@@ -328,15 +295,7 @@ impl Scheduler {
 
     async fn release_lease(&self) -> Result<()> {
         let change = self.audit.begin().await?;
-        if let Some(lease) = scheduler_lease::Entity::find_by_id(LEASE_NAME)
-            .one(&*change)
-            .await?
-            && lease.holder == self.instance_id
-        {
-            scheduler_lease::Entity::delete_by_id(LEASE_NAME)
-                .exec(&*change)
-                .await?;
-        }
+        store::lease::release(&*change, &self.instance_id).await?;
         change.commit().await?;
         self.holds_lease.store(false, Ordering::Relaxed);
         Ok(())
@@ -350,7 +309,7 @@ impl Scheduler {
         let shared = Arc::new(SharedSnapshot::default());
         let (mut ran, mut failed) = (0, 0);
         loop {
-            let batch = settings::due(&self.db, now, DUE_BATCH).await?;
+            let batch = store::settings::due(&self.db, now, DUE_BATCH).await?;
             if batch.is_empty() {
                 break;
             }
@@ -413,7 +372,7 @@ impl Scheduler {
             .await;
         match backup {
             Ok(backup) => {
-                let keep = u32::try_from(due.keep_count).unwrap_or(1);
+                let keep = due.keep_count;
                 let deleted = match self.retention.apply_for_owner(user_id, keep).await {
                     Ok(deleted) => deleted,
                     Err(e) => {
@@ -425,7 +384,7 @@ impl Scheduler {
                 let details = json!({
                     "filename": backup.filename,
                     "size": backup.size_bytes,
-                    "frequency": due.frequency,
+                    "frequency": due.frequency.as_str(),
                     "next_backup_at": next,
                     "deleted_old_backups": deleted,
                     "scheduled_for": slot,
@@ -471,38 +430,24 @@ impl Scheduler {
         slot: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>> {
-        let schedule = schedule_of(due)?;
+        let schedule = schedule_of(due);
         let next = next_run::next_run_after(&schedule, now);
         let mut change = self.audit.begin().await?;
-        let Some(fresh) = settings::get(&*change, due.user_id).await? else {
+        let Some(mut fresh) = store::settings::get(&*change, due.user_id).await? else {
             return Ok(None);
         };
         if !fresh.enabled || fresh.next_backup_at != Some(slot) {
             return Ok(None);
         }
-        let claimed = scheduled_run::ActiveModel {
-            user_id: Set(due.user_id),
-            slot_at: Set(slot),
-            status: Set("running".into()),
-            instance: Set(self.instance_id.clone()),
-            started_at: Set(Utc::now()),
-            ..Default::default()
+        let claimed =
+            store::runs::claim(&*change, due.user_id, slot, &self.instance_id, Utc::now()).await?;
+        fresh.next_backup_at = Some(next);
+        store::settings::save(&*change, &fresh).await?;
+        if !claimed {
+            // Already run once: never again, just move on.
+            change.commit().await?;
+            return Ok(None);
         }
-        .insert(&*change)
-        .await;
-        let mut row = fresh.into_active_model();
-        row.next_backup_at = Set(Some(next));
-        match claimed {
-            Ok(_) => {}
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                // Already run once: never again, just move on.
-                row.update(&*change).await?;
-                change.commit().await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        row.update(&*change).await?;
         let merged = next_run::runs_between(&schedule, slot, now, 1000);
         if !merged.is_empty() || now - slot > MISSED_AFTER {
             let slots: Vec<DateTime<Utc>> = std::iter::once(slot).chain(merged).collect();
@@ -533,35 +478,26 @@ impl Scheduler {
     ) -> Result<()> {
         let now = Utc::now();
         let mut change = self.audit.begin().await?;
-        if let Some(run) = scheduled_run::Entity::find()
-            .filter(scheduled_run::Column::UserId.eq(due.user_id))
-            .filter(scheduled_run::Column::SlotAt.eq(slot))
-            .one(&*change)
-            .await?
-        {
-            let mut run = run.into_active_model();
-            run.status = Set(if failure.is_some() {
-                "failed"
+        let outcome = store::runs::Outcome {
+            status: if failure.is_some() {
+                RunStatus::Failed
             } else {
-                "completed"
-            }
-            .into());
-            run.finished_at = Set(Some(now));
-            run.filename = Set(filename.map(str::to_owned));
-            run.error = Set(failure.map(|(_, e)| e.public_message()));
-            run.update(&*change).await?;
-        }
-        if let Some(current) = settings::get(&*change, due.user_id).await? {
-            let retry_at = failure.map(|(at, _)| at);
-            let mut row = current.clone().into_active_model();
-            match retry_at {
+                RunStatus::Completed
+            },
+            finished_at: now,
+            filename,
+            error: failure.map(|(_, e)| e.public_message()),
+        };
+        store::runs::finish(&*change, due.user_id, slot, outcome).await?;
+        if let Some(mut current) = store::settings::get(&*change, due.user_id).await? {
+            match failure.map(|(at, _)| at) {
                 None => {
-                    row.last_backup_at = Set(Some(now));
-                    row.update(&*change).await?;
+                    current.last_backup_at = Some(now);
+                    store::settings::save(&*change, &current).await?;
                 }
                 Some(at) if current.enabled && current.next_backup_at.is_some_and(|n| n > at) => {
-                    row.next_backup_at = Set(Some(at));
-                    row.update(&*change).await?;
+                    current.next_backup_at = Some(at);
+                    store::settings::save(&*change, &current).await?;
                 }
                 Some(_) => {}
             }
@@ -574,20 +510,18 @@ impl Scheduler {
     }
 
     pub async fn stats(&self) -> Result<Stats> {
-        let (enabled, total) = settings::counts(&self.db).await?;
+        let (enabled, total) = store::settings::counts(&self.db).await?;
         Ok(Stats {
             is_running: self.running.lock().await.is_some(),
             check_interval: self.config.check_interval,
             enabled_settings: enabled,
             total_settings: total,
             holds_lease: self.holds_lease.load(Ordering::Relaxed),
-            lease: scheduler_lease::Entity::find_by_id(LEASE_NAME)
-                .one(&self.db)
-                .await?,
-            next_due_at: settings::next_due(&self.db).await?,
+            lease: store::lease::get(&self.db).await?,
+            next_due_at: store::settings::next_due(&self.db).await?,
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-            overdue_users: settings::count_overdue(&self.db, Utc::now()).await?,
+            overdue_users: store::settings::count_overdue(&self.db, Utc::now()).await?,
             instance_id: self.instance_id.clone(),
         })
     }

@@ -12,13 +12,7 @@
 use chrono::{DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveTime, Offset, TimeZone, Utc};
 use chrono_tz::{GapInfo, Tz};
 
-/// How often a schedule runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frequency {
-    Daily,
-    Weekly,
-    Monthly,
-}
+use crate::model::settings::Frequency;
 
 /// A user's schedule: local time of day in a time zone, anchored on a local date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,31 +24,6 @@ pub struct Schedule {
     /// The local date of the schedule's first run. Weekly schedules run on its weekday,
     /// monthly ones on its day of the month (clamped to the month's last day). Ignored for daily.
     pub anchor: NaiveDate,
-}
-
-const BACKUP_TIME_ERROR: &str = "must be HH:MM with hours 00-23 and minutes 00-59";
-
-/// Parses `HH:MM` exactly: two ASCII digits for hours 00-23, a colon, two for minutes 00-59.
-///
-/// Strict on purpose: a stored schedule must round-trip through [`format_backup_time`], so
-/// no padding, signs, seconds or non-ASCII digits are accepted.
-pub fn parse_backup_time(s: &str) -> Result<NaiveTime, &'static str> {
-    let two_digits = |tens: u8, units: u8| {
-        (tens.is_ascii_digit() && units.is_ascii_digit())
-            .then(|| u32::from(tens - b'0') * 10 + u32::from(units - b'0'))
-    };
-    match *s.as_bytes() {
-        [h1, h2, b':', m1, m2] => two_digits(h1, h2)
-            .zip(two_digits(m1, m2))
-            .and_then(|(hour, minute)| NaiveTime::from_hms_opt(hour, minute, 0))
-            .ok_or(BACKUP_TIME_ERROR),
-        _ => Err(BACKUP_TIME_ERROR),
-    }
-}
-
-/// Formats as `HH:MM`, the form [`parse_backup_time`] accepts.
-pub fn format_backup_time(t: NaiveTime) -> String {
-    t.format("%H:%M").to_string()
 }
 
 /// The anchor of a new schedule created (or whose frequency/time/zone changed) at `now`:
@@ -180,6 +149,7 @@ fn run_at(tz: Tz, date: NaiveDate, time: NaiveTime) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::settings::{format_backup_time, parse_backup_time};
     use chrono::{NaiveDateTime, TimeDelta, Weekday};
 
     fn zone(name: &str) -> Tz {

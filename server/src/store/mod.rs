@@ -4,6 +4,9 @@
 //! SQLite specifics (WAL, busy timeout, one writer) live here alone.
 
 pub mod entity;
+pub mod lease;
+pub mod runs;
+pub mod settings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
