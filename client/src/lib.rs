@@ -3,10 +3,12 @@
 //! [`Client::connect`] takes a URL and a bearer token; each service has a
 //! small client with plain Rust arguments ([`Client::backups`] and so on).
 //! Errors keep the gRPC code and the decoded field violations. The protobuf
-//! types are re-exported as [`proto`], so callers need not depend on tonic.
+//! types are re-exported as [`proto`], so callers need not depend on tonic;
+//! [`json`] turns them into the one JSON form `backupctl --json` prints.
 
 mod audit;
 mod backups;
+pub mod json;
 mod retention;
 mod scheduler;
 
