@@ -110,8 +110,11 @@ impl RetentionService for RetentionApi {
         request: Request<pb::ApplyRetentionPolicyRequest>,
     ) -> Result<Response<pb::ApplyRetentionPolicyResponse>, Status> {
         let caller = self.app.caller(&request, "ApplyRetentionPolicy").await?;
-        let policy = request.into_inner().try_into()?;
-        let deleted = self.app.retention.apply(caller, policy).await?;
+        let deleted = self
+            .app
+            .retention
+            .apply(caller, request.into_inner())
+            .await?;
         Ok(Response::new(pb::ApplyRetentionPolicyResponse {
             deleted_count: count(deleted.len()),
             deleted_filenames: deleted,

@@ -364,13 +364,19 @@ impl Retention {
 
     /// ApplyRetentionPolicy: deletes the selected owners' regular backups
     /// beyond their newest `keep_count`. Returns the deleted file names.
-    pub async fn apply(&self, caller: Caller, request: PolicyRequest) -> Result<Vec<String>> {
+    /// `request` is converted (checked) inside, so a bad one is audited like
+    /// any refusal.
+    pub async fn apply(
+        &self,
+        caller: Caller,
+        request: impl TryInto<PolicyRequest, Error = Error>,
+    ) -> Result<Vec<String>> {
         let actor = Actor {
             user_id: caller.user_id,
             trigger: "request",
         };
         let result = async {
-            let policy = Policy::authorized(caller, request)?;
+            let policy = Policy::authorized(caller, request.try_into()?)?;
             let _dir = self.lock_after_verifying(policy, actor).await?;
             self.apply_locked(actor, policy).await
         }
