@@ -17,9 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use backup_server::audit::query::Filter;
 use backup_server::audit::subscription::Hub;
 use backup_server::audit::{NewEvent, Recorder};
+use backup_server::model::audit::Filter;
 use backup_server::store;
 use tokio_util::sync::CancellationToken;
 

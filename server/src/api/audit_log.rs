@@ -11,10 +11,11 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::convert::{request_time, timestamp};
-use crate::audit::Event;
-use crate::audit::query::{self, Filter};
-use crate::error::{Error, Result};
+use crate::audit::access::EventQuery;
+use crate::error::{Error, FieldViolation, Result, Violations};
+use crate::model::audit::AuditEvent;
 use crate::paging::page_size;
+use crate::store;
 
 const LISTING: &str = "audit_events";
 
@@ -39,10 +40,7 @@ impl AuditLog for AuditLogApi {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let caller = self.app.caller(&request, "ListAuditEvents").await?;
         let req = request.into_inner();
-        let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?.between(
-            request_time(req.start_time, "start_time")?,
-            request_time(req.end_time, "end_time")?,
-        )?;
+        let filter = EventQuery::try_from(&req)?.visible_to(caller)?;
         let limit = page_size(req.page_size, 100, 1000)?;
         let after = match self.app.page_tokens.cursor(LISTING, &req.page_token)? {
             Some(cursor) => cursor
@@ -50,7 +48,7 @@ impl AuditLog for AuditLogApi {
                 .map_err(|_| Error::invalid("page_token", "does not hold an event id"))?,
             None => 0,
         };
-        let events = query::page(&self.app.db, &filter, after, None, limit).await?;
+        let events = store::audit::page(&self.app.db, &filter, after, None, limit).await?;
         let next_page_token = match events.last() {
             Some(last) if events.len() as u64 == limit => {
                 self.app.page_tokens.issue(LISTING, &last.id.to_string())
@@ -61,7 +59,7 @@ impl AuditLog for AuditLogApi {
             .is_admin
             .then(|| i32::try_from(self.app.audit_subscriptions.active()).unwrap_or(i32::MAX));
         Ok(Response::new(pb::ListAuditEventsResponse {
-            events: events.iter().map(event).collect(),
+            events: events.iter().map(|e| event(e)).collect(),
             next_page_token,
             active_subscribers,
         }))
@@ -75,7 +73,7 @@ impl AuditLog for AuditLogApi {
     ) -> Result<Response<Self::SubscribeAuditEventsStream>, Status> {
         let caller = self.app.caller(&request, "SubscribeAuditEvents").await?;
         let req = request.into_inner();
-        let filter = Filter::for_caller(caller, req.event_type_prefix, req.user_id)?;
+        let filter = EventQuery::try_from(&req)?.visible_to(caller)?;
         let events = self
             .app
             .audit_subscriptions
@@ -92,7 +90,57 @@ impl AuditLog for AuditLogApi {
     }
 }
 
-fn event(e: &Event) -> pb::AuditEvent {
+/// A request's `user_id`: absent, or a user (0 for the system).
+fn user_id(user_id: Option<i64>) -> Result<Option<i64>, FieldViolation> {
+    match user_id {
+        Some(id) if id < 0 => Err(FieldViolation::new(
+            "user_id",
+            "must not be negative; 0 is the system",
+        )),
+        other => Ok(other),
+    }
+}
+
+impl TryFrom<&pb::ListAuditEventsRequest> for EventQuery {
+    type Error = Error;
+
+    fn try_from(req: &pb::ListAuditEventsRequest) -> Result<Self> {
+        let mut bad = Violations::default();
+        let user_id = bad.check(user_id(req.user_id));
+        let start_time = bad.check(request_time(req.start_time, "start_time"));
+        let end_time = bad.check(request_time(req.end_time, "end_time"));
+        if let (Some(Some(start)), Some(Some(end))) = (start_time, end_time)
+            && end < start
+        {
+            bad.push(FieldViolation::new(
+                "end_time",
+                "must not be before start_time",
+            ));
+        }
+        bad.into_result()?;
+        Ok(Self {
+            event_type_prefix: req.event_type_prefix.clone(),
+            // Only absent when a violation was returned above.
+            user_id: user_id.flatten(),
+            start_time: start_time.flatten(),
+            end_time: end_time.flatten(),
+        })
+    }
+}
+
+impl TryFrom<&pb::SubscribeAuditEventsRequest> for EventQuery {
+    type Error = Error;
+
+    fn try_from(req: &pb::SubscribeAuditEventsRequest) -> Result<Self> {
+        Ok(Self {
+            event_type_prefix: req.event_type_prefix.clone(),
+            user_id: user_id(req.user_id)?,
+            ..Self::default()
+        })
+    }
+}
+
+fn event(e: &AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         id: e.id,
         event_type: e.event_type.clone(),
@@ -136,4 +184,51 @@ fn json_value(value: &Value) -> prost_types::Value {
         Value::Object(_) => Kind::StructValue(details(value)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: 0 })
+    }
+
+    #[test]
+    fn listing_requests_are_checked_field_by_field() {
+        let fields = |req: pb::ListAuditEventsRequest| match EventQuery::try_from(&req) {
+            Err(Error::InvalidArgument(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        let bad_everything = pb::ListAuditEventsRequest {
+            user_id: Some(-1),
+            start_time: at(i64::MAX),
+            end_time: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(bad_everything),
+            ["user_id", "start_time", "end_time"]
+        );
+        let backwards = pb::ListAuditEventsRequest {
+            start_time: at(100),
+            end_time: at(99),
+            ..Default::default()
+        };
+        assert_eq!(fields(backwards), ["end_time"]);
+        let fine = pb::ListAuditEventsRequest {
+            event_type_prefix: "backup_files.".into(),
+            user_id: Some(0),
+            start_time: at(100),
+            end_time: at(100),
+            ..Default::default()
+        };
+        let query = EventQuery::try_from(&fine).unwrap();
+        assert_eq!(query.user_id, Some(0));
+        assert_eq!(query.event_type_prefix, "backup_files.");
+        assert_eq!(query.start_time, query.end_time);
+    }
 }

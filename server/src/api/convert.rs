@@ -4,7 +4,7 @@ use backup_proto as pb;
 use chrono::{DateTime, Utc};
 
 use crate::backup::{BackupKind, Named};
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldViolation, Result};
 use crate::store::entity::backup::Model as Backup;
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -23,14 +23,14 @@ const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_4
 pub fn request_time(
     ts: Option<prost_types::Timestamp>,
     field: &str,
-) -> Result<Option<DateTime<Utc>>> {
+) -> Result<Option<DateTime<Utc>>, FieldViolation> {
     ts.map(|t| {
         u32::try_from(t.nanos)
             .ok()
             .filter(|nanos| *nanos < 1_000_000_000 && TIMESTAMP_SECONDS.contains(&t.seconds))
             .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
             .ok_or_else(|| {
-                Error::invalid(
+                FieldViolation::new(
                     field,
                     format!(
                         "seconds {} and nanos {} are not a time from 0001-01-01T00:00:00Z \
@@ -91,7 +91,7 @@ pub fn named(filename: &str, owner_user_id: Option<i64>) -> Result<Named<'_>> {
 mod tests {
     use super::*;
 
-    fn at(seconds: i64, nanos: i32) -> Result<Option<DateTime<Utc>>> {
+    fn at(seconds: i64, nanos: i32) -> Result<Option<DateTime<Utc>>, FieldViolation> {
         request_time(
             Some(prost_types::Timestamp { seconds, nanos }),
             "start_time",
@@ -114,7 +114,7 @@ mod tests {
             (0, 1_000_000_000),
         ] {
             match at(seconds, nanos) {
-                Err(Error::InvalidArgument(v)) => assert_eq!(v[0].field, "start_time"),
+                Err(v) => assert_eq!(v.field, "start_time"),
                 other => panic!("{seconds}s {nanos}ns: {other:?}"),
             }
         }

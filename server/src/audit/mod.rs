@@ -2,111 +2,25 @@
 //! the state store, written in the same transaction as the change it records
 //! where there is one, then published to live subscribers after commit.
 //!
-//! [`query`] reads stored events; [`subscription`] streams them live.
+//! [`access`] decides who may read which events; [`subscription`] streams
+//! them live.
 
-pub mod query;
+pub mod access;
 pub mod subscription;
 
-use std::sync::Arc;
-
-use sea_orm::{ActiveModelTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, Set};
-use serde_json::{Value, json};
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::store::{self, entity::audit_event};
+use crate::store;
 
-/// A committed event, as stored.
-pub type Event = Arc<audit_event::Model>;
+pub use crate::model::audit::NewEvent;
+pub use crate::store::audit::Event;
 
 /// How many committed events live subscribers may lag behind before they
 /// fall back to reading the store.
 const LIVE_BUFFER: usize = 4096;
-
-/// An event about to be recorded.
-#[derive(Clone, Debug)]
-pub struct NewEvent {
-    event_type: String,
-    /// Who acted.
-    user_id: i64,
-    /// Whose resource it is about; `None`: the actor's own.
-    subject: Option<i64>,
-    resource_type: String,
-    resource_id: String,
-    success: bool,
-    details: Value,
-    error_message: String,
-}
-
-impl NewEvent {
-    /// A successful event of `event_type` (`service.action`) by `user_id`,
-    /// the actor (0 for the system), about the actor's own resources unless
-    /// [`NewEvent::subject`] says otherwise.
-    pub fn new(event_type: &str, user_id: i64) -> Self {
-        Self {
-            event_type: event_type.to_owned(),
-            user_id,
-            subject: None,
-            resource_type: String::new(),
-            resource_id: String::new(),
-            success: true,
-            details: json!({}),
-            error_message: String::new(),
-        }
-    }
-
-    /// The user whose resource the event is about (a backup's owner, a
-    /// settings row's user; 0 for the system), when not the actor. That
-    /// user sees the event too.
-    pub fn subject(mut self, user_id: i64) -> Self {
-        self.subject = Some(user_id);
-        self
-    }
-
-    pub fn resource(mut self, resource_type: &str, resource_id: impl Into<String>) -> Self {
-        self.resource_type = resource_type.to_owned();
-        self.resource_id = resource_id.into();
-        self
-    }
-
-    /// Event-specific fields; must be a JSON object.
-    pub fn details(mut self, details: Value) -> Self {
-        self.details = details;
-        self
-    }
-
-    /// Marks the event failed with the caller-safe message of `error`.
-    pub fn failed(mut self, error: &Error) -> Self {
-        self.success = false;
-        self.error_message = error.public_message();
-        self
-    }
-
-    /// The row to insert, recorded at `at`.
-    fn into_row(self, at: chrono::DateTime<chrono::Utc>) -> audit_event::ActiveModel {
-        let action = self.action().to_owned();
-        audit_event::ActiveModel {
-            event_type: Set(self.event_type),
-            user_id: Set(self.user_id),
-            subject_user_id: Set(self.subject.unwrap_or(self.user_id)),
-            resource_type: Set(self.resource_type),
-            resource_id: Set(self.resource_id),
-            action: Set(action),
-            success: Set(self.success),
-            details: Set(self.details),
-            error_message: Set(self.error_message),
-            timestamp: Set(at),
-            ..Default::default()
-        }
-    }
-
-    /// The action: what follows the last `.` of the event type.
-    fn action(&self) -> &str {
-        self.event_type
-            .rsplit_once('.')
-            .map_or(self.event_type.as_str(), |(_, action)| action)
-    }
-}
 
 /// Writes events and fans committed ones out to subscribers.
 #[derive(Clone)]
@@ -209,7 +123,7 @@ impl<'r> Change<'r> {
     /// when the returned [`Committed`] is dropped: at once, or later by a
     /// caller that first makes the change durable elsewhere.
     pub async fn commit(self) -> Result<Committed<'r>> {
-        let events = insert_events(&self.txn, self.events).await?;
+        let events = store::audit::insert(&self.txn, self.events).await?;
         self.txn.commit().await?;
         Ok(Committed {
             events,
@@ -245,36 +159,6 @@ impl std::ops::Deref for Change<'_> {
     }
 }
 
-/// Inserts events in order through a write transaction (so no other writer
-/// interleaves) and reads them back in id order. One statement for one
-/// event; three round trips however many there are.
-async fn insert_events(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<Vec<Event>> {
-    let now = chrono::Utc::now();
-    match events.len() {
-        0 => Ok(Vec::new()),
-        1 => {
-            let mut events = events;
-            let model = events.remove(0).into_row(now).insert(txn).await?;
-            Ok(vec![Arc::new(model)])
-        }
-        count => {
-            let before = query::last_id(txn).await?;
-            audit_event::Entity::insert_many(events.into_iter().map(|e| e.into_row(now)))
-                .exec_without_returning(txn)
-                .await?;
-            let inserted =
-                query::page(txn, &query::Filter::default(), before, None, count as u64).await?;
-            if inserted.len() != count {
-                return Err(Error::Internal(format!(
-                    "inserted {count} audit events but read back {}",
-                    inserted.len()
-                )));
-            }
-            Ok(inserted)
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use migration::{Migrator, MigratorTrait};
@@ -301,11 +185,11 @@ pub(crate) mod tests {
         .await
         .unwrap();
         Migrator::up(&db, None).await.unwrap();
-        let about_7 = super::query::Filter {
+        let about_7 = crate::model::audit::Filter {
             user_id: Some(7),
             ..Default::default()
         };
-        let old = super::query::page(&db, &about_7, 0, None, 10)
+        let old = crate::store::audit::page(&db, &about_7, 0, None, 10)
             .await
             .unwrap();
         assert_eq!(old.len(), 1);
@@ -380,7 +264,7 @@ pub(crate) mod tests {
         dropped.record(super::NewEvent::new("test.dropped", 1));
         drop(dropped);
         assert!(live.try_recv().is_err());
-        assert_eq!(super::query::last_id(&db).await.unwrap(), 6);
+        assert_eq!(crate::store::audit::last_id(&db).await.unwrap(), 6);
         let nothing = recorder.begin().await.unwrap().commit().await.unwrap();
         assert!(nothing.events().is_empty());
     }

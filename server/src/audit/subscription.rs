@@ -35,9 +35,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
-use super::query::{self, Filter};
 use super::{Event, Recorder};
 use crate::error::{Error, Result};
+use crate::model::audit::Filter;
+use crate::store::audit as stored;
 
 /// How often the store is polled for events other processes wrote.
 pub const STORE_POLL: Duration = Duration::from_millis(500);
@@ -108,7 +109,7 @@ impl Hub {
         // Listen before reading the newest id: whatever commits after the
         // read is then either in the broadcast or found in the store.
         let live = self.recorder.subscribe();
-        let last = query::last_id(&self.db).await?;
+        let last = stored::last_id(&self.db).await?;
         let start = match after_id {
             Some(after) if after > last => {
                 return Err(Error::invalid(
@@ -198,7 +199,7 @@ async fn poll_store(
         if active.load(Ordering::Relaxed) == 0 {
             continue;
         }
-        match query::last_id(&db).await {
+        match stored::last_id(&db).await {
             Ok(last) => {
                 watermark.send_if_modified(|w| {
                     let newer = last > *w;
@@ -308,7 +309,7 @@ impl Subscription {
             handled = self.handled,
             "audit subscriber fell behind the live buffer; reading the store"
         );
-        query::last_id(&self.db).await.map_err(Stop::Failed)
+        stored::last_id(&self.db).await.map_err(Stop::Failed)
     }
 
     /// A committed event from the broadcast: everything before it is
@@ -331,7 +332,7 @@ impl Subscription {
     /// Delivers stored matching events up to `up_to` (committed).
     async fn catch_up(&mut self, up_to: i64) -> Result<(), Stop> {
         while self.handled < up_to {
-            let rows = query::page(
+            let rows = stored::page(
                 &self.db,
                 &self.filter,
                 self.handled,
@@ -431,10 +432,9 @@ mod tests {
     /// Commits an event without publishing it, as another process would.
     async fn commit_unpublished(db: &DatabaseConnection, user: i64) -> Event {
         let txn = store::begin_write(db).await.unwrap();
-        let mut events =
-            super::super::insert_events(&txn, vec![NewEvent::new("test.elsewhere", user)])
-                .await
-                .unwrap();
+        let mut events = stored::insert(&txn, vec![NewEvent::new("test.elsewhere", user)])
+            .await
+            .unwrap();
         txn.commit().await.unwrap();
         events.remove(0)
     }
@@ -467,7 +467,7 @@ mod tests {
         for w in writers {
             w.await.unwrap();
         }
-        let last = query::last_id(&db).await.unwrap();
+        let last = stored::last_id(&db).await.unwrap();
         assert_eq!(last, 1900);
         assert_eq!(
             ids_until(&mut replaying, last).await,
@@ -525,7 +525,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let last = query::last_id(&db).await.unwrap();
+        let last = stored::last_id(&db).await.unwrap();
         assert_eq!(
             ids_until(&mut rx, last).await,
             (1..=last).collect::<Vec<_>>()

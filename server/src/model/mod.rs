@@ -3,6 +3,7 @@
 //! construction; conversions from requests live in `api`, from rows in
 //! `store`. This module imports nothing else of the crate but `error`.
 
+pub mod audit;
 pub mod run;
 pub mod settings;
 pub mod user;

@@ -3,6 +3,7 @@
 //! Everything goes through SeaORM so the store can move to PostgreSQL; the
 //! SQLite specifics (WAL, busy timeout, one writer) live here alone.
 
+pub mod audit;
 pub mod entity;
 pub mod lease;
 pub mod runs;
