@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::convert::{request_time, timestamp};
-use crate::audit::access::EventQuery;
+use crate::audit::access::visible_to;
 use crate::error::{Error, FieldViolation, Result, Violations};
-use crate::model::audit::AuditEvent;
+use crate::model::audit::{AuditEvent, Filter};
 use crate::paging::page_size;
 use crate::store;
 
@@ -40,7 +40,7 @@ impl AuditLog for AuditLogApi {
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let caller = self.app.caller(&request, "ListAuditEvents").await?;
         let req = request.into_inner();
-        let filter = EventQuery::try_from(&req)?.visible_to(caller)?;
+        let filter = visible_to(caller, Filter::try_from(&req)?)?;
         let limit = page_size(req.page_size, 100, 1000)?;
         let after = match self.app.page_tokens.cursor(LISTING, &req.page_token)? {
             Some(cursor) => cursor
@@ -73,7 +73,7 @@ impl AuditLog for AuditLogApi {
     ) -> Result<Response<Self::SubscribeAuditEventsStream>, Status> {
         let caller = self.app.caller(&request, "SubscribeAuditEvents").await?;
         let req = request.into_inner();
-        let filter = EventQuery::try_from(&req)?.visible_to(caller)?;
+        let filter = visible_to(caller, Filter::try_from(&req)?)?;
         let events = self
             .app
             .audit_subscriptions
@@ -101,7 +101,7 @@ fn user_id(user_id: Option<i64>) -> Result<Option<i64>, FieldViolation> {
     }
 }
 
-impl TryFrom<&pb::ListAuditEventsRequest> for EventQuery {
+impl TryFrom<&pb::ListAuditEventsRequest> for Filter {
     type Error = Error;
 
     fn try_from(req: &pb::ListAuditEventsRequest) -> Result<Self> {
@@ -128,7 +128,7 @@ impl TryFrom<&pb::ListAuditEventsRequest> for EventQuery {
     }
 }
 
-impl TryFrom<&pb::SubscribeAuditEventsRequest> for EventQuery {
+impl TryFrom<&pb::SubscribeAuditEventsRequest> for Filter {
     type Error = Error;
 
     fn try_from(req: &pb::SubscribeAuditEventsRequest) -> Result<Self> {
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn listing_requests_are_checked_field_by_field() {
-        let fields = |req: pb::ListAuditEventsRequest| match EventQuery::try_from(&req) {
+        let fields = |req: pb::ListAuditEventsRequest| match Filter::try_from(&req) {
             Err(Error::InvalidArgument(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         };
@@ -226,7 +226,7 @@ mod tests {
             end_time: at(100),
             ..Default::default()
         };
-        let query = EventQuery::try_from(&fine).unwrap();
+        let query = Filter::try_from(&fine).unwrap();
         assert_eq!(query.user_id, Some(0));
         assert_eq!(query.event_type_prefix, "backup_files.");
         assert_eq!(query.start_time, query.end_time);
