@@ -3,11 +3,11 @@
 //! (or issued for another listing) is refused.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::DatabaseConnection;
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
-use crate::store::{self, entity::secret};
+use crate::store;
 
 const KEY_NAME: &str = "page_token_key";
 
@@ -45,20 +45,9 @@ impl PageTokens {
     /// Loads the signing key from the store, creating it on first use.
     pub async fn load(db: &DatabaseConnection) -> Result<Self> {
         let txn = store::begin_write(db).await?;
-        let key = match secret::Entity::find_by_id(KEY_NAME).one(&txn).await? {
-            Some(row) => hex::decode(row.value)
-                .map_err(|_| Error::Internal("the page token key is not hex".into()))?,
-            None => {
-                let key = rand::random::<[u8; 32]>().to_vec();
-                secret::ActiveModel {
-                    name: Set(KEY_NAME.into()),
-                    value: Set(hex::encode(&key)),
-                }
-                .insert(&txn)
+        let key =
+            store::secrets::get_or_create(&txn, KEY_NAME, || rand::random::<[u8; 32]>().to_vec())
                 .await?;
-                key
-            }
-        };
         txn.commit().await?;
         Ok(Self::from_key(&key))
     }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod entity;
 pub mod lease;
 pub mod runs;
+pub mod secrets;
 pub mod settings;
 
 use std::path::{Path, PathBuf};
