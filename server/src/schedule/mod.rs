@@ -24,8 +24,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::audit::{Change, NewEvent, Recorder};
-use crate::backup::{BackupKind, Backups, NewBackup, SharedSnapshot, naming};
+use crate::backup::{Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
+use crate::model::backup::BackupKind;
 use crate::retention::Retention;
 use crate::store::entity::{scheduled_run, scheduler_lease};
 use settings::{Settings, schedule_of};
