@@ -27,9 +27,9 @@ rule() {
 }
 
 rule "tonic is the API layer's" '\btonic(_[a-z]+)?::' \
-    api/ lib.rs main.rs telemetry.rs health.rs
+    api/ lib.rs main.rs telemetry.rs health.rs config.rs
 rule "protobuf is the API layer's" '\b(backup_proto|prost_types|prost)::' \
-    api/ lib.rs main.rs telemetry.rs
+    api/ lib.rs main.rs telemetry.rs health.rs
 rule "SeaORM is the state store's" '\b(sea_orm|sqlx|migration)::' \
     store/ error.rs
 rule "entities stay in the state store" 'store::entity|entity::' \

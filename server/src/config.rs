@@ -207,25 +207,26 @@ pub struct Paths {
 }
 
 impl Config {
-    /// Creates the data and backups directories (0700) and resolves every
-    /// path to an absolute one.
-    /// A failure names the flag and the path: `--backups-dir /x/f/backups:
+    /// Creates the data directory (0700) and resolves every path to an
+    /// absolute one; the backup storage creates its own directory.
+    /// A failure names the flag and the path: `--data-dir /x/f/data:
     /// Not a directory (os error 20)`.
     pub fn prepare(&self) -> crate::error::Result<Paths> {
         let data_dir = private_dir("--data-dir", &self.data_dir)?;
-        let backups_dir = private_dir(
+        let backups_dir = absolute(
             "--backups-dir",
             &self
                 .backups_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("backups")),
         )?;
-        let source_db = self
-            .source_db
-            .clone()
-            .unwrap_or_else(|| data_dir.join("source.db"));
-        let source_db = std::path::absolute(&source_db)
-            .map_err(|e| at("--source-db", &source_db, Error::Io(e)))?;
+        let source_db = absolute(
+            "--source-db",
+            &self
+                .source_db
+                .clone()
+                .unwrap_or_else(|| data_dir.join("source.db")),
+        )?;
         let database_url = self
             .database_url
             .clone()
@@ -302,11 +303,21 @@ pub(crate) fn at(flag: &str, path: &Path, error: Error) -> Error {
     Error::FailedPrecondition(format!("{flag} {}: {why}", path.display()))
 }
 
-/// Creates `dir` (mode 0700) if missing and makes it absolute; a failure
-/// names `flag` and the directory.
+/// Creates `dir` (and parents, mode 0700) if missing and makes it
+/// absolute; a failure names `flag` and the directory.
 fn private_dir(flag: &str, dir: &Path) -> Result<PathBuf> {
-    crate::backup::file_io::ensure_private_dir(dir).map_err(|e| at(flag, dir, e))?;
-    std::path::absolute(dir).map_err(|e| at(flag, dir, Error::Io(e)))
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| at(flag, dir, Error::Io(e)))?;
+    absolute(flag, dir)
+}
+
+/// `path` made absolute; a failure names `flag` and the path.
+fn absolute(flag: &str, path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| at(flag, path, Error::Io(e)))
 }
 
 fn default_database_url(data_dir: &Path) -> String {

@@ -12,7 +12,8 @@ use sea_orm::DatabaseConnection;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::backup::{self, file_io};
+use crate::backup::source;
+use crate::backup::sqlite::Content;
 use crate::error::Error;
 use crate::store;
 
@@ -49,13 +50,12 @@ impl Checks {
 /// be a regular file (never a symlink) that is empty or starts with the
 /// SQLite header.
 pub async fn source_problem(path: &Path) -> Option<String> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    if path.parent().is_none() || path.file_name().is_none() {
         return Some("is not a file name".into());
-    };
-    let (dir, name) = (dir.to_owned(), name.to_string_lossy().into_owned());
-    match backup::blocking(move || file_io::sniff(&dir, &name)).await {
-        Ok(file_io::Content::Sqlite | file_io::Content::Empty) => None,
-        Ok(file_io::Content::NotSqlite) => Some("is not a SQLite database".into()),
+    }
+    match source::sniff(path.to_owned()).await {
+        Ok(Content::Sqlite | Content::Empty) => None,
+        Ok(Content::NotSqlite) => Some("is not a SQLite database".into()),
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             Some("does not exist".into())
         }

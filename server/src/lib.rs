@@ -2,15 +2,18 @@
 //! backups of a live SQLite database.
 //!
 //! A tour of the layout:
-//! - [`run`] wires everything up; `main.rs` only parses flags and binds.
+//! - [`prepare`] opens the store, migrates and reconciles; [`Prepared::serve`]
+//!   serves until shutdown. `main.rs` only parses flags and binds.
 //! - [`api`]: one thin file per gRPC service, protobuf in, domain calls out.
-//! - [`backup`]: the catalog and the backup files; [`backup::file_io`] is the
-//!   only code that touches backup bytes or the source database,
-//!   [`backup::verify`] checks those bytes against the catalog wherever they
-//!   are read, and [`backup::scrub`] verifies every backup on a schedule.
+//! - [`model`]: domain types of our own ([`model::backup::Backup`]), a leaf.
+//! - [`backup`]: backups, the catalog and the bytes kept in step; the bytes
+//!   are reached only through [`backup::storage::BackupStorage`] (today a
+//!   directory), the live source only through [`backup::source`];
+//!   [`backup::verify`] checks bytes against the catalog wherever they are
+//!   read, and [`backup::scrub`] verifies every backup on a schedule.
 //! - [`audit`]: the audit recorder and its live fan-out.
 //! - [`auth`]: bearer tokens and the caller identity.
-//! - [`store`]: the SeaORM state store, its entities and migrations.
+//! - [`store`]: the SeaORM state store, its entities, queries and migrations.
 //! - [`health`]: what the health service reports, from the store and source.
 //! - [`error`]: the domain error; [`api::status`] maps it to gRPC codes.
 
@@ -18,6 +21,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod blocking;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -47,6 +51,8 @@ use tonic_health::ServingStatus;
 use crate::audit::Recorder;
 use crate::audit::subscription::Hub;
 use crate::backup::Backups;
+use crate::backup::storage::BackupStorage;
+use crate::backup::storage::directory::Directory;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paging::PageTokens;
@@ -78,17 +84,51 @@ pub struct App {
 /// Opens the state store and applies pending migrations (snapshotting a
 /// store that already holds data first).
 pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::Paths)> {
+    let (db, paths, _) = open(config).await?;
+    Ok((db, paths))
+}
+
+/// [`open_store`], with the backup storage it snapshotted into.
+async fn open(
+    config: &Config,
+) -> Result<(DatabaseConnection, config::Paths, Arc<dyn BackupStorage>)> {
     let paths = config.prepare()?;
+    let storage: Arc<dyn BackupStorage> = Arc::new(
+        Directory::create(&paths.backups_dir)
+            .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?,
+    );
     let db = store::connect(&paths.database_url).await.map_err(|e| {
         match store::sqlite_path(&paths.database_url) {
             Some(path) => config::at("--database-url", &path, e),
             None => e,
         }
     })?;
-    if let Some(snapshot) = store::migrate(&db, &paths.database_url, &paths.backups_dir).await? {
+    if let Some(snapshot) = migrate(&db, &paths.database_url, storage.as_ref()).await? {
         tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
     }
-    Ok((db, paths))
+    Ok((db, paths, storage))
+}
+
+/// Applies pending migrations. When the store already holds data, it is
+/// first snapshotted into `storage` as a `pre_migration_*` backup (its name
+/// returned; reconcile catalogs it as protected), so a bad migration can be
+/// undone.
+async fn migrate(
+    db: &DatabaseConnection,
+    url: &str,
+    storage: &dyn BackupStorage,
+) -> Result<Option<String>> {
+    let migrations = store::pending_migrations(db, url).await?;
+    let snapshot = match migrations.snapshot_first() {
+        Some(state_store) => {
+            let name = backup::create::pre_migration_snapshot(storage, state_store).await?;
+            tracing::info!(backup = %name, pending = migrations.pending(), "state store snapshotted before migrating");
+            Some(name)
+        }
+        None => None,
+    };
+    migrations.apply().await?;
+    Ok(snapshot)
 }
 
 /// A server that has opened its store, applied migrations and reconciled
@@ -102,7 +142,7 @@ pub struct Prepared {
 
 /// Everything before serving: store, migrations, crash leftovers, catalog.
 pub async fn prepare(config: Config) -> Result<Prepared> {
-    let (db, paths) = open_store(&config).await?;
+    let (db, paths, storage) = open(&config).await?;
     tracing::info!(
         state_store = %paths.database_url,
         source_db = %paths.source_db.display(),
@@ -115,21 +155,20 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         db.clone(),
         audit.clone(),
         paths.source_db.clone(),
-        paths.backups_dir.clone(),
+        storage,
         backup::Limits {
             max_concurrent_copies: config.max_concurrent_copies,
             allow_user_downloads: config.allow_user_downloads,
             max_manual_backups_per_user: config.max_manual_backups_per_user,
         },
     ));
-    let leftovers = backup::file_io::remove_temp_files(&paths.backups_dir)?;
+    let leftovers = backups.recover().await?;
     if !leftovers.is_empty() {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
     }
     backups.reconcile().await?;
     backups.refresh_damaged_gauge().await;
     let retention = Arc::new(retention::Retention::new(
-        db.clone(),
         audit.clone(),
         Arc::clone(&backups),
     ));
@@ -290,5 +329,62 @@ impl Prepared {
         app.db.clone().close().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_holding_data_is_snapshotted_before_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let backups = dir.path().join("backups");
+        std::fs::create_dir(&backups).unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("state.db").display()
+        );
+        let db = store::connect(&url).await.unwrap();
+
+        // A fresh store has nothing to lose: no snapshot.
+        Migrator::up(&db, Some(1)).await.unwrap();
+        db.execute_unprepared(
+            "INSERT INTO users (id, is_admin, created_at) VALUES (7, 0, '2026-01-01T00:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+
+        let storage = Directory::create(&backups).unwrap();
+        let snapshot = migrate(&db, &url, &storage)
+            .await
+            .unwrap()
+            .expect("a snapshot");
+        assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
+        let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
+        let users: i64 = old
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
+        let has_settings: i64 = old
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'backup_settings'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(has_settings, 0, "the snapshot predates the migration");
+        assert!(
+            Migrator::get_pending_migrations(&db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Nothing pending: nothing to snapshot.
+        assert_eq!(migrate(&db, &url, &storage).await.unwrap(), None);
     }
 }

@@ -15,8 +15,8 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response};
 use tracing::Instrument;
 
-use crate::backup::BackupKind;
 use crate::error::{Error, Result};
+use crate::model::backup::BackupKind;
 
 // Every series the service defines, in one place; each carries the
 // `backup_` prefix (Prometheus naming: one namespace per exporter).

@@ -68,7 +68,11 @@ async fn run() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}/state.db?mode=rwc", dir.path().display());
     let db = store::connect(&url).await.expect("state store");
-    store::migrate(&db, &url, dir.path())
+    // A fresh store: nothing to snapshot first.
+    store::pending_migrations(&db, &url)
+        .await
+        .expect("migration lock")
+        .apply()
         .await
         .expect("migrate");
     let recorder = Recorder::new(db.clone());

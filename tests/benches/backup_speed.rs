@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_server::backup::file_io;
+use backup_server::backup::storage::directory::hash_file;
 use backup_tests::DataDir;
 
 /// Rows of `randomblob(4000)` each take about one 4 KiB page.
@@ -162,7 +162,7 @@ async fn main() {
         warm_cache(&source);
         let s = in_process(|| {
             let file = std::fs::File::open(&source).expect("open the source to hash");
-            file_io::hash_file(&file).expect("hash the source");
+            hash_file(&file).expect("hash the source");
         });
         println!("sha256 of the source #{i}: {}", show(s));
         sha.push(s);

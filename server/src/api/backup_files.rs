@@ -4,12 +4,12 @@ use std::pin::Pin;
 
 use backup_proto as pb;
 use backup_proto::backup_files_server::BackupFiles;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::convert::named;
-use crate::backup::catalog::Cursor;
+use crate::model::backup::Cursor;
 use crate::paging::page_size;
 
 /// Bytes per DownloadBackup message: well under the default 4 MiB limit.
@@ -99,7 +99,7 @@ impl BackupFiles for BackupFilesApi {
             .await?;
         // The first message carries the metadata with the first chunk.
         let mut meta = Some(pb::Backup::from(backup));
-        let messages = ReceiverStream::new(chunks).map(move |chunk| {
+        let messages = chunks.map(move |chunk| {
             chunk
                 .map(|chunk| pb::DownloadBackupResponse {
                     chunk,

@@ -3,9 +3,9 @@
 use backup_proto as pb;
 use chrono::{DateTime, Utc};
 
-use crate::backup::{BackupKind, Named};
+use crate::backup::Named;
 use crate::error::{Error, FieldViolation, Result};
-use crate::store::entity::backup::Model as Backup;
+use crate::model::backup::{Backup, BackupKind};
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -43,20 +43,21 @@ pub fn request_time(
     .transpose()
 }
 
-pub fn kind(kind: &str) -> pb::BackupKind {
-    match BackupKind::parse(kind) {
-        Some(BackupKind::Auto) => pb::BackupKind::Auto,
-        Some(BackupKind::Manual) => pb::BackupKind::Manual,
-        Some(BackupKind::PreRestore) => pb::BackupKind::PreRestore,
-        Some(BackupKind::PreMigration) => pb::BackupKind::PreMigration,
-        None => pb::BackupKind::Unspecified,
+impl From<BackupKind> for pb::BackupKind {
+    fn from(kind: BackupKind) -> Self {
+        match kind {
+            BackupKind::Auto => Self::Auto,
+            BackupKind::Manual => Self::Manual,
+            BackupKind::PreRestore => Self::PreRestore,
+            BackupKind::PreMigration => Self::PreMigration,
+        }
     }
 }
 
 impl From<Backup> for pb::Backup {
     fn from(b: Backup) -> Self {
         Self {
-            kind: kind(&b.kind).into(),
+            kind: pb::BackupKind::from(b.kind).into(),
             filename: b.name,
             size_bytes: b.size_bytes,
             created_at: Some(timestamp(b.created_at)),

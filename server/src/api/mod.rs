@@ -16,7 +16,7 @@ use tonic::Request;
 use crate::App;
 use crate::audit::NewEvent;
 use crate::auth::{self, Caller};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 impl App {
     /// The caller behind a request's bearer token. A refusal is audited as
@@ -42,8 +42,3 @@ impl App {
 
 /// Shared handle every service holds.
 pub type Shared = Arc<App>;
-
-/// Turns a missing message field into an INVALID_ARGUMENT naming it.
-pub fn required<T>(value: Option<T>, field: &str) -> Result<T> {
-    value.ok_or_else(|| Error::invalid(field, "is required"))
-}

@@ -12,7 +12,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::BackupKind;
+use crate::model::backup::BackupKind;
 
 /// Longest custom file name, in bytes, `.db` included.
 pub const MAX_FILENAME_BYTES: usize = 128;

@@ -15,7 +15,8 @@ use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backups, catalog};
+use super::Backups;
+use crate::store::backups as catalog;
 
 /// The longest the scrub sleeps before looking again: files other tools
 /// drop in may be due at once.

@@ -15,11 +15,12 @@ use std::sync::{Mutex, PoisonError};
 use chrono::{SubsecRound, Utc};
 use serde_json::json;
 
-use super::file_io::{self, FileFacts, FileStamp, VerifiedBackup};
-use super::{Backups, blocking, catalog, shutting_down};
+use super::Backups;
+use super::storage::{ChangeStamp, ContentFacts, VerifiedCopy};
 use crate::audit::NewEvent;
 use crate::error::{Error, Result, quote};
-use crate::store::entity::backup::Model as Backup;
+use crate::model::backup::Backup;
+use crate::store::backups as catalog;
 
 /// Why a backup is verified; audited with the outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +56,8 @@ impl Trigger {
 }
 
 /// What the catalog recorded of a backup's bytes.
-pub fn recorded_facts(backup: &Backup) -> FileFacts {
-    FileFacts {
+pub fn recorded_facts(backup: &Backup) -> ContentFacts {
+    ContentFacts {
         size_bytes: backup.size_bytes,
         sha256: backup.sha256.clone(),
     }
@@ -107,17 +108,17 @@ pub struct Stats {
     pub damaged: u64,
 }
 
-/// Files known to be intact, by file name, with the stamp they had when
-/// verified: an unchanged file is not read again.
+/// Backups known to be intact, by file name, with the stamp their bytes
+/// had when verified: unchanged bytes are not read again.
 #[derive(Default)]
-pub struct VerifiedFiles(Mutex<HashMap<String, FileStamp>>);
+pub struct VerifiedFiles(Mutex<HashMap<String, ChangeStamp>>);
 
 impl VerifiedFiles {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, FileStamp>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, ChangeStamp>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn remember(&self, filename: &str, stamp: FileStamp) {
+    fn remember(&self, filename: &str, stamp: ChangeStamp) {
         self.map().insert(filename.to_owned(), stamp);
     }
 
@@ -125,7 +126,7 @@ impl VerifiedFiles {
         self.map().remove(filename);
     }
 
-    fn still_intact(&self, filename: &str, now: &FileStamp) -> bool {
+    fn still_intact(&self, filename: &str, now: &ChangeStamp) -> bool {
         self.map().get(filename) == Some(now)
     }
 }
@@ -140,22 +141,25 @@ impl Backups {
         backup: &Backup,
         trigger: Trigger,
         actor: i64,
-    ) -> Result<(Backup, VerifiedBackup)> {
+    ) -> Result<(Backup, VerifiedCopy)> {
         if trigger != Trigger::Request && trigger != Trigger::Scrub {
             refuse_damaged(backup)?;
         }
-        let (dir, file, facts) = (
-            self.dir.clone(),
-            backup.filename.clone(),
-            recorded_facts(backup),
-        );
-        let checked = blocking(move || file_io::verify_backup(&dir, &file, &facts)).await;
+        let checked = self
+            .storage
+            .verify(&backup.filename, &recorded_facts(backup))
+            .await;
         match checked {
             Ok(verified) => {
                 self.verified.remember(&backup.filename, verified.stamp);
                 let backup = self.record(backup, None, trigger, actor).await?;
-                Ok((backup, verified))
+                Ok((backup, verified.copy))
             }
+            // Being deleted: nothing is lost.
+            Err(Error::NotFound(_)) => Err(Error::NotFound(format!(
+                "no backup named {}",
+                quote(&backup.name)
+            ))),
             Err(e) => Err(self.found_damaged(backup, e, trigger, actor).await),
         }
     }
@@ -169,7 +173,7 @@ impl Backups {
     ) -> Result<Backup> {
         let result = async {
             let backup = self.get(caller, named).await?;
-            let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
+            let _permit = self.queued_permit().await?;
             self.verify(&backup, Trigger::Request, caller.user_id)
                 .await
                 .map(|(backup, _)| backup)
@@ -187,9 +191,7 @@ impl Backups {
     /// What retention may assume of the backup in `filename`: an unchanged
     /// file found intact before is not read again; damage found is recorded.
     pub async fn health(&self, filename: &str, actor: i64) -> Health {
-        // One stat, on the async thread: a thread hop would cost more, and
-        // retention asks once per owner.
-        if let Ok(now) = file_io::stamp(&self.dir, filename)
+        if let Ok(now) = self.storage.stamp(filename).await
             && self.verified.still_intact(filename, &now)
         {
             return Health::Intact;
@@ -216,7 +218,7 @@ impl Backups {
     /// copies. Damage is an outcome, recorded; an error means the backup
     /// could not be verified.
     pub async fn scrub_one(&self, backup: &Backup) -> Result<()> {
-        let _permit = self.copies.acquire().await.map_err(|_| shutting_down())?;
+        let _permit = self.queued_permit().await?;
         match self
             .verify(backup, Trigger::Scrub, super::SYSTEM_OWNER)
             .await

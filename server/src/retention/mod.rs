@@ -13,19 +13,18 @@
 //! catalog's transaction); one that fails is audited and the rest go on.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
-use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
 use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
-use crate::backup::catalog::{self, Entry};
+use crate::backup::sqlite::Content;
 use crate::backup::verify::Health;
-use crate::backup::{BackupKind, Backups, DirGuard, SYSTEM_OWNER, blocking, file_io};
+use crate::backup::{Backups, DirGuard, SYSTEM_OWNER};
 use crate::error::{Error, Result};
+use crate::model::backup::{BackupKind, Entry};
 use crate::model::settings::KeepCount;
 
 /// Why a backup is kept.
@@ -340,14 +339,13 @@ struct Actor {
 
 /// The retention service's domain side.
 pub struct Retention {
-    db: DatabaseConnection,
     audit: Recorder,
     backups: Arc<Backups>,
 }
 
 impl Retention {
-    pub fn new(db: DatabaseConnection, audit: Recorder, backups: Arc<Backups>) -> Self {
-        Self { db, audit, backups }
+    pub fn new(audit: Recorder, backups: Arc<Backups>) -> Self {
+        Self { audit, backups }
     }
 
     /// GetRetentionSummary: exactly what [`Retention::apply`] with the same
@@ -506,7 +504,7 @@ impl Retention {
             Scope::Owner(owner) => Some(owner),
             Scope::AllOwners => None,
         };
-        let mut by_owner = catalog::entries_by_owner(&self.db, owner).await?;
+        let mut by_owner = self.backups.entries_by_owner(owner).await?;
         if let Some(owner) = owner {
             by_owner.entry(owner).or_default();
         }
@@ -562,20 +560,19 @@ impl Retention {
             // Files other tools dropped in are judged too.
             self.backups.reconcile().await?;
             let _dir = self.backups.lock_dir().await?;
-            let rows = catalog::entries(&self.db, None).await?;
-            let dir = self.backups.dir().to_owned();
-            let judged = blocking(move || Ok(sniff_all(&dir, rows))).await?;
+            let rows = self.backups.entries().await?;
+            let judged = self.backups.contents(rows).await?;
             let mut doomed = Vec::new();
             let mut spared = Vec::new();
             for (row, content) in judged {
                 let reason = match content {
-                    Ok(file_io::Content::Empty) => "empty",
-                    Ok(file_io::Content::NotSqlite) if !row.is_protected => "not a SQLite database",
-                    Ok(file_io::Content::NotSqlite) => {
+                    Ok(Content::Empty) => "empty",
+                    Ok(Content::NotSqlite) if !row.is_protected => "not a SQLite database",
+                    Ok(Content::NotSqlite) => {
                         spared.push(row.name);
                         continue;
                     }
-                    Ok(file_io::Content::Sqlite) => continue,
+                    Ok(Content::Sqlite) => continue,
                     Err(e) => {
                         tracing::warn!(file = %row.filename, error = %e, "cannot inspect a backup; leaving it");
                         continue;
@@ -616,7 +613,7 @@ impl Retention {
             // Files other tools dropped in are judged too.
             self.backups.reconcile().await?;
             let _dir = self.backups.lock_dir().await?;
-            let rows = catalog::entries(&self.db, None).await?;
+            let rows = self.backups.entries().await?;
             let doomed: Vec<Doomed> = rows
                 .into_iter()
                 .filter(|b| b.is_protected && cutoff.is_some_and(|c| b.created_at < c))
@@ -678,7 +675,7 @@ impl Retention {
             // The row and its event may have committed before the failure
             // (unlinking the renamed file): then the backup is gone, and the
             // next start finishes removing the file.
-            if let Ok(None) = catalog::by_filename(&self.db, &filename).await {
+            if let Ok(false) = self.backups.is_catalogued(&filename).await {
                 tracing::warn!(file = %filename, error = %e, "backup deleted; its file is removed at the next start");
                 deleted.push(name);
                 continue;
@@ -712,16 +709,6 @@ impl Retention {
         }
         result
     }
-}
-
-/// Each backup with what its file holds (blocking).
-fn sniff_all(dir: &Path, rows: Vec<Entry>) -> Vec<(Entry, Result<file_io::Content>)> {
-    rows.into_iter()
-        .map(|row| {
-            let content = file_io::sniff(dir, &row.filename);
-            (row, content)
-        })
-        .collect()
 }
 
 #[cfg(test)]

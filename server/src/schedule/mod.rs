@@ -21,8 +21,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::audit::{Change, NewEvent, Recorder};
-use crate::backup::{BackupKind, Backups, NewBackup, SharedSnapshot, naming};
+use crate::backup::{Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
+use crate::model::backup::BackupKind;
 use crate::model::run::{Lease, RunStatus};
 use crate::model::settings::{Settings, SettingsUpdate};
 use crate::retention::Retention;

@@ -1,15 +1,18 @@
-//! The state store: connection setup, write transactions and migrations.
+//! The state store: connection setup, write transactions, migrations, and
+//! the queries of each table ([`backups`]); entities never leave `store/`.
 //!
 //! Everything goes through SeaORM so the store can move to PostgreSQL; the
-//! SQLite specifics (WAL, busy timeout, one writer) live here alone.
+//! connection's SQLite settings (WAL, busy timeout, one writer) are here.
 
 pub mod audit;
+pub mod backups;
 pub mod entity;
 pub mod lease;
 pub mod runs;
 pub mod secrets;
 pub mod settings;
 
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,101 +94,75 @@ pub fn sqlite_version() -> &'static str {
     rusqlite::version()
 }
 
-/// Applies pending migrations. When the store already holds data, it is
-/// first snapshotted into `backups_dir` as a protected `pre_migration_*`
-/// backup (returned), so a bad migration can be undone.
-pub async fn migrate(
-    db: &DatabaseConnection,
+/// Migrations about to be applied, under the lock that keeps another
+/// process on the same store (a server and `token create`, two replicas)
+/// from applying them at the same time. Dropping it unapplied releases the
+/// lock.
+pub struct Migrations<'a> {
+    db: &'a DatabaseConnection,
+    /// How many are pending.
+    pending: usize,
+    /// The store's file, when it is SQLite and already holds data (some
+    /// migrations were applied): what to snapshot before applying more.
+    worth_keeping: Option<PathBuf>,
+    /// The advisory lock on `<state>.migrate-lock`, for a SQLite store.
+    _lock: Option<File>,
+}
+
+/// Takes the migration lock and looks what is pending.
+pub async fn pending_migrations<'a>(
+    db: &'a DatabaseConnection,
     url: &str,
-    backups_dir: &Path,
-) -> Result<Option<String>> {
-    // Two processes starting on one store (a server and `token create`, or
-    // two replicas) must not both apply the same migration.
-    let _lock = match sqlite_path(url) {
+) -> Result<Migrations<'a>> {
+    let lock = match sqlite_path(url) {
         Some(path) => {
             let lock = path.with_extension("migrate-lock");
-            Some(
-                crate::backup::blocking(move || crate::backup::file_io::lock_exclusive(&lock))
-                    .await?,
-            )
+            Some(crate::blocking::blocking(move || lock_file(&lock)).await?)
         }
         None => None,
     };
-    let pending = Migrator::get_pending_migrations(db).await?;
-    let applied = Migrator::get_applied_migrations(db).await?;
-    let mut snapshot = None;
-    if !pending.is_empty()
-        && !applied.is_empty()
-        && let Some(path) = sqlite_path(url)
-    {
-        let name = crate::backup::naming::pre_migration_filename(chrono::Utc::now());
-        let dir = backups_dir.to_owned();
-        let file = name.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::backup::file_io::snapshot(&path, "the state store", &dir, &file)
-        })
-        .await
-        .map_err(|e| crate::error::Error::Internal(e.to_string()))??;
-        tracing::info!(backup = %name, pending = pending.len(), "state store snapshotted before migrating");
-        snapshot = Some(name);
+    let pending = Migrator::get_pending_migrations(db).await?.len();
+    let applied = Migrator::get_applied_migrations(db).await?.len();
+    Ok(Migrations {
+        db,
+        pending,
+        worth_keeping: sqlite_path(url).filter(|_| pending > 0 && applied > 0),
+        _lock: lock,
+    })
+}
+
+impl Migrations<'_> {
+    pub fn pending(&self) -> usize {
+        self.pending
     }
-    Migrator::up(db, None).await?;
-    Ok(snapshot)
+
+    /// The store's file when migrations are pending and it already holds
+    /// data: a bad migration can be undone from a snapshot of it taken now.
+    pub fn snapshot_first(&self) -> Option<&Path> {
+        self.worth_keeping.as_deref()
+    }
+
+    /// Applies every pending migration, then releases the lock.
+    pub async fn apply(self) -> Result<()> {
+        Migrator::up(self.db, None).await?;
+        Ok(())
+    }
+}
+
+/// Takes an exclusive advisory lock on the file at `path` (created mode
+/// 0600 if missing), held until the file is dropped or the process dies.
+fn lock_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(false).write(true).mode(0o600);
+    let file = options.open(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::ConnectionTrait;
-
     use super::*;
-
-    #[tokio::test]
-    async fn a_store_holding_data_is_snapshotted_before_migrating() {
-        let dir = tempfile::tempdir().unwrap();
-        let backups = dir.path().join("backups");
-        std::fs::create_dir(&backups).unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("state.db").display()
-        );
-        let db = connect(&url).await.unwrap();
-
-        // A fresh store has nothing to lose: no snapshot.
-        Migrator::up(&db, Some(1)).await.unwrap();
-        db.execute_unprepared(
-            "INSERT INTO users (id, is_admin, created_at) VALUES (7, 0, '2026-01-01T00:00:00+00:00')",
-        )
-        .await
-        .unwrap();
-
-        let snapshot = migrate(&db, &url, &backups)
-            .await
-            .unwrap()
-            .expect("a snapshot");
-        assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
-        let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
-        let users: i64 = old
-            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(users, 1);
-        let has_settings: i64 = old
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = 'backup_settings'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(has_settings, 0, "the snapshot predates the migration");
-        assert!(
-            Migrator::get_pending_migrations(&db)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-
-        // Nothing pending: nothing to snapshot.
-        assert_eq!(migrate(&db, &url, &backups).await.unwrap(), None);
-    }
 
     #[test]
     fn sqlite_paths_come_from_urls() {

@@ -1,7 +1,7 @@
 //! The backup catalog: one row per file in the backups directory.
 //!
 //! A backup is identified by its owner and `name`; `filename` is where its
-//! bytes live in the backups directory (see `backup::naming::stored_filename`).
+//! bytes live in the backups directory (see `backup::naming`).
 
 use sea_orm::entity::prelude::*;
 
@@ -14,7 +14,7 @@ pub struct Model {
     pub name: String,
     /// 0 for system backups (pre-restore, pre-migration, adopted files).
     pub owner_user_id: i64,
-    /// `auto`, `manual`, `pre_restore` or `pre_migration` (see `backup::BackupKind`).
+    /// `auto`, `manual`, `pre_restore` or `pre_migration` (see `model::backup::BackupKind`).
     pub kind: String,
     pub size_bytes: i64,
     pub sha256: String,

@@ -1,4 +1,6 @@
-//! Queries on the backup catalog table.
+//! The backup catalog in the state store: its queries, and the one
+//! conversion between its rows and [`Backup`]. A stored kind this server
+//! does not know is an error, never a default.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,44 +11,59 @@ use sea_orm::{
     FromQueryResult, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::BackupKind;
 use crate::error::{Error, Result};
-use crate::store::entity::backup::{self, Model as Backup};
+use crate::model::backup::{Backup, BackupKind, Cursor, Entry};
+use crate::store::entity::backup;
 
-/// Where a newest-first listing resumes: after this (created_at, filename).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cursor {
-    pub created_at: DateTime<Utc>,
-    pub filename: String,
+/// A catalog row as a [`Backup`]; a kind this server does not know is an
+/// error naming the row.
+fn from_row(row: backup::Model) -> Result<Backup> {
+    let kind = BackupKind::parse(&row.kind).ok_or_else(|| {
+        Error::Internal(format!(
+            "the catalog row of {:?} has the kind {:?}, which this server does not know",
+            row.filename, row.kind
+        ))
+    })?;
+    Ok(Backup {
+        filename: row.filename,
+        name: row.name,
+        owner_user_id: row.owner_user_id,
+        kind,
+        size_bytes: row.size_bytes,
+        sha256: row.sha256,
+        is_protected: row.is_protected,
+        created_at: row.created_at,
+        damage: row.damage,
+        last_verified_at: row.last_verified_at,
+    })
 }
 
-impl Cursor {
-    pub fn after(backup: &Backup) -> Self {
-        Self {
-            created_at: backup.created_at,
-            filename: backup.filename.clone(),
-        }
-    }
+fn from_rows(rows: Vec<backup::Model>) -> Result<Vec<Backup>> {
+    rows.into_iter().map(from_row).collect()
+}
 
-    /// `<micros since epoch>|<filename>`, the text inside a page token.
-    pub fn encode(&self) -> String {
-        format!("{}|{}", self.created_at.timestamp_micros(), self.filename)
-    }
-
-    pub fn decode(text: &str) -> Result<Self> {
-        let invalid = || Error::invalid("page_token", "is malformed");
-        let (micros, filename) = text.split_once('|').ok_or_else(invalid)?;
-        let micros: i64 = micros.parse().map_err(|_| invalid())?;
-        Ok(Self {
-            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
-            filename: filename.to_owned(),
-        })
+fn to_row(backup: Backup) -> backup::Model {
+    backup::Model {
+        filename: backup.filename,
+        name: backup.name,
+        owner_user_id: backup.owner_user_id,
+        kind: backup.kind.as_str().into(),
+        size_bytes: backup.size_bytes,
+        sha256: backup.sha256,
+        is_protected: backup.is_protected,
+        created_at: backup.created_at,
+        damage: backup.damage,
+        last_verified_at: backup.last_verified_at,
     }
 }
 
 /// The backup whose bytes are in `filename`.
 pub async fn by_filename<C: ConnectionTrait>(conn: &C, filename: &str) -> Result<Option<Backup>> {
-    Ok(backup::Entity::find_by_id(filename).one(conn).await?)
+    backup::Entity::find_by_id(filename)
+        .one(conn)
+        .await?
+        .map(from_row)
+        .transpose()
 }
 
 /// `owner`'s backup called `name`.
@@ -55,19 +72,23 @@ pub async fn by_name<C: ConnectionTrait>(
     owner: i64,
     name: &str,
 ) -> Result<Option<Backup>> {
-    Ok(backup::Entity::find()
+    backup::Entity::find()
         .filter(backup::Column::OwnerUserId.eq(owner))
         .filter(backup::Column::Name.eq(name))
         .one(conn)
-        .await?)
+        .await?
+        .map(from_row)
+        .transpose()
 }
 
 /// Every owner's backups called `name` (at most one per owner).
 pub async fn all_named<C: ConnectionTrait>(conn: &C, name: &str) -> Result<Vec<Backup>> {
-    Ok(backup::Entity::find()
-        .filter(backup::Column::Name.eq(name))
-        .all(conn)
-        .await?)
+    from_rows(
+        backup::Entity::find()
+            .filter(backup::Column::Name.eq(name))
+            .all(conn)
+            .await?,
+    )
 }
 
 /// How many manual backups `owner` has.
@@ -115,16 +136,22 @@ pub async fn least_recently_verified<C: ConnectionTrait>(
     conn: &C,
     passed_over: &[String],
 ) -> Result<Option<Backup>> {
-    Ok(backup::Entity::find()
+    backup::Entity::find()
         .filter(backup::Column::Filename.is_not_in(passed_over.iter().map(String::as_str)))
         .order_by_asc(Expr::cust("coalesce(last_verified_at, created_at)"))
         .order_by_asc(backup::Column::Filename)
         .one(conn)
-        .await?)
+        .await?
+        .map(from_row)
+        .transpose()
 }
 
-pub async fn insert<C: ConnectionTrait>(conn: &C, row: Backup) -> Result<()> {
-    row.into_active_model().reset_all().insert(conn).await?;
+pub async fn insert<C: ConnectionTrait>(conn: &C, backup: Backup) -> Result<()> {
+    to_row(backup)
+        .into_active_model()
+        .reset_all()
+        .insert(conn)
+        .await?;
     Ok(())
 }
 
@@ -166,25 +193,40 @@ pub async fn page<C: ConnectionTrait>(
                 ),
         );
     }
-    Ok(query
-        .order_by_desc(backup::Column::CreatedAt)
-        .order_by_desc(backup::Column::Filename)
-        .limit(limit)
-        .all(conn)
-        .await?)
+    from_rows(
+        query
+            .order_by_desc(backup::Column::CreatedAt)
+            .order_by_desc(backup::Column::Filename)
+            .limit(limit)
+            .all(conn)
+            .await?,
+    )
 }
 
-/// A catalog row without its size and checksum: what retention plans with.
-#[derive(Clone, Debug, PartialEq, Eq, FromQueryResult)]
-pub struct Entry {
-    pub filename: String,
-    pub name: String,
-    pub owner_user_id: i64,
-    pub kind: String,
-    pub is_protected: bool,
-    pub created_at: DateTime<Utc>,
-    /// Marked damaged by its last verification.
-    pub damaged: bool,
+/// The columns of an [`Entry`], as the driver hands them over.
+#[derive(FromQueryResult)]
+struct EntryRow {
+    filename: String,
+    name: String,
+    owner_user_id: i64,
+    kind: String,
+    is_protected: bool,
+    created_at: DateTime<Utc>,
+    damaged: bool,
+}
+
+impl From<EntryRow> for Entry {
+    fn from(row: EntryRow) -> Self {
+        Self {
+            filename: row.filename,
+            name: row.name,
+            owner_user_id: row.owner_user_id,
+            kind: row.kind,
+            is_protected: row.is_protected,
+            created_at: row.created_at,
+            damaged: row.damaged,
+        }
+    }
 }
 
 /// `damaged` of [`Entry`], from the `damage` column.
@@ -206,7 +248,8 @@ pub async fn entries<C: ConnectionTrait>(conn: &C, owner: Option<i64>) -> Result
     if let Some(owner) = owner {
         query = query.filter(backup::Column::OwnerUserId.eq(owner));
     }
-    Ok(query.into_model::<Entry>().all(conn).await?)
+    let rows = query.into_model::<EntryRow>().all(conn).await?;
+    Ok(rows.into_iter().map(Entry::from).collect())
 }
 
 /// Every backup's [`Entry`] grouped by owner, optionally one owner's.
@@ -283,14 +326,14 @@ mod tests {
     use super::*;
     use migration::{Migrator, MigratorTrait};
 
-    fn row(filename: &str, owner: i64, kind: &str, protected: bool, at: &str) -> Backup {
+    fn row(filename: &str, owner: i64, kind: BackupKind, protected: bool, at: &str) -> Backup {
         Backup {
             filename: filename.into(),
             name: format!("name-of-{filename}"),
             damage: filename.starts_with('c').then(|| "digest".into()),
             last_verified_at: None,
             owner_user_id: owner,
-            kind: kind.into(),
+            kind,
             size_bytes: 1,
             sha256: String::new(),
             is_protected: protected,
@@ -303,17 +346,35 @@ mod tests {
         let db = crate::store::connect("sqlite::memory:").await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         let rows = [
-            row("a.db", 1, "manual", false, "2026-01-01T00:00:00Z"),
-            row("b-1_x.y.db", 1, "auto", false, "2026-01-01T00:00:00.5Z"),
-            row("c.db", 1, "auto", false, "2026-01-01T00:00:00.123456789Z"),
+            row("a.db", 1, BackupKind::Manual, false, "2026-01-01T00:00:00Z"),
+            row(
+                "b-1_x.y.db",
+                1,
+                BackupKind::Auto,
+                false,
+                "2026-01-01T00:00:00.5Z",
+            ),
+            row(
+                "c.db",
+                1,
+                BackupKind::Auto,
+                false,
+                "2026-01-01T00:00:00.123456789Z",
+            ),
             row(
                 "pre_restore_backup_1.db",
                 0,
-                "pre_restore",
+                BackupKind::PreRestore,
                 true,
                 "2025-06-30T23:59:59Z",
             ),
-            row("d.db", 7, "manual", false, "2027-02-03T04:05:06.000001Z"),
+            row(
+                "d.db",
+                7,
+                BackupKind::Manual,
+                false,
+                "2027-02-03T04:05:06.000001Z",
+            ),
         ];
         for r in &rows {
             insert(&db, r.clone()).await.unwrap();
@@ -332,6 +393,35 @@ mod tests {
         let one = entries_by_owner(&db, Some(7)).await.unwrap();
         assert_eq!(one.keys().collect::<Vec<_>>(), [&7]);
         assert!(entries_by_owner(&db, Some(8)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stored_kind_this_server_does_not_know_is_an_error() {
+        use sea_orm::ConnectionTrait;
+        let db = crate::store::connect("sqlite::memory:").await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let mut odd = row(
+            "odd.db",
+            1,
+            BackupKind::Manual,
+            false,
+            "2026-01-01T00:00:00Z",
+        );
+        insert(&db, odd.clone()).await.unwrap();
+        db.execute_unprepared("UPDATE backups SET kind = 'from-the-future'")
+            .await
+            .unwrap();
+        assert!(matches!(
+            by_filename(&db, "odd.db").await,
+            Err(Error::Internal(why)) if why.contains("from-the-future")
+        ));
+        odd.filename = "fine.db".into();
+        odd.name = "fine.db".into();
+        insert(&db, odd).await.unwrap();
+        assert!(
+            page(&db, None, None, 10).await.is_err(),
+            "no row is skipped"
+        );
     }
 
     #[test]

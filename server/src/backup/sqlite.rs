@@ -1,0 +1,201 @@
+//! Local SQLite files, the mechanics every part of `backup` shares:
+//! opening a database that must exist, the stepped (cancellable) online
+//! backup copy, `PRAGMA integrity_check`, and judging a file by its header.
+//!
+//! All functions block: call them from `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, backup::StepResult};
+use tokio_util::sync::CancellationToken;
+
+use super::check_cancelled;
+use crate::error::{Error, Result};
+
+/// How long a backup or restore waits for a lock held by another connection.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Pages copied per backup step of a cancellable copy (4 MiB at 4 KiB
+/// pages): how often it looks whether it was cancelled.
+const STEP_PAGES: i32 = 1024;
+
+/// Opens a database that must already exist and be SQLite. `what` names it in
+/// errors ("the source database"), never with its path.
+pub fn open_existing(path: &Path, what: &str, flags: OpenFlags) -> Result<Connection> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(Error::FailedPrecondition(format!("{what} does not exist")));
+        }
+        Err(e) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} is unreadable: {e}"
+            )));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} is not a regular file"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| Error::FailedPrecondition(format!("{what} cannot be opened: {e}")))?;
+    conn.busy_timeout(LOCK_WAIT)?;
+    // Reading the schema fails at once on a file that is not SQLite.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| unreadable(what, e))?;
+    Ok(conn)
+}
+
+/// A failed read of a database: locked past [`LOCK_WAIT`] (worth a retry)
+/// or not SQLite at all.
+fn unreadable(what: &str, e: rusqlite::Error) -> Error {
+    if matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    ) {
+        return Error::FailedPrecondition(format!(
+            "{what} stayed locked by another connection for {} s; try again later",
+            LOCK_WAIT.as_secs()
+        ));
+    }
+    Error::FailedPrecondition(format!("{what} is not a readable SQLite database: {e}"))
+}
+
+/// Opens the live database at `source` to copy it with [`snapshot_into`].
+pub fn open_source(source: &Path, what: &str) -> Result<Connection> {
+    open_existing(source, what, OpenFlags::SQLITE_OPEN_READ_WRITE)
+}
+
+/// Copies a consistent snapshot of the live database `src` (opened by
+/// [`open_source`], named `what` in errors) into the new, empty file at
+/// `dest`, and closes `src`.
+///
+/// The copy runs in one read transaction on the source, so writers on
+/// other connections neither block it (WAL) nor restart it. It is copied in
+/// steps of [`STEP_PAGES`], and `cancel` stops it between steps. `dest` is
+/// written without a journal or syncs: the caller syncs it, and discards it
+/// whole on any failure.
+pub fn snapshot_into(
+    src: Connection,
+    what: &str,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut dst = Connection::open_with_flags(
+        dest,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // A scratch file until the caller syncs it: a crash discards it whole,
+    // so it needs neither a journal (a journal file created and deleted per
+    // step) nor SQLite's own syncs.
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+    // One read transaction across every step: a consistent snapshot
+    // that other connections' commits do not restart.
+    src.execute_batch("BEGIN")?;
+    src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| unreadable(what, e))?;
+    copy_steps(&src, &mut dst, STEP_PAGES, cancel)?;
+    // The copy carries the source's WAL flag; a backup file stands alone.
+    dst.pragma_update(None, "journal_mode", "DELETE")?;
+    Ok(())
+}
+
+/// One-step online backup from `src` into `dst`, waiting out locks held by
+/// other connections for up to [`LOCK_WAIT`].
+pub fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
+    copy_steps(src, dst, -1, &CancellationToken::new())
+}
+
+/// Online backup from `src` into `dst`, `pages` at a time (-1: all in one
+/// step), stopping between steps once `cancel` fires and waiting out locks
+/// held by other connections for up to [`LOCK_WAIT`].
+///
+/// `sqlite3_interrupt` cannot stop a copy (`sqlite3_backup_step` never
+/// looks at it), hence the steps.
+fn copy_steps(
+    src: &Connection,
+    dst: &mut Connection,
+    pages: i32,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let backup = rusqlite::backup::Backup::new(src, dst)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        check_cancelled(cancel)?;
+        match backup.step(pages)? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => {}
+            StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            StepResult::Busy | StepResult::Locked => {
+                return Err(Error::FailedPrecondition(
+                    "the database stayed locked by another connection; try again later".into(),
+                ));
+            }
+            _ => return Err(Error::Internal("unexpected backup step result".into())),
+        }
+    }
+}
+
+/// Runs `PRAGMA integrity_check`; a problem found is FAILED_PRECONDITION
+/// naming `what` and the first three problems.
+pub fn check_integrity(conn: &Connection, what: &str) -> Result<()> {
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::FailedPrecondition(format!("{what} cannot be verified: {e}")))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "{what} fails integrity_check: {}",
+            problems.into_iter().take(3).collect::<Vec<_>>().join("; ")
+        )))
+    }
+}
+
+/// Opens a regular file for reading, never following a symlink
+/// (`O_NOFOLLOW`, which fails with `ELOOP`); anything but a regular file
+/// is `InvalidInput`.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::Io(ErrorKind::InvalidInput.into()));
+    }
+    Ok(file)
+}
+
+/// What a file holds, judged by its size and header alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Zero bytes.
+    Empty,
+    /// Not empty, but without the SQLite header.
+    NotSqlite,
+    /// Starts with the SQLite header.
+    Sqlite,
+}
+
+/// Classifies an open file by size and header, reading from its start.
+pub fn sniff(mut file: File) -> Result<Content> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Content::Empty);
+    }
+    let mut header = [0u8; 16];
+    match file.read_exact(&mut header) {
+        Ok(()) if &header == b"SQLite format 3\0" => Ok(Content::Sqlite),
+        Ok(()) => Ok(Content::NotSqlite),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(Content::NotSqlite),
+        Err(e) => Err(e.into()),
+    }
+}

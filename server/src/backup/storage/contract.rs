@@ -1,0 +1,135 @@
+//! The [`BackupStorage`] contract as tests: every implementation runs
+//! [`check`] against a fresh, empty storage of its own (see the tests at
+//! the end of `directory.rs`).
+
+use std::path::Path;
+
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{BackupStorage, ContentFacts};
+use crate::backup::sqlite::Content;
+use crate::error::Error;
+
+/// Runs every check of the contract against `storage`, which must be
+/// empty; `scratch` is a directory for the source databases it snapshots.
+pub async fn check(storage: &dyn BackupStorage, scratch: &Path) {
+    let source = scratch.join("contract-source.db");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(50000));")
+        .unwrap();
+
+    publish_is_create_if_absent(storage, &source).await;
+    reads_are_checked(storage).await;
+    deletes_are_begun_then_finished_or_undone(storage).await;
+    cancelled_staging_keeps_nothing(storage, &source).await;
+    assert!(
+        storage.recover().await.unwrap().is_empty(),
+        "nothing left staged"
+    );
+}
+
+async fn publish_is_create_if_absent(storage: &dyn BackupStorage, source: &Path) {
+    let staged = storage
+        .stage(source, "the source", "a", &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(!storage.contains("a.db").await.unwrap());
+    staged.publish("a.db").await.unwrap();
+    staged.publish("b.db").await.unwrap();
+    storage.flush().await.unwrap();
+    assert!(storage.contains("a.db").await.unwrap());
+    assert!(matches!(
+        staged.publish("a.db").await,
+        Err(Error::AlreadyExists(_))
+    ));
+    drop(staged);
+    let mut names = storage.list().await.unwrap().names;
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.db", "b.db"],
+        "a name exists exactly when published"
+    );
+    let a = storage.describe("a.db").await.unwrap().facts;
+    assert_eq!(a, storage.describe("b.db").await.unwrap().facts);
+    let verified = storage.verify("a.db", &a).await.unwrap();
+    assert_eq!(verified.stamp, storage.stamp("a.db").await.unwrap());
+    let sniffed = storage
+        .sniff(vec!["a.db".into(), "none.db".into()])
+        .await
+        .unwrap();
+    assert!(matches!(sniffed[..], [Ok(Content::Sqlite), Err(_)]));
+}
+
+async fn reads_are_checked(storage: &dyn BackupStorage) {
+    let facts = storage.describe("a.db").await.unwrap().facts;
+    let mut bytes = Vec::new();
+    let mut chunks = storage.open("a.db", &facts, 4096).await.unwrap();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        assert!(!chunk.is_empty() && chunk.len() <= 4096);
+        bytes.extend(chunk);
+    }
+    assert_eq!(i64::try_from(bytes.len()).ok(), Some(facts.size_bytes));
+
+    let wrong_size = ContentFacts {
+        size_bytes: facts.size_bytes + 1,
+        ..facts.clone()
+    };
+    assert!(matches!(
+        storage.open("a.db", &wrong_size, 4096).await,
+        Err(Error::DataLoss(_))
+    ));
+    let wrong_digest = ContentFacts {
+        sha256: "0".repeat(64),
+        ..facts.clone()
+    };
+    let mut chunks = storage.open("a.db", &wrong_digest, 4096).await.unwrap();
+    let mut last = None;
+    while let Some(chunk) = chunks.next().await {
+        last = Some(chunk);
+    }
+    assert!(matches!(last, Some(Err(Error::DataLoss(_)))), "{last:?}");
+    assert!(matches!(
+        storage.verify("a.db", &wrong_digest).await,
+        Err(Error::DataLoss(_))
+    ));
+    assert!(matches!(
+        storage.open("none.db", &facts, 4096).await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn deletes_are_begun_then_finished_or_undone(storage: &dyn BackupStorage) {
+    let facts = storage.describe("a.db").await.unwrap().facts;
+    let _lock = storage.lock().await.unwrap();
+    assert!(storage.begin_delete("a.db").await.unwrap());
+    assert!(!storage.contains("a.db").await.unwrap());
+    let listing = storage.list().await.unwrap();
+    assert_eq!(listing.names, ["b.db"]);
+    assert_eq!(listing.deleting, ["a.db"]);
+    assert!(matches!(
+        storage.verify("a.db", &facts).await,
+        Err(Error::NotFound(_))
+    ));
+    storage.undo_delete("a.db").await.unwrap();
+    assert!(storage.contains("a.db").await.unwrap());
+    assert!(storage.begin_delete("a.db").await.unwrap());
+    storage.finish_delete("a.db").await.unwrap();
+    assert!(storage.list().await.unwrap().deleting.is_empty());
+    assert!(!storage.begin_delete("a.db").await.unwrap());
+    assert!(matches!(
+        storage.verify("a.db", &facts).await,
+        Err(Error::DataLoss(_))
+    ));
+}
+
+async fn cancelled_staging_keeps_nothing(storage: &dyn BackupStorage, source: &Path) {
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let staged = storage.stage(source, "the source", "c", &cancel).await;
+    assert!(matches!(staged, Err(Error::Cancelled(_))));
+    assert_eq!(storage.list().await.unwrap().names, ["b.db"]);
+}
