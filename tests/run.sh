@@ -16,6 +16,7 @@ export PATH="$tools/venv/bin:$PATH"
 echo "grpcurl: $(grpcurl --version 2>&1)"
 
 cargo fmt --all -- --check
+tests/layering.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 # Unit and end-to-end tests (benches are run on their own: see the README).

@@ -6,16 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::store::Store;
 use backup_proto::SERVICE_NAMES;
 use backup_proto::backup_files_server::SERVICE_NAME as BACKUP_FILES;
-use sea_orm::DatabaseConnection;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::backup::source;
 use crate::backup::sqlite::Content;
 use crate::error::Error;
-use crate::store;
 
 /// What the checks found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +82,7 @@ pub fn warn_source(path: &Path, problem: &str) {
 /// Re-runs both checks every `every` and publishes the statuses when
 /// either result changes; `last` is what was published at start.
 pub async fn watch(
-    db: DatabaseConnection,
+    db: Store,
     source: PathBuf,
     health: HealthReporter,
     every: Duration,
@@ -91,7 +90,7 @@ pub async fn watch(
 ) {
     loop {
         tokio::time::sleep(every).await;
-        let store = match store::probe(&db).await {
+        let store = match db.probe().await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "the state store does not answer");

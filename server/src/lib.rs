@@ -37,12 +37,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Store;
 use backup_proto::{
     FILE_DESCRIPTOR_SET, SERVICE_NAMES, audit_log_server::AuditLogServer,
     backup_files_server::BackupFilesServer, backup_scheduler_server::BackupSchedulerServer,
     retention_server::RetentionServer,
 };
-use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -66,7 +66,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// What every service shares.
 pub struct App {
-    pub db: DatabaseConnection,
+    pub db: Store,
     pub audit: Recorder,
     pub backups: Arc<Backups>,
     pub page_tokens: PageTokens,
@@ -83,26 +83,25 @@ pub struct App {
 
 /// Opens the state store and applies pending migrations (snapshotting a
 /// store that already holds data first).
-pub async fn open_store(config: &Config) -> Result<(DatabaseConnection, config::Paths)> {
+pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
     let (db, paths, _) = open(config).await?;
     Ok((db, paths))
 }
 
 /// [`open_store`], with the backup storage it snapshotted into.
-async fn open(
-    config: &Config,
-) -> Result<(DatabaseConnection, config::Paths, Arc<dyn BackupStorage>)> {
+async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupStorage>)> {
     let paths = config.prepare()?;
     let storage: Arc<dyn BackupStorage> = Arc::new(
         Directory::create(&paths.backups_dir)
             .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?,
     );
-    let db = store::connect(&paths.database_url).await.map_err(|e| {
-        match store::sqlite_path(&paths.database_url) {
-            Some(path) => config::at("--database-url", &path, e),
-            None => e,
-        }
-    })?;
+    let db =
+        store::Store::open(&paths.database_url).await.map_err(|e| {
+            match store::sqlite_path(&paths.database_url) {
+                Some(path) => config::at("--database-url", &path, e),
+                None => e,
+            }
+        })?;
     if let Some(snapshot) = migrate(&db, &paths.database_url, storage.as_ref()).await? {
         tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
     }
@@ -113,11 +112,7 @@ async fn open(
 /// first snapshotted into `storage` as a `pre_migration_*` backup (its name
 /// returned; reconcile catalogs it as protected), so a bad migration can be
 /// undone.
-async fn migrate(
-    db: &DatabaseConnection,
-    url: &str,
-    storage: &dyn BackupStorage,
-) -> Result<Option<String>> {
+async fn migrate(db: &Store, url: &str, storage: &dyn BackupStorage) -> Result<Option<String>> {
     let migrations = store::pending_migrations(db, url).await?;
     let snapshot = match migrations.snapshot_first() {
         Some(state_store) => {
@@ -348,15 +343,16 @@ mod tests {
             "sqlite://{}?mode=rwc",
             dir.path().join("state.db").display()
         );
-        let db = store::connect(&url).await.unwrap();
-
-        // A fresh store has nothing to lose: no snapshot.
-        Migrator::up(&db, Some(1)).await.unwrap();
-        db.execute_unprepared(
+        // A store from before the later migrations, holding data.
+        let old = sea_orm::Database::connect(&url).await.unwrap();
+        Migrator::up(&old, Some(1)).await.unwrap();
+        old.execute_unprepared(
             "INSERT INTO users (id, is_admin, created_at) VALUES (7, 0, '2026-01-01T00:00:00+00:00')",
         )
         .await
         .unwrap();
+        old.close().await.unwrap();
+        let db = store::Store::open(&url).await.unwrap();
 
         let storage = Directory::create(&backups).unwrap();
         let snapshot = migrate(&db, &url, &storage)
@@ -378,7 +374,7 @@ mod tests {
             .unwrap();
         assert_eq!(has_settings, 0, "the snapshot predates the migration");
         assert!(
-            Migrator::get_pending_migrations(&db)
+            Migrator::get_pending_migrations(db.reads())
                 .await
                 .unwrap()
                 .is_empty()

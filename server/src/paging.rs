@@ -2,8 +2,8 @@
 //! key shared through the state store, so a token the server did not issue
 //! (or issued for another listing) is refused.
 
+use crate::store::Store;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use sea_orm::DatabaseConnection;
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
@@ -43,8 +43,8 @@ impl PageTokens {
     }
 
     /// Loads the signing key from the store, creating it on first use.
-    pub async fn load(db: &DatabaseConnection) -> Result<Self> {
-        let txn = store::begin_write(db).await?;
+    pub async fn load(db: &Store) -> Result<Self> {
+        let txn = db.begin_write().await?;
         let key =
             store::secrets::get_or_create(&txn, KEY_NAME, || rand::random::<[u8; 32]>().to_vec())
                 .await?;

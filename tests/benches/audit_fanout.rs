@@ -67,7 +67,7 @@ async fn run() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}/state.db?mode=rwc", dir.path().display());
-    let db = store::connect(&url).await.expect("state store");
+    let db = store::Store::open(&url).await.expect("state store");
     // A fresh store: nothing to snapshot first.
     store::pending_migrations(&db, &url)
         .await

@@ -48,7 +48,7 @@ impl AuditLog for AuditLogApi {
                 .map_err(|_| Error::invalid("page_token", "does not hold an event id"))?,
             None => 0,
         };
-        let events = store::audit::page(&self.app.db, &filter, after, None, limit).await?;
+        let events = store::audit::page(self.app.db.reads(), &filter, after, None, limit).await?;
         let next_page_token = match events.last() {
             Some(last) if events.len() as u64 == limit => {
                 self.app.page_tokens.issue(LISTING, &last.id.to_string())

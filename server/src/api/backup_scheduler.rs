@@ -225,7 +225,7 @@ impl BackupScheduler for BackupSchedulerApi {
             ),
             None => None,
         };
-        let page = crate::store::settings::page(&self.app.db, after, limit).await?;
+        let page = crate::store::settings::page(self.app.db.reads(), after, limit).await?;
         let next_page_token = match page.last() {
             Some(last) if page.len() as u64 == limit => self
                 .app
@@ -247,7 +247,7 @@ impl BackupScheduler for BackupSchedulerApi {
             .caller(&request, "ListOverdueSettings")
             .await?
             .require_admin()?;
-        let overdue = crate::store::settings::overdue(&self.app.db, Utc::now()).await?;
+        let overdue = crate::store::settings::overdue(self.app.db.reads(), Utc::now()).await?;
         Ok(Response::new(pb::ListOverdueSettingsResponse {
             settings: overdue.into_iter().map(Into::into).collect(),
         }))

@@ -8,12 +8,11 @@
 pub mod access;
 pub mod subscription;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::store;
+use crate::store::{self, Store, Transaction};
 
 pub use crate::model::audit::NewEvent;
 pub use crate::store::audit::Event;
@@ -25,18 +24,18 @@ const LIVE_BUFFER: usize = 4096;
 /// Writes events and fans committed ones out to subscribers.
 #[derive(Clone)]
 pub struct Recorder {
-    db: DatabaseConnection,
+    db: Store,
     live: broadcast::Sender<Event>,
 }
 
 impl Recorder {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: Store) -> Self {
         Self::with_live_buffer(db, LIVE_BUFFER)
     }
 
     /// A recorder whose live subscribers may lag `events` behind before
     /// they read the store instead.
-    pub fn with_live_buffer(db: DatabaseConnection, events: usize) -> Self {
+    pub fn with_live_buffer(db: Store, events: usize) -> Self {
         let (live, _) = broadcast::channel(events);
         Self { db, live }
     }
@@ -48,7 +47,7 @@ impl Recorder {
     /// rolls back and nothing is published.
     pub async fn begin(&self) -> Result<Change<'_>> {
         Ok(Change {
-            txn: store::begin_write(&self.db).await?,
+            txn: self.db.begin_write().await?,
             recorder: self,
             events: Vec::new(),
         })
@@ -107,7 +106,7 @@ impl Recorder {
 /// A write transaction and the audit events that record it; see
 /// [`Recorder::begin`]. Queries run through it as a transaction.
 pub struct Change<'r> {
-    txn: DatabaseTransaction,
+    txn: Transaction,
     recorder: &'r Recorder,
     events: Vec<NewEvent>,
 }
@@ -152,44 +151,44 @@ impl Drop for Committed<'_> {
 }
 
 impl std::ops::Deref for Change<'_> {
-    type Target = DatabaseTransaction;
+    type Target = Transaction;
 
-    fn deref(&self) -> &DatabaseTransaction {
+    fn deref(&self) -> &Transaction {
         &self.txn
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use crate::store::Store;
     use migration::{Migrator, MigratorTrait};
-    use sea_orm::DatabaseConnection;
 
     /// A migrated in-memory state store (one connection, so it persists).
-    pub(crate) async fn memory_store() -> DatabaseConnection {
-        let db = crate::store::connect("sqlite::memory:").await.unwrap();
-        Migrator::up(&db, None).await.unwrap();
+    pub(crate) async fn memory_store() -> Store {
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        Migrator::up(db.reads(), None).await.unwrap();
         db
     }
 
     #[tokio::test]
     async fn events_from_before_the_subject_column_have_their_actor_as_subject() {
         use sea_orm::ConnectionTrait;
-        let db = crate::store::connect("sqlite::memory:").await.unwrap();
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
         // Up to m20261121_000004, before audit subjects.
-        Migrator::up(&db, Some(4)).await.unwrap();
-        db.execute_unprepared(
+        Migrator::up(db.reads(), Some(4)).await.unwrap();
+        db.reads().execute_unprepared(
             "INSERT INTO audit_events (event_type, user_id, resource_type, resource_id, action, \
              success, details, error_message, timestamp) VALUES ('backup_files.create', 7, \
              'backup', 'a.db', 'create', 1, '{}', '', '2026-01-01T00:00:00+00:00')",
         )
         .await
         .unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        Migrator::up(db.reads(), None).await.unwrap();
         let about_7 = crate::model::audit::Filter {
             user_id: Some(7),
             ..Default::default()
         };
-        let old = crate::store::audit::page(&db, &about_7, 0, None, 10)
+        let old = crate::store::audit::page(db.reads(), &about_7, 0, None, 10)
             .await
             .unwrap();
         assert_eq!(old.len(), 1);
@@ -208,10 +207,11 @@ pub(crate) mod tests {
         assert_eq!((theirs.user_id, theirs.subject_user_id), (1, 7));
 
         // The migration can be undone.
-        Migrator::down(&db, Some(1)).await.unwrap();
+        Migrator::down(db.reads(), Some(1)).await.unwrap();
         let columns = db
+            .reads()
             .query_all_raw(sea_orm::Statement::from_string(
-                db.get_database_backend(),
+                db.reads().get_database_backend(),
                 "SELECT name FROM pragma_table_info('audit_events')",
             ))
             .await
@@ -264,7 +264,7 @@ pub(crate) mod tests {
         dropped.record(super::NewEvent::new("test.dropped", 1));
         drop(dropped);
         assert!(live.try_recv().is_err());
-        assert_eq!(crate::store::audit::last_id(&db).await.unwrap(), 6);
+        assert_eq!(crate::store::audit::last_id(db.reads()).await.unwrap(), 6);
         let nothing = recorder.begin().await.unwrap().commit().await.unwrap();
         assert!(nothing.events().is_empty());
     }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
+use crate::store::Store;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -57,7 +57,7 @@ pub type Delivery = Result<Event>;
 
 /// Starts subscriptions and counts the live ones.
 pub struct Hub {
-    db: DatabaseConnection,
+    db: Store,
     recorder: Recorder,
     active: Arc<AtomicUsize>,
     watermark: watch::Receiver<i64>,
@@ -68,7 +68,7 @@ impl Hub {
     /// A hub over `recorder`'s events; subscriptions end with UNAVAILABLE
     /// once `shutdown` is cancelled. Spawns the store poller, which ends
     /// with `shutdown` or when the hub and its subscriptions are gone.
-    pub fn new(db: DatabaseConnection, recorder: Recorder, shutdown: CancellationToken) -> Self {
+    pub fn new(db: Store, recorder: Recorder, shutdown: CancellationToken) -> Self {
         let active = Arc::new(AtomicUsize::new(0));
         let (tx, watermark) = watch::channel(0);
         tokio::spawn(poll_store(
@@ -109,7 +109,7 @@ impl Hub {
         // Listen before reading the newest id: whatever commits after the
         // read is then either in the broadcast or found in the store.
         let live = self.recorder.subscribe();
-        let last = stored::last_id(&self.db).await?;
+        let last = stored::last_id(self.db.reads()).await?;
         let start = match after_id {
             Some(after) if after > last => {
                 return Err(Error::invalid(
@@ -181,7 +181,7 @@ impl Stream for Events {
 
 /// Keeps the watermark at the store's newest id while anyone subscribes.
 async fn poll_store(
-    db: DatabaseConnection,
+    db: Store,
     watermark: watch::Sender<i64>,
     active: Arc<AtomicUsize>,
     shutdown: CancellationToken,
@@ -199,7 +199,7 @@ async fn poll_store(
         if active.load(Ordering::Relaxed) == 0 {
             continue;
         }
-        match stored::last_id(&db).await {
+        match stored::last_id(db.reads()).await {
             Ok(last) => {
                 watermark.send_if_modified(|w| {
                     let newer = last > *w;
@@ -233,7 +233,7 @@ enum Stop {
 }
 
 struct Subscription {
-    db: DatabaseConnection,
+    db: Store,
     filter: Filter,
     live: broadcast::Receiver<Event>,
     watermark: watch::Receiver<i64>,
@@ -309,7 +309,7 @@ impl Subscription {
             handled = self.handled,
             "audit subscriber fell behind the live buffer; reading the store"
         );
-        stored::last_id(&self.db).await.map_err(Stop::Failed)
+        stored::last_id(self.db.reads()).await.map_err(Stop::Failed)
     }
 
     /// A committed event from the broadcast: everything before it is
@@ -333,7 +333,7 @@ impl Subscription {
     async fn catch_up(&mut self, up_to: i64) -> Result<(), Stop> {
         while self.handled < up_to {
             let rows = stored::page(
-                &self.db,
+                self.db.reads(),
                 &self.filter,
                 self.handled,
                 Some(up_to),
@@ -393,11 +393,10 @@ mod tests {
     use super::*;
     use crate::audit::NewEvent;
     use crate::audit::tests::memory_store;
-    use crate::store;
 
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    async fn setup(live_buffer: usize) -> (DatabaseConnection, Recorder, Hub, CancellationToken) {
+    async fn setup(live_buffer: usize) -> (Store, Recorder, Hub, CancellationToken) {
         let db = memory_store().await;
         let recorder = Recorder::with_live_buffer(db.clone(), live_buffer);
         let shutdown = CancellationToken::new();
@@ -430,8 +429,8 @@ mod tests {
     }
 
     /// Commits an event without publishing it, as another process would.
-    async fn commit_unpublished(db: &DatabaseConnection, user: i64) -> Event {
-        let txn = store::begin_write(db).await.unwrap();
+    async fn commit_unpublished(db: &Store, user: i64) -> Event {
+        let txn = db.begin_write().await.unwrap();
         let mut events = stored::insert(&txn, vec![NewEvent::new("test.elsewhere", user)])
             .await
             .unwrap();
@@ -467,7 +466,7 @@ mod tests {
         for w in writers {
             w.await.unwrap();
         }
-        let last = stored::last_id(&db).await.unwrap();
+        let last = stored::last_id(db.reads()).await.unwrap();
         assert_eq!(last, 1900);
         assert_eq!(
             ids_until(&mut replaying, last).await,
@@ -525,7 +524,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let last = stored::last_id(&db).await.unwrap();
+        let last = stored::last_id(db.reads()).await.unwrap();
         assert_eq!(
             ids_until(&mut rx, last).await,
             (1..=last).collect::<Vec<_>>()

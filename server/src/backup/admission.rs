@@ -60,7 +60,7 @@ impl Backups {
     /// Fails when `new`'s name is taken among its owner's backups, or its
     /// owner has as many manual backups as the quota allows.
     pub(super) async fn check_admissible(&self, new: &NewBackup) -> Result<()> {
-        if catalog::by_name(&self.db, new.owner_user_id, &new.name)
+        if catalog::by_name(self.db.reads(), new.owner_user_id, &new.name)
             .await?
             .is_some()
         {
@@ -70,7 +70,7 @@ impl Backups {
             )));
         }
         if let Some(quota) = new.manual_quota {
-            let have = catalog::count_manual(&self.db, new.owner_user_id).await?;
+            let have = catalog::count_manual(self.db.reads(), new.owner_user_id).await?;
             if have >= u64::from(quota) {
                 return Err(Error::ResourceExhausted(format!(
                     "you have {have} manual backups, the most this server allows \

@@ -226,7 +226,9 @@ impl Backups {
             return Ok(new.name.clone());
         }
         if self.storage.contains(&new.name).await?
-            || catalog::by_filename(&self.db, &new.name).await?.is_some()
+            || catalog::by_filename(self.db.reads(), &new.name)
+                .await?
+                .is_some()
         {
             return Ok(naming::owner_qualified(new.owner_user_id, &new.name));
         }

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use sea_orm::DatabaseConnection;
+use crate::store::Store;
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,7 @@ pub struct Limits {
 
 /// The backup storage, the source database, and the catalog.
 pub struct Backups {
-    db: DatabaseConnection,
+    db: Store,
     audit: Recorder,
     /// The live database being backed up.
     source: PathBuf,
@@ -134,7 +134,7 @@ pub const SYSTEM_OWNER: i64 = 0;
 
 impl Backups {
     pub fn new(
-        db: DatabaseConnection,
+        db: Store,
         audit: Recorder,
         source: PathBuf,
         storage: Arc<dyn BackupStorage>,

@@ -39,17 +39,17 @@ impl Backups {
                     "only an admin may name another user's backup".into(),
                 ));
             }
-            return catalog::by_name(&self.db, owner, name)
+            return catalog::by_name(self.db.reads(), owner, name)
                 .await?
                 .ok_or_else(not_found);
         }
-        if let Some(mine) = catalog::by_name(&self.db, caller.user_id, name).await? {
+        if let Some(mine) = catalog::by_name(self.db.reads(), caller.user_id, name).await? {
             return Ok(mine);
         }
         if !caller.is_admin {
             return Err(not_found());
         }
-        let mut all = catalog::all_named(&self.db, name).await?;
+        let mut all = catalog::all_named(self.db.reads(), name).await?;
         match all.len() {
             0 => Err(not_found()),
             1 => Ok(all.remove(0)),
@@ -70,7 +70,7 @@ impl Backups {
     ) -> Result<Vec<Backup>> {
         self.reconcile().await?;
         let owner = (!caller.is_admin).then_some(caller.user_id);
-        catalog::page(&self.db, owner, after, limit).await
+        catalog::page(self.db.reads(), owner, after, limit).await
     }
 
     /// DownloadBackup: the backup and its bytes in chunks of at most
@@ -235,17 +235,19 @@ impl Backups {
 
     /// Every backup's [`Entry`], in no particular order.
     pub async fn entries(&self) -> Result<Vec<Entry>> {
-        catalog::entries(&self.db, None).await
+        catalog::entries(self.db.reads(), None).await
     }
 
     /// Every backup's [`Entry`] grouped by owner, optionally one owner's.
     pub async fn entries_by_owner(&self, owner: Option<i64>) -> Result<BTreeMap<i64, Vec<Entry>>> {
-        catalog::entries_by_owner(&self.db, owner).await
+        catalog::entries_by_owner(self.db.reads(), owner).await
     }
 
     /// Whether a backup's bytes are catalogued under `filename`.
     pub async fn is_catalogued(&self, filename: &str) -> Result<bool> {
-        Ok(catalog::by_filename(&self.db, filename).await?.is_some())
+        Ok(catalog::by_filename(self.db.reads(), filename)
+            .await?
+            .is_some())
     }
 
     /// Each backup with what its bytes hold, by size and header.

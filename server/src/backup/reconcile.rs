@@ -27,7 +27,7 @@ impl Backups {
     pub async fn reconcile(&self) -> Result<()> {
         let _dir = self.lock_dir().await?;
         let listing = self.storage.list().await?;
-        let known = catalog::all_filenames(&self.db).await?;
+        let known = catalog::all_filenames(self.db.reads()).await?;
         let mut restored = Vec::new();
         let mut finished = Vec::new();
         for name in &listing.deleting {
@@ -58,7 +58,7 @@ impl Backups {
             let (kind, owner, mut backup_name) = naming::classify(name);
             // A name its owner already uses (a file dropped in beside a
             // catalogued one) is adopted under its file name, unique.
-            if catalog::by_name(&self.db, owner, backup_name)
+            if catalog::by_name(self.db.reads(), owner, backup_name)
                 .await?
                 .is_some()
                 || adopted

@@ -44,7 +44,7 @@ pub async fn run(backups: Arc<Backups>, every: Duration, stop: CancellationToken
     while !stop.is_cancelled() {
         deferred.retain(|_, until| *until > Instant::now());
         let passed_over: Vec<String> = deferred.keys().cloned().collect();
-        let wait = match catalog::least_recently_verified(&backups.db, &passed_over).await {
+        let wait = match catalog::least_recently_verified(backups.db.reads(), &passed_over).await {
             Ok(Some(backup)) => {
                 let due = backup.last_verified_at.unwrap_or(backup.created_at) + interval;
                 match (due - Utc::now()).to_std() {

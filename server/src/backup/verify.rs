@@ -196,7 +196,7 @@ impl Backups {
         {
             return Health::Intact;
         }
-        let backup = match catalog::by_filename(&self.db, filename).await {
+        let backup = match catalog::by_filename(self.db.reads(), filename).await {
             Ok(Some(backup)) => backup,
             Ok(None) => return Health::Unverifiable,
             Err(e) => {
@@ -309,7 +309,7 @@ impl Backups {
     /// Damaged backups now, and this process's verification outcomes.
     pub async fn verification_stats(&self) -> Result<Stats> {
         Ok(Stats {
-            damaged_now: catalog::count_damaged(&self.db).await?,
+            damaged_now: catalog::count_damaged(self.db.reads()).await?,
             intact: self.verifications.intact.load(Ordering::Relaxed),
             damaged: self.verifications.damaged.load(Ordering::Relaxed),
         })
@@ -317,7 +317,7 @@ impl Backups {
 
     /// Sets the `backup_damaged` gauge to the catalog's count.
     pub async fn refresh_damaged_gauge(&self) {
-        match catalog::count_damaged(&self.db).await {
+        match catalog::count_damaged(self.db.reads()).await {
             Ok(n) => metrics::gauge!(crate::telemetry::DAMAGED).set(n as f64),
             Err(e) => tracing::warn!(error = %e, "cannot count damaged backups"),
         }

@@ -25,3 +25,22 @@ impl UserSelector {
         }
     }
 }
+
+/// A user of the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub is_admin: bool,
+}
+
+/// A token as the operator sees it (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub user_id: i64,
+    /// Whether its user is an admin.
+    pub is_admin: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::store::Store;
 use chrono::{DateTime, SubsecRound, Utc};
-use sea_orm::DatabaseConnection;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -62,7 +62,7 @@ pub struct Stats {
 }
 
 pub struct Scheduler {
-    db: DatabaseConnection,
+    db: Store,
     audit: Recorder,
     backups: Arc<Backups>,
     retention: Arc<Retention>,
@@ -88,7 +88,7 @@ enum Outcome {
 
 impl Scheduler {
     pub fn new(
-        db: DatabaseConnection,
+        db: Store,
         audit: Recorder,
         backups: Arc<Backups>,
         retention: Arc<Retention>,
@@ -182,7 +182,7 @@ impl Scheduler {
                         .record_or_log(NewEvent::new("backup_scheduler.check_error", 0).failed(&e))
                         .await;
                 }
-                match store::settings::next_due(&self.db).await {
+                match store::settings::next_due(self.db.reads()).await {
                     Ok(Some(due)) => {
                         metrics::gauge!(crate::telemetry::SCHEDULER_NEXT_DUE)
                             .set(due.timestamp() as f64);
@@ -310,7 +310,7 @@ impl Scheduler {
         let shared = Arc::new(SharedSnapshot::default());
         let (mut ran, mut failed) = (0, 0);
         loop {
-            let batch = store::settings::due(&self.db, now, DUE_BATCH).await?;
+            let batch = store::settings::due(self.db.reads(), now, DUE_BATCH).await?;
             if batch.is_empty() {
                 break;
             }
@@ -511,18 +511,18 @@ impl Scheduler {
     }
 
     pub async fn stats(&self) -> Result<Stats> {
-        let (enabled, total) = store::settings::counts(&self.db).await?;
+        let (enabled, total) = store::settings::counts(self.db.reads()).await?;
         Ok(Stats {
             is_running: self.running.lock().await.is_some(),
             check_interval: self.config.check_interval,
             enabled_settings: enabled,
             total_settings: total,
             holds_lease: self.holds_lease.load(Ordering::Relaxed),
-            lease: store::lease::get(&self.db).await?,
-            next_due_at: store::settings::next_due(&self.db).await?,
+            lease: store::lease::get(self.db.reads()).await?,
+            next_due_at: store::settings::next_due(self.db.reads()).await?,
             completed: self.completed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
-            overdue_users: store::settings::count_overdue(&self.db, Utc::now()).await?,
+            overdue_users: store::settings::count_overdue(self.db.reads(), Utc::now()).await?,
             instance_id: self.instance_id.clone(),
         })
     }

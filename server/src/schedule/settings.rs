@@ -1,9 +1,9 @@
 //! Per-user backup settings: partial updates with their defaults, and the
 //! next-run bookkeeping that goes with them.
 
+use crate::store::Store;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
-use sea_orm::DatabaseConnection;
 use serde_json::json;
 
 use super::next_run::{self, Schedule};
@@ -43,11 +43,11 @@ fn restart(
 }
 
 /// A user's settings; NOT_FOUND when the user has none, or does not exist.
-pub async fn fetch(db: &DatabaseConnection, user_id: i64) -> Result<Settings> {
-    if let Some(found) = store::settings::get(db, user_id).await? {
+pub async fn fetch(db: &Store, user_id: i64) -> Result<Settings> {
+    if let Some(found) = store::settings::get(db.reads(), user_id).await? {
         return Ok(found);
     }
-    auth::require_user(db, user_id).await?;
+    auth::require_user(db.reads(), user_id).await?;
     Err(Error::NotFound(format!(
         "user {user_id} has no backup settings"
     )))

@@ -169,12 +169,12 @@ mod tests {
     }
 
     async fn ids(
-        db: &sea_orm::DatabaseConnection,
+        db: &crate::store::Store,
         filter: &Filter,
         after: i64,
         up_to: Option<i64>,
     ) -> Vec<i64> {
-        let events = page(db, filter, after, up_to, 100).await.unwrap();
+        let events = page(db.reads(), filter, after, up_to, 100).await.unwrap();
         events.iter().map(|e| e.id).collect()
     }
 
@@ -195,7 +195,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let all = page(&db, &Filter::default(), 0, None, 100).await.unwrap();
+        let all = page(db.reads(), &Filter::default(), 0, None, 100)
+            .await
+            .unwrap();
         assert_eq!(all.len(), 6);
         assert_eq!(all[5].subject_user_id, 3);
         let now = Utc::now();
@@ -256,12 +258,12 @@ mod tests {
         );
         assert_eq!(ids(&db, &Filter::default(), 1, Some(3)).await, [2, 3]);
         assert_eq!(
-            page(&db, &Filter::default(), 0, None, 2)
+            page(db.reads(), &Filter::default(), 0, None, 2)
                 .await
                 .unwrap()
                 .len(),
             2
         );
-        assert_eq!(last_id(&db).await.unwrap(), 6);
+        assert_eq!(last_id(db.reads()).await.unwrap(), 6);
     }
 }

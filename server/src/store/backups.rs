@@ -343,8 +343,8 @@ mod tests {
 
     #[tokio::test]
     async fn packed_entries_match_the_plain_query() {
-        let db = crate::store::connect("sqlite::memory:").await.unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        Migrator::up(db.reads(), None).await.unwrap();
         let rows = [
             row("a.db", 1, BackupKind::Manual, false, "2026-01-01T00:00:00Z"),
             row(
@@ -377,29 +377,34 @@ mod tests {
             ),
         ];
         for r in &rows {
-            insert(&db, r.clone()).await.unwrap();
+            insert(db.reads(), r.clone()).await.unwrap();
         }
         let mut plain: BTreeMap<i64, Vec<Entry>> = BTreeMap::new();
-        for e in entries(&db, None).await.unwrap() {
+        for e in entries(db.reads(), None).await.unwrap() {
             plain.entry(e.owner_user_id).or_default().push(e);
         }
-        let mut packed = entries_by_owner(&db, None).await.unwrap();
+        let mut packed = entries_by_owner(db.reads(), None).await.unwrap();
         for list in plain.values_mut().chain(packed.values_mut()) {
             list.sort_by(|a, b| a.filename.cmp(&b.filename));
         }
         assert_eq!(packed, plain);
         assert!(packed[&0][0].is_protected);
         assert!(packed[&1].iter().any(|e| e.damaged) && packed[&1].iter().any(|e| !e.damaged));
-        let one = entries_by_owner(&db, Some(7)).await.unwrap();
+        let one = entries_by_owner(db.reads(), Some(7)).await.unwrap();
         assert_eq!(one.keys().collect::<Vec<_>>(), [&7]);
-        assert!(entries_by_owner(&db, Some(8)).await.unwrap().is_empty());
+        assert!(
+            entries_by_owner(db.reads(), Some(8))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
     async fn a_stored_kind_this_server_does_not_know_is_an_error() {
         use sea_orm::ConnectionTrait;
-        let db = crate::store::connect("sqlite::memory:").await.unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        Migrator::up(db.reads(), None).await.unwrap();
         let mut odd = row(
             "odd.db",
             1,
@@ -407,19 +412,20 @@ mod tests {
             false,
             "2026-01-01T00:00:00Z",
         );
-        insert(&db, odd.clone()).await.unwrap();
-        db.execute_unprepared("UPDATE backups SET kind = 'from-the-future'")
+        insert(db.reads(), odd.clone()).await.unwrap();
+        db.reads()
+            .execute_unprepared("UPDATE backups SET kind = 'from-the-future'")
             .await
             .unwrap();
         assert!(matches!(
-            by_filename(&db, "odd.db").await,
+            by_filename(db.reads(), "odd.db").await,
             Err(Error::Internal(why)) if why.contains("from-the-future")
         ));
         odd.filename = "fine.db".into();
         odd.name = "fine.db".into();
-        insert(&db, odd).await.unwrap();
+        insert(db.reads(), odd).await.unwrap();
         assert!(
-            page(&db, None, None, 10).await.is_err(),
+            page(db.reads(), None, None, 10).await.is_err(),
             "no row is skipped"
         );
     }

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod runs;
 pub mod secrets;
 pub mod settings;
+pub mod tokens;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -25,45 +26,119 @@ use sea_orm::{
 
 use crate::error::Result;
 
+/// What the store's query functions run on: a write transaction or the
+/// readers ([`Store::reads`]). Domain code passes it through, never queries
+/// it itself.
+pub use sea_orm::ConnectionTrait as Connection;
+/// A write transaction, from [`Store::begin_write`].
+pub use sea_orm::DatabaseTransaction as Transaction;
+
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens the state store. SQLite gets WAL, a busy timeout, and a single
-/// connection: one writer, so this process never contends with itself.
-pub async fn connect(url: &str) -> Result<DatabaseConnection> {
+/// Connections that serve reads beside the writer: WAL lets them read
+/// while it writes, so a read never queues behind a write.
+const READ_CONNECTIONS: u32 = 4;
+
+/// The state store: one writer connection, through which every change goes
+/// in order, and a pool of readers beside it. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// For queries outside a write transaction.
+    reads: DatabaseConnection,
+    /// For write transactions only ([`Store::begin_write`]).
+    writes: DatabaseConnection,
+}
+
+impl Store {
+    /// Opens the state store at `url`, creating a SQLite file if missing.
+    /// SQLite gets WAL, a busy timeout, one writer (so this process never
+    /// contends with itself for the write lock) and read-only readers; an
+    /// in-memory database is one connection for both.
+    pub async fn open(url: &str) -> Result<Self> {
+        let writes = connect(url, Role::Writer).await?;
+        let reads = match sqlite_path(url) {
+            Some(_) => connect(url, Role::Reader).await?,
+            None if is_sqlite(url) => writes.clone(),
+            None => connect(url, Role::Reader).await?,
+        };
+        Ok(Self { reads, writes })
+    }
+
+    /// What reads go through: a connection pool, never inside a write.
+    pub fn reads(&self) -> &DatabaseConnection {
+        &self.reads
+    }
+
+    /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it
+    /// takes the write lock up front (waiting out other processes within
+    /// the busy timeout) instead of failing with SQLITE_BUSY when a read
+    /// upgrades to a write.
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction> {
+        Ok(self
+            .writes
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Opens and rolls back a write transaction: fails while the store is
+    /// unreachable or held by another writer past the busy timeout, when
+    /// every RPC (each writes an audit event) would fail too. Health
+    /// checks use it.
+    pub async fn probe(&self) -> Result<()> {
+        use sea_orm::{EntityTrait, QuerySelect};
+        let txn = self.begin_write().await?;
+        entity::secret::Entity::find().limit(1).all(&txn).await?;
+        txn.rollback().await?;
+        Ok(())
+    }
+
+    /// Closes every connection.
+    pub async fn close(self) -> Result<()> {
+        self.reads.close().await?;
+        // An in-memory store's readers are its writer, closed already.
+        let _ = self.writes.close().await;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+async fn connect(url: &str, role: Role) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
-        .acquire_timeout(Duration::from_secs(30));
+        .acquire_timeout(Duration::from_secs(30))
+        // Keep the connections: reopening would cost a WAL recovery check.
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>);
     if is_sqlite(url) {
+        let connections = match role {
+            Role::Writer => 1,
+            Role::Reader => READ_CONNECTIONS,
+        };
         options
-            .max_connections(1)
-            .min_connections(1)
-            // Keep the one connection: reopening would cost a WAL recovery check.
-            .idle_timeout(None::<Duration>)
-            .max_lifetime(None::<Duration>)
-            .map_sqlx_sqlite_opts(|o| {
-                o.busy_timeout(BUSY_TIMEOUT)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .foreign_keys(true)
-                    .create_if_missing(true)
+            .max_connections(connections)
+            .min_connections(connections)
+            .map_sqlx_sqlite_opts(move |o| {
+                let o = o.busy_timeout(BUSY_TIMEOUT).foreign_keys(true);
+                match role {
+                    Role::Writer => o
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .create_if_missing(true),
+                    Role::Reader => o.read_only(true),
+                }
             });
     }
     Ok(Database::connect(options).await?)
-}
-
-/// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes
-/// the write lock up front (waiting out other processes within the busy
-/// timeout) instead of failing with SQLITE_BUSY when a read upgrades to a
-/// write.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    Ok(db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        })
-        .await?)
 }
 
 fn is_sqlite(url: &str) -> bool {
@@ -76,17 +151,6 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
-}
-
-/// Opens and rolls back a write transaction: fails while the store is
-/// unreachable or held by another writer past the busy timeout, when every
-/// RPC (each writes an audit event) would fail too. Health checks use it.
-pub async fn probe(db: &DatabaseConnection) -> Result<()> {
-    use sea_orm::{EntityTrait, QuerySelect};
-    let txn = begin_write(db).await?;
-    entity::secret::Entity::find().limit(1).all(&txn).await?;
-    txn.rollback().await?;
-    Ok(())
 }
 
 /// The SQLite library version linked into this binary.
@@ -110,10 +174,8 @@ pub struct Migrations<'a> {
 }
 
 /// Takes the migration lock and looks what is pending.
-pub async fn pending_migrations<'a>(
-    db: &'a DatabaseConnection,
-    url: &str,
-) -> Result<Migrations<'a>> {
+pub async fn pending_migrations<'a>(store: &'a Store, url: &str) -> Result<Migrations<'a>> {
+    let db = &store.writes;
     let lock = match sqlite_path(url) {
         Some(path) => {
             let lock = path.with_extension("migrate-lock");

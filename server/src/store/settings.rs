@@ -219,8 +219,8 @@ mod tests {
 
     #[tokio::test]
     async fn overdue_users_are_listed_counted_and_found_through_the_index() {
-        let db = crate::store::connect("sqlite::memory:").await.unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        Migrator::up(db.reads(), None).await.unwrap();
         let rows = [
             row(1, true, Frequency::Daily, Some(3)),    // overdue
             row(2, true, Frequency::Daily, Some(0)),    // on time
@@ -231,24 +231,25 @@ mod tests {
             row(7, true, Frequency::Monthly, Some(20)), // on time
         ];
         for r in rows {
-            insert(&db, &r).await.unwrap();
+            insert(db.reads(), &r).await.unwrap();
         }
         let now = Utc::now();
-        let listed: Vec<i64> = overdue(&db, now)
+        let listed: Vec<i64> = overdue(db.reads(), now)
             .await
             .unwrap()
             .iter()
             .map(|s| s.user_id)
             .collect();
         assert_eq!(listed, [1, 4, 6]);
-        assert_eq!(count_overdue(&db, now).await.unwrap(), 3);
+        assert_eq!(count_overdue(db.reads(), now).await.unwrap(), 3);
 
         let sql = overdue_query(now)
-            .build(db.get_database_backend())
+            .build(db.reads().get_database_backend())
             .to_string();
         let plan: Vec<String> = db
+            .reads()
             .query_all_raw(sea_orm::Statement::from_string(
-                db.get_database_backend(),
+                db.reads().get_database_backend(),
                 format!("EXPLAIN QUERY PLAN {sql}"),
             ))
             .await
