@@ -8,18 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../server/src"
 
 failed=0
-# rule NAME PATTERN ALLOWED...: PATTERN (extended regex) may appear only in
-# files whose path starts with one of ALLOWED.
-rule() {
-    local name=$1 pattern=$2
-    shift 2
-    local file allowed ok hits
+# check NAME MODE PATTERN PATHS...: PATTERN (extended regex) may appear
+# only in files under PATHS (MODE `only`), or never in them (MODE `never`).
+check() {
+    local name=$1 mode=$2 pattern=$3
+    shift 3
+    local file path inside hits
     while IFS= read -r file; do
-        ok=0
-        for allowed in "$@"; do
-            [[ $file == "$allowed"* ]] && ok=1
+        inside=0
+        for path in "$@"; do
+            [[ $file == "$path"* ]] && inside=1
         done
-        [ "$ok" = 1 ] && continue
+        [ "$mode" = only ] && [ "$inside" = 1 ] && continue
+        [ "$mode" = never ] && [ "$inside" = 0 ] && continue
         hits=$(awk '/^#\[cfg\(test\)\]/ { exit } { print FILENAME ":" FNR ": " $0 }' "$file" |
             grep -E "$pattern" | grep -vE '^[^:]+:[0-9]+: *//' || true)
         if [ -n "$hits" ]; then
@@ -29,23 +30,25 @@ rule() {
     done < <(find . -name '*.rs' | sed 's|^\./||' | sort)
 }
 
-rule "tonic is the API layer's" '\btonic(_[a-z]+)?::' \
-    api/ lib.rs main.rs telemetry.rs health.rs config.rs
-rule "protobuf is the API layer's" '\b(backup_proto|prost_types|prost)::' \
-    api/ lib.rs main.rs telemetry.rs health.rs
-rule "SeaORM is the state store's" '\b(sea_orm|sqlx|migration)::' \
+check "tonic is the API layer's" only '\btonic(_[a-z]+)?::' \
+    api/ server.rs main.rs telemetry.rs health.rs config.rs
+check "protobuf is the API layer's" only '\b(backup_proto|prost_types|prost)::' \
+    api/ server.rs main.rs telemetry.rs health.rs
+check "SeaORM is the state store's" only '\b(sea_orm|sqlx|migration)::' \
     store/ error.rs
-rule "entities stay in the state store" '\bstore::entity\b|\bentity::' \
+check "entities stay in the state store" only '\bstore::entity\b|\bentity::' \
     store/
-rule "files and SQLite connections stay in storage and the source" \
+check "files and SQLite connections stay in storage and the source" only \
     '\bstd::fs\b|\bfs::|std::os::unix|\bOpenOptions\b|\brusqlite::' \
     backup/storage/ backup/source.rs backup/sqlite.rs store/ error.rs config.rs main.rs demo.rs
-rule "the domain types import nothing but errors" 'crate::(api|audit|auth|backup|config|health|paging|retention|schedule|store|telemetry)\b' \
-    api/ audit/ auth/ backup/ config.rs demo.rs health.rs lib.rs main.rs paging.rs retention/ schedule/ store/ telemetry.rs error.rs
-rule "the state store imports no domain module" 'crate::(api|audit|auth|backup|retention|schedule|health|paging)\b' \
-    api/ audit/ auth/ backup/ config.rs demo.rs health.rs lib.rs main.rs paging.rs retention/ schedule/ model/ telemetry.rs error.rs
-rule "only lib.rs wires up the API" 'crate::api\b' \
-    api/ lib.rs
+check "the domain types import nothing but errors" never \
+    'crate::(api|audit|auth|backup|config|health|paging|retention|schedule|server|store|telemetry)\b' \
+    model/
+check "the state store imports no domain module" never \
+    'crate::(api|audit|auth|backup|config|health|paging|retention|schedule|server|telemetry)\b' \
+    store/
+check "only server.rs wires up the API" only 'crate::api\b' \
+    api/ server.rs
 
 if [ "$failed" = 1 ]; then
     echo "layering: imports cross a layer boundary (see above)" >&2

@@ -1,21 +1,38 @@
 //! The backup service: a tonic gRPC server that keeps consistent, scheduled
 //! backups of a live SQLite database.
 //!
-//! A tour of the layout:
-//! - [`prepare`] opens the store, migrates and reconciles; [`Prepared::serve`]
-//!   serves until shutdown. `main.rs` only parses flags and binds.
-//! - [`api`]: one thin file per gRPC service, protobuf in, domain calls out.
-//! - [`model`]: domain types of our own ([`model::backup::Backup`]), a leaf.
-//! - [`backup`]: backups, the catalog and the bytes kept in step; the bytes
-//!   are reached only through [`backup::storage::BackupStorage`] (today a
-//!   directory), the live source only through [`backup::source`];
-//!   [`backup::verify`] checks bytes against the catalog wherever they are
-//!   read, and [`backup::scrub`] verifies every backup on a schedule.
-//! - [`audit`]: the audit recorder and its live fan-out.
+//! A tour of the layout, from the edge inwards:
+//! - [`prepare`] opens the state store and backup storage, migrates and
+//!   reconciles; [`Prepared::serve`] serves until shutdown (both in
+//!   `server.rs`). `main.rs` only parses flags ([`config`]) and binds.
+//! - [`api`]: one thin file per gRPC service. Requests become checked
+//!   domain values (`TryFrom`, each bad field a violation), replies are
+//!   converted back, and [`api::status`] maps every [`error::Error`] to a
+//!   gRPC code in one exhaustive match. No decisions are made there.
+//! - [`model`]: the domain's own types (backups, settings, audit events,
+//!   runs, users), valid by construction; a leaf.
+//! - [`backup`]: creating, reading, restoring and deleting backups, with
+//!   the catalog and the bytes kept in step. The bytes are reached only
+//!   through [`backup::storage::BackupStorage`] (today a directory), the
+//!   live source only through [`backup::source`]; [`backup::verify`] checks
+//!   bytes wherever they are read, and [`backup::scrub`] on a schedule.
+//! - [`schedule`]: the next-run rule, per-user settings, and the loop that
+//!   runs each slot once under a lease.
+//! - [`retention`]: which backups a policy keeps ([`retention::plan`], pure)
+//!   and applying it; maintenance.
+//! - [`audit`]: the one write path ([`audit::Recorder::begin`]: a change and
+//!   its audit events commit together, then reach live subscribers) and
+//!   the live fan-out.
 //! - [`auth`]: bearer tokens and the caller identity.
-//! - [`store`]: the SeaORM state store, its entities, queries and migrations.
-//! - [`health`]: what the health service reports, from the store and source.
-//! - [`error`]: the domain error; [`api::status`] maps it to gRPC codes.
+//! - [`store`]: the state store behind SeaORM: [`store::Store`] (one
+//!   writer, a pool of readers), the entities, and per-table query
+//!   functions that convert rows to [`model`] types. Nothing else names an
+//!   entity.
+//! - [`health`], [`telemetry`], [`paging`]: what health reports, metrics and
+//!   request spans, page tokens.
+//!
+//! `tests/layering.sh` (part of the test command) fails the build when an
+//! import crosses these lines.
 
 pub mod api;
 pub mod audit;
@@ -30,357 +47,8 @@ pub mod model;
 pub mod paging;
 pub mod retention;
 pub mod schedule;
+mod server;
 pub mod store;
 pub mod telemetry;
 
-use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::store::Store;
-use backup_proto::{
-    FILE_DESCRIPTOR_SET, SERVICE_NAMES, audit_log_server::AuditLogServer,
-    backup_files_server::BackupFilesServer, backup_scheduler_server::BackupSchedulerServer,
-    retention_server::RetentionServer,
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-
-use crate::audit::Recorder;
-use crate::audit::subscription::Hub;
-use crate::backup::Backups;
-use crate::backup::storage::BackupStorage;
-use crate::backup::storage::directory::Directory;
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::paging::PageTokens;
-use crate::schedule::{Scheduler, SchedulerConfig};
-
-/// How often health re-checks the state store and the source.
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Concurrent HTTP/2 streams (RPCs) one connection may have open.
-const MAX_STREAMS_PER_CONNECTION: u32 = 128;
-
-/// What every service shares.
-pub struct App {
-    pub db: Store,
-    pub audit: Recorder,
-    pub backups: Arc<Backups>,
-    pub page_tokens: PageTokens,
-    pub scheduler: Arc<Scheduler>,
-    pub retention: Arc<retention::Retention>,
-    /// Live audit subscriptions and their count.
-    pub audit_subscriptions: Hub,
-    /// Cancelled once health is NOT_SERVING at shutdown: long-lived work
-    /// (audit streams) ends on it.
-    pub shutdown: CancellationToken,
-    /// How often the scrub verifies each backup; zero when it is off.
-    pub verify_interval: Duration,
-}
-
-/// Opens the state store and applies pending migrations (snapshotting a
-/// store that already holds data first).
-pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
-    let (db, paths, _) = open(config).await?;
-    Ok((db, paths))
-}
-
-/// [`open_store`], with the backup storage it snapshotted into.
-async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupStorage>)> {
-    let paths = config.prepare()?;
-    let storage: Arc<dyn BackupStorage> = Arc::new(
-        Directory::create(&paths.backups_dir)
-            .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?,
-    );
-    let db =
-        store::Store::open(&paths.database_url).await.map_err(|e| {
-            match store::sqlite_path(&paths.database_url) {
-                Some(path) => config::at("--database-url", &path, e),
-                None => e,
-            }
-        })?;
-    if let Some(snapshot) = migrate(&db, &paths.database_url, storage.as_ref()).await? {
-        tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
-    }
-    Ok((db, paths, storage))
-}
-
-/// Applies pending migrations. When the store already holds data, it is
-/// first snapshotted into `storage` as a `pre_migration_*` backup (its name
-/// returned; reconcile catalogs it as protected), so a bad migration can be
-/// undone.
-async fn migrate(db: &Store, url: &str, storage: &dyn BackupStorage) -> Result<Option<String>> {
-    let migrations = store::pending_migrations(db, url).await?;
-    let snapshot = match migrations.snapshot_first() {
-        Some(state_store) => {
-            let name = backup::create::pre_migration_snapshot(storage, state_store).await?;
-            tracing::info!(backup = %name, pending = migrations.pending(), "state store snapshotted before migrating");
-            Some(name)
-        }
-        None => None,
-    };
-    migrations.apply().await?;
-    Ok(snapshot)
-}
-
-/// A server that has opened its store, applied migrations and reconciled
-/// the backups directory: ready to serve.
-pub struct Prepared {
-    app: Arc<App>,
-    config: Config,
-    /// The source database, which health watches.
-    source_db: std::path::PathBuf,
-}
-
-/// Everything before serving: store, migrations, crash leftovers, catalog.
-pub async fn prepare(config: Config) -> Result<Prepared> {
-    let (db, paths, storage) = open(&config).await?;
-    tracing::info!(
-        state_store = %paths.database_url,
-        source_db = %paths.source_db.display(),
-        backups_dir = %paths.backups_dir.display(),
-        sqlite = store::sqlite_version(),
-        "starting",
-    );
-    let audit = Recorder::new(db.clone());
-    let backups = Arc::new(Backups::new(
-        db.clone(),
-        audit.clone(),
-        paths.source_db.clone(),
-        storage,
-        backup::Limits {
-            max_concurrent_copies: config.max_concurrent_copies,
-            allow_user_downloads: config.allow_user_downloads,
-            max_manual_backups_per_user: config.max_manual_backups_per_user,
-        },
-    ));
-    let leftovers = backups.recover().await?;
-    if !leftovers.is_empty() {
-        tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");
-    }
-    backups.reconcile().await?;
-    backups.refresh_damaged_gauge().await;
-    let retention = Arc::new(retention::Retention::new(
-        audit.clone(),
-        Arc::clone(&backups),
-    ));
-    let scheduler = Arc::new(Scheduler::new(
-        db.clone(),
-        audit.clone(),
-        Arc::clone(&backups),
-        Arc::clone(&retention),
-        SchedulerConfig {
-            check_interval: config.check_interval(),
-            lease_ttl: config.lease_ttl(),
-            max_concurrent_backups: config.max_concurrent_copies as usize,
-        },
-    ));
-    let shutdown = CancellationToken::new();
-    let app = Arc::new(App {
-        db: db.clone(),
-        audit_subscriptions: Hub::new(db.clone(), audit.clone(), shutdown.clone()),
-        audit,
-        backups,
-        page_tokens: PageTokens::load(&db).await?,
-        scheduler,
-        retention,
-        shutdown,
-        verify_interval: config.verify_interval,
-    });
-    Ok(Prepared {
-        app,
-        config,
-        source_db: paths.source_db,
-    })
-}
-
-impl Prepared {
-    /// Serves on `listener` until `shutdown` completes, then turns health
-    /// NOT_SERVING, lets in-flight RPCs and backups finish (for at most the
-    /// shutdown grace period), and returns.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
-        let Prepared {
-            app,
-            config,
-            source_db,
-        } = self;
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let source_problem = health::source_problem(&source_db).await;
-        if let Some(problem) = &source_problem {
-            health::warn_source(&source_db, problem);
-        }
-        let checks = health::Checks {
-            store: true,
-            source: source_problem.is_none(),
-        };
-        checks.publish(&health).await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-
-        let monitor = tokio::spawn(health::watch(
-            app.db.clone(),
-            source_db,
-            health.clone(),
-            config.check_interval().min(HEALTH_PROBE_INTERVAL),
-            checks,
-        ));
-        let stopping = Arc::new(tokio::sync::Notify::new());
-        let draining = {
-            let health = health.clone();
-            let stopping = Arc::clone(&stopping);
-            let app = Arc::clone(&app);
-            async move {
-                shutdown.await;
-                // Health stays NOT_SERVING from here on, whatever the store does.
-                monitor.abort();
-                stopping.notify_one();
-                tracing::info!("shutting down: health NOT_SERVING, draining in-flight requests");
-                for name in std::iter::once("").chain(SERVICE_NAMES) {
-                    health
-                        .set_service_status(name, ServingStatus::NotServing)
-                        .await;
-                }
-                app.shutdown.cancel();
-            }
-        };
-        if !config.no_scheduler {
-            app.scheduler.start(0).await?;
-        }
-        let scrub = (!config.verify_interval.is_zero()).then(|| {
-            tokio::spawn(backup::scrub::run(
-                Arc::clone(&app.backups),
-                config.verify_interval,
-                app.shutdown.clone(),
-            ))
-        });
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = config.tls()? {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| Error::Internal(format!("TLS: {e}")))?;
-        }
-        // Small replies go out at once (Nagle would hold each ~40 ms), and
-        // dead peers are noticed.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let reflection = (!config.no_reflection).then_some((reflection_v1, reflection_v1alpha));
-        let (reflection_v1, reflection_v1alpha) = reflection.unzip();
-        let server = builder
-            // Limits: slow or greedy clients cannot pin the server.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(telemetry::RpcLayer)
-            .add_service(health_service)
-            .add_optional_service(reflection_v1)
-            .add_optional_service(reflection_v1alpha)
-            .add_service(BackupFilesServer::new(
-                api::backup_files::BackupFilesApi::new(Arc::clone(&app)),
-            ))
-            .add_service(BackupSchedulerServer::new(
-                api::backup_scheduler::BackupSchedulerApi::new(Arc::clone(&app)),
-            ))
-            .add_service(RetentionServer::new(api::retention::RetentionApi::new(
-                Arc::clone(&app),
-            )))
-            .add_service(AuditLogServer::new(api::audit_log::AuditLogApi::new(
-                Arc::clone(&app),
-            )))
-            .serve_with_incoming_shutdown(incoming, draining);
-        // Clients that keep connections open must not hold the process forever.
-        let grace = config.shutdown_grace();
-        tokio::select! {
-            served = server => served.map_err(|e| Error::Internal(format!("server: {e}")))?,
-            () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them");
-            }
-        }
-        app.scheduler.stop(0).await?;
-        if let Some(scrub) = scrub {
-            app.shutdown.cancel();
-            if let Err(e) = scrub.await {
-                tracing::error!(error = %e, "the scrub task failed");
-            }
-        }
-        app.backups.drain().await;
-        app.db.clone().close().await?;
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use migration::{Migrator, MigratorTrait};
-    use sea_orm::ConnectionTrait;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_store_holding_data_is_snapshotted_before_migrating() {
-        let dir = tempfile::tempdir().unwrap();
-        let backups = dir.path().join("backups");
-        std::fs::create_dir(&backups).unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("state.db").display()
-        );
-        // A store from before the later migrations, holding data.
-        let old = sea_orm::Database::connect(&url).await.unwrap();
-        Migrator::up(&old, Some(1)).await.unwrap();
-        old.execute_unprepared(
-            "INSERT INTO users (id, is_admin, created_at) VALUES (7, 0, '2026-01-01T00:00:00+00:00')",
-        )
-        .await
-        .unwrap();
-        old.close().await.unwrap();
-        let db = store::Store::open(&url).await.unwrap();
-
-        let storage = Directory::create(&backups).unwrap();
-        let snapshot = migrate(&db, &url, &storage)
-            .await
-            .unwrap()
-            .expect("a snapshot");
-        assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
-        let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
-        let users: i64 = old
-            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(users, 1);
-        let has_settings: i64 = old
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = 'backup_settings'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(has_settings, 0, "the snapshot predates the migration");
-        assert!(
-            Migrator::get_pending_migrations(db.reads())
-                .await
-                .unwrap()
-                .is_empty()
-        );
-
-        // Nothing pending: nothing to snapshot.
-        assert_eq!(migrate(&db, &url, &storage).await.unwrap(), None);
-    }
-}
+pub use server::{App, Prepared, open_store, prepare};

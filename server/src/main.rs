@@ -1,4 +1,5 @@
-//! `backup-server`: flags, logging, binding; then `backup_server::run`.
+//! `backup-server`: flags, logging and binding, then `backup_server::prepare`
+//! and `Prepared::serve`; and the `token` and `init-demo` subcommands.
 
 use std::process::ExitCode;
 

@@ -15,7 +15,6 @@ use crate::audit::access::visible_to;
 use crate::error::{Error, FieldViolation, Result, Violations};
 use crate::model::audit::{AuditEvent, Filter};
 use crate::paging::page_size;
-use crate::store;
 
 const LISTING: &str = "audit_events";
 
@@ -48,7 +47,7 @@ impl AuditLog for AuditLogApi {
                 .map_err(|_| Error::invalid("page_token", "does not hold an event id"))?,
             None => 0,
         };
-        let events = store::audit::page(self.app.db.reads(), &filter, after, None, limit).await?;
+        let events = self.app.audit.page(&filter, after, limit).await?;
         let next_page_token = match events.last() {
             Some(last) if events.len() as u64 == limit => {
                 self.app.page_tokens.issue(LISTING, &last.id.to_string())

@@ -1,13 +1,12 @@
 //! `backup.v1.BackupScheduler`.
 
+use std::str::FromStr;
+
 use backup_proto as pb;
 use backup_proto::backup_scheduler_server::BackupScheduler;
 use chrono::Utc;
-use tonic::{Request, Response, Status};
-
-use std::str::FromStr;
-
 use chrono_tz::Tz;
+use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::convert::timestamp;
@@ -18,7 +17,6 @@ use crate::model::settings::{
 use crate::model::user::UserSelector;
 use crate::paging::page_size;
 use crate::schedule::Stats;
-use crate::schedule::settings;
 
 const LISTING: &str = "backup_settings";
 
@@ -186,7 +184,7 @@ impl BackupScheduler for BackupSchedulerApi {
         let caller = self.app.caller(&request, "GetBackupSettings").await?;
         let user = UserSelector::try_from(request.into_inner())?;
         let user_id = caller.resolve(user)?;
-        let found = settings::fetch(&self.app.db, user_id).await?;
+        let found = self.app.scheduler.settings(user_id).await?;
         Ok(Response::new(pb::GetBackupSettingsResponse {
             settings: Some(found.into()),
         }))
@@ -225,7 +223,7 @@ impl BackupScheduler for BackupSchedulerApi {
             ),
             None => None,
         };
-        let page = crate::store::settings::page(self.app.db.reads(), after, limit).await?;
+        let page = self.app.scheduler.settings_page(after, limit).await?;
         let next_page_token = match page.last() {
             Some(last) if page.len() as u64 == limit => self
                 .app
@@ -247,7 +245,7 @@ impl BackupScheduler for BackupSchedulerApi {
             .caller(&request, "ListOverdueSettings")
             .await?
             .require_admin()?;
-        let overdue = crate::store::settings::overdue(self.app.db.reads(), Utc::now()).await?;
+        let overdue = self.app.scheduler.overdue().await?;
         Ok(Response::new(pb::ListOverdueSettingsResponse {
             settings: overdue.into_iter().map(Into::into).collect(),
         }))

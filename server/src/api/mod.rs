@@ -15,7 +15,7 @@ use tonic::Request;
 
 use crate::App;
 use crate::audit::NewEvent;
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::error::Result;
 
 impl App {
@@ -26,7 +26,7 @@ impl App {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or_default());
-        match auth::authenticate(&self.db, header).await {
+        match self.auth.authenticate(header).await {
             Ok(caller) => Ok(caller),
             Err(e) => {
                 let event = NewEvent::new("auth.denied", 0)

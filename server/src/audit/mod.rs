@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 use crate::store::{self, Store, Transaction};
 
+use crate::model::audit::Filter;
 pub use crate::model::audit::NewEvent;
 pub use crate::store::audit::Event;
 
@@ -95,6 +96,12 @@ impl Recorder {
             Err(e) => event.failed(e),
         };
         self.record_or_log(event).await;
+    }
+
+    /// Stored events matching `filter` with ids above `after`, oldest
+    /// first, at most `limit`.
+    pub async fn page(&self, filter: &Filter, after: i64, limit: u64) -> Result<Vec<Event>> {
+        store::audit::page(self.db.reads(), filter, after, None, limit).await
     }
 
     /// A receiver of events committed from now on.

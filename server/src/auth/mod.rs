@@ -112,9 +112,25 @@ pub async fn revoke_token(db: &Store, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Resolves the `authorization` header's value to a caller. The error never
-/// repeats the token.
-pub async fn authenticate(db: &Store, authorization: Option<&str>) -> Result<Caller> {
+/// Authenticates callers against the tokens in the state store.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Store,
+}
+
+impl Authenticator {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Resolves the `authorization` header's value to a caller. The error
+    /// never repeats the token.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
+        authenticate(&self.store, authorization).await
+    }
+}
+
+async fn authenticate(db: &Store, authorization: Option<&str>) -> Result<Caller> {
     let token = authorization
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)

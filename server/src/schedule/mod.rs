@@ -123,6 +123,26 @@ impl Scheduler {
         Ok(saved)
     }
 
+    /// A user's settings; NOT_FOUND when the user has none, or does not
+    /// exist.
+    pub async fn settings(&self, user_id: i64) -> Result<Settings> {
+        settings::fetch(&self.db, user_id).await
+    }
+
+    /// A page of every user's settings by user id, after `after_user_id`.
+    pub async fn settings_page(
+        &self,
+        after_user_id: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<Settings>> {
+        store::settings::page(self.db.reads(), after_user_id, limit).await
+    }
+
+    /// The users whose last success is overdue now, by user id.
+    pub async fn overdue(&self) -> Result<Vec<Settings>> {
+        store::settings::overdue(self.db.reads(), Utc::now()).await
+    }
+
     /// Wakes the loop to look at the settings again.
     fn wake(&self) {
         self.wake.notify_one();
