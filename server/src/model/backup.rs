@@ -112,9 +112,9 @@ pub struct Entry {
     pub filename: String,
     pub name: String,
     pub owner_user_id: i64,
-    /// The kind as stored: retention treats one it does not know as
-    /// protected rather than failing a whole run on it.
-    pub kind: String,
+    /// `None` for a stored kind this server does not know: retention keeps
+    /// such a backup as protected rather than failing a whole run on it.
+    pub kind: Option<BackupKind>,
     pub is_protected: bool,
     pub created_at: DateTime<Utc>,
     /// Marked damaged by its last verification.

@@ -59,11 +59,7 @@ fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
 /// protected. Anything else (including a kind this code does not know) is
 /// treated as protected.
 fn is_regular(backup: &Entry) -> bool {
-    !backup.is_protected
-        && matches!(
-            BackupKind::parse(&backup.kind),
-            Some(BackupKind::Auto | BackupKind::Manual)
-        )
+    !backup.is_protected && matches!(backup.kind, Some(BackupKind::Auto | BackupKind::Manual))
 }
 
 /// Plans `keep_count` for `owner`: the owner's newest `keep_count` regular
@@ -219,7 +215,7 @@ mod tests {
             name: name.into(),
             damaged: false,
             owner_user_id: owner,
-            kind: kind.as_str().into(),
+            kind: Some(kind),
             is_protected: kind.is_protected(),
             created_at: at(second),
         }
@@ -271,7 +267,7 @@ mod tests {
             row("pre_migration_1.db", 3, BackupKind::PreMigration, 1),
         ];
         let mut odd = row("odd", 3, BackupKind::Manual, 2);
-        odd.kind = "from-the-future".into();
+        odd.kind = None;
         rows.push(odd);
         let mut flagged = row("flagged", 3, BackupKind::Manual, 3);
         flagged.is_protected = true;

@@ -221,7 +221,7 @@ impl From<EntryRow> for Entry {
             filename: row.filename,
             name: row.name,
             owner_user_id: row.owner_user_id,
-            kind: row.kind,
+            kind: BackupKind::parse(&row.kind),
             is_protected: row.is_protected,
             created_at: row.created_at,
             damaged: row.damaged,
@@ -310,7 +310,7 @@ fn unpack(owner: i64, packed: &str) -> Result<Vec<Entry>> {
             filename: filename.to_owned(),
             name: name.to_owned(),
             owner_user_id: owner,
-            kind: kind.to_owned(),
+            kind: BackupKind::parse(kind),
             is_protected: protected != "0",
             damaged: damaged != "0",
             created_at: DateTime::parse_from_rfc3339(created_at)
