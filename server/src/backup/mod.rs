@@ -41,7 +41,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use crate::store::Store;
 use tokio::sync::{Mutex, MutexGuard, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +48,8 @@ use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::backup::BackupKind;
-use storage::{BackupStorage, StorageLock};
+use crate::store::Store;
+use storage::{BackupStorage, ChangeStamp, StorageLock};
 
 pub use create::SharedSnapshot;
 
@@ -121,6 +121,9 @@ pub struct Backups {
     verified: verify::VerifiedFiles,
     /// Verification outcomes since start, for GetSchedulerStats.
     verifications: verify::Counts,
+    /// The storage's names as of the last reconcile: a listing whose
+    /// storage still shows them needs no reconcile first.
+    reconciled: std::sync::Mutex<Option<ChangeStamp>>,
 }
 
 /// Held while the set of backups changes; see [`Backups::lock_dir`].
@@ -152,6 +155,7 @@ impl Backups {
             limits,
             verified: verify::VerifiedFiles::default(),
             verifications: verify::Counts::default(),
+            reconciled: std::sync::Mutex::new(None),
         }
     }
 

@@ -68,7 +68,7 @@ impl Backups {
         after: Option<&Cursor>,
         limit: u64,
     ) -> Result<Vec<Backup>> {
-        self.reconcile().await?;
+        self.reconcile_if_changed().await?;
         let owner = (!caller.is_admin).then_some(caller.user_id);
         catalog::page(self.db.reads(), owner, after, limit).await
     }

@@ -26,6 +26,29 @@ impl Backups {
     /// gone. What changed is audited as `backup_files.reconciled`.
     pub async fn reconcile(&self) -> Result<()> {
         let _dir = self.lock_dir().await?;
+        // Taken before listing: a change during the listing shows next time.
+        let stamp = self.storage.names_stamp().await?;
+        self.reconcile_locked().await?;
+        *self.reconciled.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+        Ok(())
+    }
+
+    /// Reconciles unless the storage's names are as they were at the last
+    /// reconcile: what a listing needs first, at the cost of one stat.
+    pub async fn reconcile_if_changed(&self) -> Result<()> {
+        let now = self.storage.names_stamp().await?;
+        let last = self
+            .reconciled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if now.is_some() && now == last {
+            return Ok(());
+        }
+        self.reconcile().await
+    }
+
+    async fn reconcile_locked(&self) -> Result<()> {
         let listing = self.storage.list().await?;
         let known = catalog::all_filenames(self.db.reads()).await?;
         let mut restored = Vec::new();

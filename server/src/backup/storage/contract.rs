@@ -24,9 +24,44 @@ pub async fn check(storage: &dyn BackupStorage, scratch: &Path) {
     reads_are_checked(storage).await;
     deletes_are_begun_then_finished_or_undone(storage).await;
     cancelled_staging_keeps_nothing(storage, &source).await;
+    a_names_stamp_changes_with_the_names(storage, &source).await;
     assert!(
         storage.recover().await.unwrap().is_empty(),
         "nothing left staged"
+    );
+}
+
+/// Once a stamp is given it must differ after a name comes or goes. A
+/// storage may answer `None` for a while after a change: this waits up to
+/// 3 s for a stamp, so an implementation that never gives one passes too.
+async fn a_names_stamp_changes_with_the_names(storage: &dyn BackupStorage, source: &Path) {
+    let settled = || async {
+        for _ in 0..30 {
+            if let Some(stamp) = storage.names_stamp().await.unwrap() {
+                return Some(stamp);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    };
+    let Some(before) = settled().await else {
+        return;
+    };
+    assert_eq!(storage.names_stamp().await.unwrap(), Some(before.clone()));
+    let staged = storage
+        .stage(source, "the source", "stamp", &CancellationToken::new())
+        .await
+        .unwrap();
+    staged.publish("stamped.db").await.unwrap();
+    let added = storage.names_stamp().await.unwrap();
+    assert_ne!(added, Some(before), "a published name changes the stamp");
+    let added = settled().await.expect("a stamp again once settled");
+    assert!(storage.begin_delete("stamped.db").await.unwrap());
+    storage.finish_delete("stamped.db").await.unwrap();
+    assert_ne!(
+        storage.names_stamp().await.unwrap(),
+        Some(added),
+        "a delete changes it"
     );
 }
 

@@ -27,6 +27,10 @@ use crate::backup::{check_cancelled, naming};
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 
+/// How old the directory's last change must be before its mtime is
+/// trusted to show the next one (see [`Directory::names_stamp`]).
+const NAMES_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Prefix of a snapshot being written; never a backup name (those never
 /// start with '.'), and removed at start if a crash left one behind.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -165,6 +169,30 @@ impl BackupStorage for Directory {
     async fn list(&self) -> Result<Listing> {
         let dir = self.dir.clone();
         blocking(move || scan_dir(&dir)).await
+    }
+
+    async fn names_stamp(&self) -> Result<Option<ChangeStamp>> {
+        use std::os::unix::fs::MetadataExt;
+        // Adding, renaming or removing an entry sets the directory's mtime,
+        // but to a clock that ticks coarsely: a change within a second of
+        // the last may leave it as it was, so a recent one proves nothing.
+        let meta = fs::metadata(&self.dir).map_err(|e| dir_error(e.into()))?;
+        let settled = meta
+            .modified()
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age >= NAMES_SETTLE);
+        Ok(settled.then(|| {
+            ChangeStamp::new(format!(
+                "{}:{}:{}.{}:{}.{}",
+                meta.dev(),
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec()
+            ))
+        }))
     }
 
     async fn begin_delete(&self, name: &str) -> Result<bool> {

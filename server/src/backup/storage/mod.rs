@@ -240,6 +240,12 @@ pub trait BackupStorage: Send + Sync {
     /// Every stored name, and the deletes a crash left half-done.
     async fn list(&self) -> Result<Listing>;
 
+    /// A stamp of the set of stored names, cheaply: it differs once any
+    /// name is added or removed, by any process. `None` when the storage
+    /// cannot tell, or a change could still go unseen (one within the
+    /// clock tick of the last): then only [`Self::list`] knows.
+    async fn names_stamp(&self) -> Result<Option<ChangeStamp>>;
+
     /// Takes the bytes out from under `name` (the name no longer exists)
     /// but keeps them until [`Self::finish_delete`] or
     /// [`Self::undo_delete`]; the caller holds the lock throughout and
