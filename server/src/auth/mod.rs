@@ -1,9 +1,12 @@
 //! Authentication and authorization: bearer tokens minted by the operator,
 //! stored as SHA-256, and the identity of the caller that every RPC acts as.
 
+pub mod cache;
+
 use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
+use self::cache::{TokenCache, TokenHash};
 use crate::error::{Error, Result};
 use crate::model::user::{TokenInfo, UserSelector};
 use crate::store::{self, Connection, Store};
@@ -59,11 +62,14 @@ pub async fn require_user<C: Connection>(conn: &C, user_id: i64) -> Result<()> {
     }
 }
 
+fn token_digest(token: &str) -> TokenHash {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    std::array::from_fn(|i| digest.as_ref()[i])
+}
+
+/// The stored form of a token: its SHA-256 in lowercase hex.
 fn hash_token(token: &str) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        token.as_bytes(),
-    ))
+    hex::encode(token_digest(token))
 }
 
 /// Mints a token for `user_id`, creating the user if it does not exist and
@@ -96,6 +102,10 @@ pub async fn list_tokens(db: &Store) -> Result<Vec<TokenInfo>> {
 /// that does not exist is NotFound, and one already revoked is
 /// FailedPrecondition (naming when), so an operator's typo is never
 /// reported as a revocation.
+///
+/// Only `backup-server token revoke` calls this, in a process of its own:
+/// serving processes cannot be told, and refuse the token once their
+/// [`cache`] entry for it lapses, within [`cache::TTL`].
 pub async fn revoke_token(db: &Store, id: i64) -> Result<()> {
     let txn = db.begin_write().await?;
     let token = store::tokens::get(&txn, id)
@@ -112,33 +122,45 @@ pub async fn revoke_token(db: &Store, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Authenticates callers against the tokens in the state store.
-#[derive(Clone)]
+/// Authenticates callers against the tokens in the state store, keeping
+/// those it accepted for a second ([`cache`]).
 pub struct Authenticator {
     store: Store,
+    cache: TokenCache,
 }
 
 impl Authenticator {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: TokenCache::default(),
+        }
     }
 
-    /// Resolves the `authorization` header's value to a caller. The error
-    /// never repeats the token.
+    /// Resolves the `authorization` header's value to a caller, from the
+    /// cache when the token was accepted less than [`cache::TTL`] ago. The
+    /// error never repeats the token.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller> {
-        authenticate(&self.store, authorization).await
+        let token = authorization
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
+            })?;
+        let digest = token_digest(token);
+        if let Some(caller) = self.cache.get(&digest) {
+            return Ok(caller);
+        }
+        let (caller, expires_at) = authenticate(&self.store, &digest).await?;
+        self.cache.insert(digest, caller, expires_at);
+        Ok(caller)
     }
 }
 
-async fn authenticate(db: &Store, authorization: Option<&str>) -> Result<Caller> {
-    let token = authorization
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::Unauthenticated("missing `authorization: Bearer <token>` metadata".into())
-        })?;
-    let hash = hash_token(token);
+/// The caller whose token has SHA-256 `digest`, and when the token expires.
+async fn authenticate(db: &Store, digest: &TokenHash) -> Result<(Caller, Option<DateTime<Utc>>)> {
+    let hash = hex::encode(digest);
     let unknown = || Error::Unauthenticated("unknown, revoked or expired token".into());
     let (found, stored_hash) = store::tokens::by_hash(db.reads(), &hash)
         .await?
@@ -148,10 +170,11 @@ async fn authenticate(db: &Store, authorization: Option<&str>) -> Result<Caller>
     let matches: bool = stored_hash.as_bytes().ct_eq(hash.as_bytes()).into();
     let live = found.revoked_at.is_none() && found.expires_at.is_none_or(|at| at > Utc::now());
     if matches && live {
-        Ok(Caller {
+        let caller = Caller {
             user_id: found.user_id,
             is_admin: found.is_admin,
-        })
+        };
+        Ok((caller, found.expires_at))
     } else {
         Err(unknown())
     }
