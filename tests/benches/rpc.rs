@@ -407,10 +407,8 @@ async fn run() {
     // Runs interleave the cases, so a change in the machine's other load
     // spreads over all of them rather than skewing one.
     for run in 0..runs {
-        // A bare server process per run: one process's throughput can sit
-        // in one of two levels for its whole life (about 44k or 75k req/s
-        // on the 2-core machine of issue 12), so the median is over
-        // processes.
+        // A fresh bare server per run, so the baseline's median is over
+        // processes too, not one process's thread placement.
         let bare = start_bare();
         let bare_client = bare.client(&token).await;
         for case in &mut cases {

@@ -179,3 +179,48 @@ async fn authenticate(db: &Store, digest: &TokenHash) -> Result<(Caller, Option<
         Err(unknown())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::tests::memory_store;
+
+    #[tokio::test]
+    async fn a_token_revoked_elsewhere_is_refused_within_the_ttl() {
+        let db = memory_store().await;
+        let header = format!("Bearer {}", mint_token(&db, 7, false, None).await.unwrap());
+        let auth = Authenticator::new(db.clone());
+        let caller = auth.authenticate(Some(&header)).await.unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                user_id: 7,
+                is_admin: false
+            }
+        );
+
+        // As `token revoke` does from its own process: this cache is not told.
+        let id = list_tokens(&db).await.unwrap()[0].id;
+        revoke_token(&db, id).await.unwrap();
+        let fresh = Authenticator::new(db.clone());
+        assert!(fresh.authenticate(Some(&header)).await.is_err());
+        assert_eq!(auth.authenticate(Some(&header)).await.unwrap(), caller);
+        tokio::time::sleep(cache::TTL).await;
+        assert!(auth.authenticate(Some(&header)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_it_expires() {
+        let db = memory_store().await;
+        // It expires well within the cache's TTL.
+        let expires = Utc::now() + chrono::Duration::milliseconds(500);
+        let token = mint_token(&db, 7, false, Some(expires)).await.unwrap();
+        let header = format!("Bearer {token}");
+        let auth = Authenticator::new(db);
+        auth.authenticate(Some(&header)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(auth.authenticate(Some(&header)).await.is_err());
+    }
+}
