@@ -47,8 +47,9 @@ const READ_CONNECTIONS: u32 = 4;
 /// in order, and a pool of readers beside it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// For queries outside a write transaction.
-    reads: DatabaseConnection,
+    /// For queries outside a write transaction; `None` when they share the
+    /// writer (an in-memory database).
+    reads: Option<DatabaseConnection>,
     /// For write transactions only ([`Store::begin_write`]).
     writes: DatabaseConnection,
 }
@@ -60,17 +61,19 @@ impl Store {
     /// in-memory database is one connection for both.
     pub async fn open(url: &str) -> Result<Self> {
         let writes = connect(url, Role::Writer).await?;
-        let reads = match sqlite_path(url) {
-            Some(_) => connect(url, Role::Reader).await?,
-            None if is_sqlite(url) => writes.clone(),
-            None => connect(url, Role::Reader).await?,
+        // An in-memory SQLite database lives in its one connection.
+        let in_memory = is_sqlite(url) && sqlite_path(url).is_none();
+        let reads = if in_memory {
+            None
+        } else {
+            Some(connect(url, Role::Reader).await?)
         };
         Ok(Self { reads, writes })
     }
 
     /// What reads go through: a connection pool, never inside a write.
     pub fn reads(&self) -> &DatabaseConnection {
-        &self.reads
+        self.reads.as_ref().unwrap_or(&self.writes)
     }
 
     /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it
@@ -101,9 +104,10 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(self) -> Result<()> {
-        self.reads.close().await?;
-        // An in-memory store's readers are its writer, closed already.
-        let _ = self.writes.close().await;
+        if let Some(reads) = self.reads {
+            reads.close().await?;
+        }
+        self.writes.close().await?;
         Ok(())
     }
 }
