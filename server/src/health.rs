@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::store::Store;
 use backup_proto::SERVICE_NAMES;
 use backup_proto::backup_files_server::SERVICE_NAME as BACKUP_FILES;
 use tonic_health::ServingStatus;
@@ -15,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::backup::source;
 use crate::backup::sqlite::Content;
 use crate::error::Error;
+use crate::store::Store;
 
 /// What the checks found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,12 +2,11 @@
 //! key shared through the state store, so a token the server did not issue
 //! (or issued for another listing) is refused.
 
-use crate::store::Store;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
-use crate::store;
+use crate::store::{self, Store};
 
 const KEY_NAME: &str = "page_token_key";
 

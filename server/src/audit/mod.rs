@@ -12,9 +12,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
+use crate::model::audit::Filter;
 use crate::store::{self, Store, Transaction};
 
-use crate::model::audit::Filter;
 pub use crate::model::audit::NewEvent;
 pub use crate::store::audit::Event;
 
@@ -167,8 +167,9 @@ impl std::ops::Deref for Change<'_> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use crate::store::Store;
     use migration::{Migrator, MigratorTrait};
+
+    use crate::store::Store;
 
     /// A migrated in-memory state store (one connection, so it persists).
     pub(crate) async fn memory_store() -> Store {

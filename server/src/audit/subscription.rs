@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::store::Store;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -38,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Event, Recorder};
 use crate::error::{Error, Result};
 use crate::model::audit::Filter;
+use crate::store::Store;
 use crate::store::audit as stored;
 
 /// How often the store is polled for events other processes wrote.

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::store::Store;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -27,7 +26,7 @@ use crate::model::backup::BackupKind;
 use crate::model::run::{Lease, RunStatus};
 use crate::model::settings::{Settings, SettingsUpdate};
 use crate::retention::Retention;
-use crate::store::{self, lease};
+use crate::store::{self, Store, lease};
 use settings::schedule_of;
 
 /// How long after a failed backup the user's backup is tried again (unless

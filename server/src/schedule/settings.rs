@@ -1,7 +1,6 @@
 //! Per-user backup settings: partial updates with their defaults, and the
 //! next-run bookkeeping that goes with them.
 
-use crate::store::Store;
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde_json::json;
@@ -11,7 +10,7 @@ use crate::audit::{NewEvent, Recorder};
 use crate::auth;
 use crate::error::{Error, Result};
 use crate::model::settings::{Frequency, KeepCount, Settings, SettingsUpdate};
-use crate::store;
+use crate::store::{self, Store};
 
 /// The schedule settings describe.
 pub fn schedule_of(s: &Settings) -> Schedule {
