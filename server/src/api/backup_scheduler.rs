@@ -58,7 +58,7 @@ impl From<Settings> for pb::BackupSettings {
             enabled: s.enabled,
             frequency: pb::Frequency::from(s.frequency).into(),
             backup_time: format_backup_time(s.backup_time),
-            keep_count: i32::try_from(s.keep_count.get()).unwrap_or(i32::MAX),
+            keep_count: s.keep_count.into(),
             timezone: s.timezone.name().to_owned(),
             last_backup_at: s.last_backup_at.map(timestamp),
             next_backup_at: s.next_backup_at.map(timestamp),

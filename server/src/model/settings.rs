@@ -98,6 +98,13 @@ impl KeepCount {
     }
 }
 
+/// As the wire and the state store carry it; at most 30, so always exact.
+impl From<KeepCount> for i32 {
+    fn from(k: KeepCount) -> Self {
+        i32::from(k.0)
+    }
+}
+
 /// A user's automatic backup settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {

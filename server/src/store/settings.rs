@@ -55,7 +55,7 @@ fn to_row(settings: &Settings) -> backup_settings::ActiveModel {
         enabled: Set(settings.enabled),
         frequency: Set(settings.frequency.as_str().into()),
         backup_time: Set(format_backup_time(settings.backup_time)),
-        keep_count: Set(i32::try_from(settings.keep_count.get()).unwrap_or(i32::MAX)),
+        keep_count: Set(settings.keep_count.into()),
         timezone: Set(settings.timezone.name().into()),
         anchor_date: Set(settings.anchor_date),
         last_backup_at: Set(settings.last_backup_at),
