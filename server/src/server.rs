@@ -349,7 +349,7 @@ mod tests {
             .unwrap();
         assert_eq!(has_settings, 0, "the snapshot predates the migration");
         assert!(
-            Migrator::get_pending_migrations(db.reads())
+            Migrator::get_pending_migrations(db.orm())
                 .await
                 .unwrap()
                 .is_empty()

@@ -174,7 +174,7 @@ pub(crate) mod tests {
     /// A migrated in-memory state store (one connection, so it persists).
     pub(crate) async fn memory_store() -> Store {
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.reads(), None).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
         db
     }
 
@@ -183,7 +183,7 @@ pub(crate) mod tests {
         use sea_orm::ConnectionTrait;
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
         // Up to m20261121_000004, before audit subjects.
-        Migrator::up(db.reads(), Some(4)).await.unwrap();
+        Migrator::up(db.orm(), Some(4)).await.unwrap();
         db.reads().execute_unprepared(
             "INSERT INTO audit_events (event_type, user_id, resource_type, resource_id, action, \
              success, details, error_message, timestamp) VALUES ('backup_files.create', 7, \
@@ -191,7 +191,7 @@ pub(crate) mod tests {
         )
         .await
         .unwrap();
-        Migrator::up(db.reads(), None).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
         let about_7 = crate::model::audit::Filter {
             user_id: Some(7),
             ..Default::default()
@@ -215,7 +215,7 @@ pub(crate) mod tests {
         assert_eq!((theirs.user_id, theirs.subject_user_id), (1, 7));
 
         // The migration can be undone.
-        Migrator::down(db.reads(), Some(1)).await.unwrap();
+        Migrator::down(db.orm(), Some(1)).await.unwrap();
         let columns = db
             .reads()
             .query_all_raw(sea_orm::Statement::from_string(

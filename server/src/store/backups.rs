@@ -11,9 +11,10 @@ use sea_orm::{
     FromQueryResult, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::Connection;
+use super::entity::backup;
 use crate::error::{Error, Result};
 use crate::model::backup::{Backup, BackupKind, Cursor, Entry};
-use crate::store::entity::backup;
 
 /// A catalog row as a [`Backup`]; a kind this server does not know is an
 /// error naming the row.
@@ -58,37 +59,25 @@ fn to_row(backup: Backup) -> backup::Model {
 }
 
 /// The backup whose bytes are in `filename`.
-pub async fn by_filename<C: ConnectionTrait>(conn: &C, filename: &str) -> Result<Option<Backup>> {
-    backup::Entity::find_by_id(filename)
-        .one(conn)
+pub async fn by_filename<C: Connection>(conn: &C, filename: &str) -> Result<Option<Backup>> {
+    conn.row(backup::Entity::find_by_id(filename))
         .await?
         .map(from_row)
         .transpose()
 }
 
 /// `owner`'s backup called `name`.
-pub async fn by_name<C: ConnectionTrait>(
-    conn: &C,
-    owner: i64,
-    name: &str,
-) -> Result<Option<Backup>> {
-    backup::Entity::find()
+pub async fn by_name<C: Connection>(conn: &C, owner: i64, name: &str) -> Result<Option<Backup>> {
+    let query = backup::Entity::find()
         .filter(backup::Column::OwnerUserId.eq(owner))
-        .filter(backup::Column::Name.eq(name))
-        .one(conn)
-        .await?
-        .map(from_row)
-        .transpose()
+        .filter(backup::Column::Name.eq(name));
+    conn.row(query).await?.map(from_row).transpose()
 }
 
 /// Every owner's backups called `name` (at most one per owner).
-pub async fn all_named<C: ConnectionTrait>(conn: &C, name: &str) -> Result<Vec<Backup>> {
-    from_rows(
-        backup::Entity::find()
-            .filter(backup::Column::Name.eq(name))
-            .all(conn)
-            .await?,
-    )
+pub async fn all_named<C: Connection>(conn: &C, name: &str) -> Result<Vec<Backup>> {
+    let query = backup::Entity::find().filter(backup::Column::Name.eq(name));
+    from_rows(conn.rows(query).await?)
 }
 
 /// How many manual backups `owner` has.
@@ -172,7 +161,7 @@ pub async fn all_filenames<C: ConnectionTrait>(conn: &C) -> Result<HashSet<Strin
 
 /// Newest first (created_at, then filename, descending), optionally one
 /// owner's, after `after`.
-pub async fn page<C: ConnectionTrait>(
+pub async fn page<C: Connection>(
     conn: &C,
     owner: Option<i64>,
     after: Option<&Cursor>,
@@ -193,14 +182,11 @@ pub async fn page<C: ConnectionTrait>(
                 ),
         );
     }
-    from_rows(
-        query
-            .order_by_desc(backup::Column::CreatedAt)
-            .order_by_desc(backup::Column::Filename)
-            .limit(limit)
-            .all(conn)
-            .await?,
-    )
+    let query = query
+        .order_by_desc(backup::Column::CreatedAt)
+        .order_by_desc(backup::Column::Filename)
+        .limit(limit);
+    from_rows(conn.rows(query).await?)
 }
 
 /// The columns of an [`Entry`], as the driver hands them over.
@@ -344,7 +330,7 @@ mod tests {
     #[tokio::test]
     async fn packed_entries_match_the_plain_query() {
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.reads(), None).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
         let rows = [
             row("a.db", 1, BackupKind::Manual, false, "2026-01-01T00:00:00Z"),
             row(
@@ -404,7 +390,7 @@ mod tests {
     async fn a_stored_kind_this_server_does_not_know_is_an_error() {
         use sea_orm::ConnectionTrait;
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.reads(), None).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
         let mut odd = row(
             "odd.db",
             1,

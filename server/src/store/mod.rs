@@ -1,8 +1,9 @@
 //! The state store: connection setup, write transactions, migrations, and
 //! the queries of each table ([`backups`]); entities never leave `store/`.
 //!
-//! Everything goes through SeaORM so the store can move to PostgreSQL; the
-//! connection's SQLite settings (WAL, busy timeout, one writer) are here.
+//! Every query is built by SeaORM so the store can move to PostgreSQL; the
+//! connection's SQLite settings (WAL, busy timeout, one writer) are here,
+//! and [`sqlite_reads`] runs the reads an RPC waits on off sqlx's threads.
 
 pub mod audit;
 pub mod backups;
@@ -11,27 +12,57 @@ pub mod lease;
 pub mod runs;
 pub mod secrets;
 pub mod settings;
+mod sqlite_reads;
 pub mod tokens;
 
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, ExecResult, QueryResult, QueryTrait, Select, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait, TryIntoModel,
 };
 
+use self::sqlite_reads::SqliteReads;
 use crate::error::Result;
+
+/// A write transaction, from [`Store::begin_write`].
+pub use sea_orm::DatabaseTransaction as Transaction;
 
 /// What the store's query functions run on: a write transaction or the
 /// readers ([`Store::reads`]). Domain code passes it through, never queries
 /// it itself.
-pub use sea_orm::ConnectionTrait as Connection;
-/// A write transaction, from [`Store::begin_write`].
-pub use sea_orm::DatabaseTransaction as Transaction;
+pub trait Connection: ConnectionTrait + Sized {
+    /// The rows `select` finds: for the readers of a SQLite file, run on
+    /// the calling thread. For keyed lookups and pages, not long scans.
+    fn rows<E>(&self, select: Select<E>) -> impl Future<Output = Result<Vec<E::Model>>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        async move { Ok(select.all(self).await?) }
+    }
+
+    /// The first row `select` finds, as [`Connection::rows`] finds it.
+    fn row<E>(&self, select: Select<E>) -> impl Future<Output = Result<Option<E::Model>>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        use sea_orm::QuerySelect;
+        async move { Ok(self.rows(select.limit(1)).await?.into_iter().next()) }
+    }
+}
+
+impl Connection for Transaction {}
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,11 +78,19 @@ const READ_CONNECTIONS: u32 = 4;
 /// in order, and a pool of readers beside it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// For queries outside a write transaction; `None` when they share the
-    /// writer (an in-memory database).
-    reads: Option<DatabaseConnection>,
-    /// For write transactions only ([`Store::begin_write`]).
-    writes: DatabaseConnection,
+    /// For queries outside a write transaction.
+    reads: Reads,
+    /// For write transactions only ([`Store::begin_write`]); `None` when
+    /// they share the readers' one connection (an in-memory database).
+    writes: Option<DatabaseConnection>,
+}
+
+/// The readers: a pool of read-only connections and, for a SQLite file,
+/// the calling-thread path of [`Connection::rows`].
+#[derive(Clone)]
+pub struct Reads {
+    pool: DatabaseConnection,
+    sqlite: Option<Arc<SqliteReads>>,
 }
 
 impl Store {
@@ -60,20 +99,40 @@ impl Store {
     /// contends with itself for the write lock) and read-only readers; an
     /// in-memory database is one connection for both.
     pub async fn open(url: &str) -> Result<Self> {
-        let writes = connect(url, Role::Writer).await?;
+        let writer = connect(url, Role::Writer).await?;
         // An in-memory SQLite database lives in its one connection.
-        let in_memory = is_sqlite(url) && sqlite_path(url).is_none();
-        let reads = if in_memory {
-            None
-        } else {
-            Some(connect(url, Role::Reader).await?)
-        };
-        Ok(Self { reads, writes })
+        if is_sqlite(url) && sqlite_path(url).is_none() {
+            return Ok(Self {
+                reads: Reads {
+                    pool: writer,
+                    sqlite: None,
+                },
+                writes: None,
+            });
+        }
+        let sqlite = sqlite_path(url).map(|path| Arc::new(SqliteReads::new(path, MMAP_BYTES)));
+        Ok(Self {
+            reads: Reads {
+                pool: connect(url, Role::Reader).await?,
+                sqlite,
+            },
+            writes: Some(writer),
+        })
     }
 
-    /// What reads go through: a connection pool, never inside a write.
-    pub fn reads(&self) -> &DatabaseConnection {
-        self.reads.as_ref().unwrap_or(&self.writes)
+    /// What reads go through, never inside a write.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
+    fn writer(&self) -> &DatabaseConnection {
+        self.writes.as_ref().unwrap_or(&self.reads.pool)
+    }
+
+    /// The writer connection, for tests that migrate by hand.
+    #[cfg(test)]
+    pub fn orm(&self) -> &DatabaseConnection {
+        self.writer()
     }
 
     /// Begins a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it
@@ -82,7 +141,7 @@ impl Store {
     /// upgrades to a write.
     pub async fn begin_write(&self) -> Result<DatabaseTransaction> {
         Ok(self
-            .writes
+            .writer()
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..Default::default()
@@ -104,11 +163,55 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(self) -> Result<()> {
-        if let Some(reads) = self.reads {
-            reads.close().await?;
+        self.reads.pool.close().await?;
+        if let Some(writes) = self.writes {
+            writes.close().await?;
         }
-        self.writes.close().await?;
         Ok(())
+    }
+}
+
+impl Connection for Reads {
+    fn rows<E>(&self, select: Select<E>) -> impl Future<Output = Result<Vec<E::Model>>> + Send
+    where
+        E: EntityTrait,
+        E::Model: Send,
+        E::ActiveModel: TryIntoModel<E::Model>,
+    {
+        let statement = select.build(self.get_database_backend());
+        async move {
+            // Locked: the pool waits out the lock on its own thread.
+            if let Some(sqlite) = &self.sqlite
+                && let Some(rows) = sqlite.rows::<E>(&statement)?
+            {
+                return Ok(rows);
+            }
+            Ok(E::find().from_raw_sql(statement).all(&self.pool).await?)
+        }
+    }
+}
+
+/// Everything else the readers run goes through the pool.
+#[async_trait::async_trait]
+impl ConnectionTrait for Reads {
+    fn get_database_backend(&self) -> DbBackend {
+        self.pool.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.pool.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.pool.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.pool.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.pool.query_all_raw(stmt).await
     }
 }
 
@@ -187,7 +290,7 @@ pub struct Migrations<'a> {
 
 /// Takes the migration lock and looks what is pending.
 pub async fn pending_migrations<'a>(store: &'a Store, url: &str) -> Result<Migrations<'a>> {
-    let db = &store.writes;
+    let db = store.writer();
     let lock = match sqlite_path(url) {
         Some(path) => {
             let lock = path.with_extension("migrate-lock");

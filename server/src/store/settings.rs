@@ -11,6 +11,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
 
+use super::Connection;
 use super::entity::backup_settings::{self, Column, Entity};
 use crate::error::{Error, Result};
 use crate::model::settings::{Frequency, KeepCount, OVERDUE_GRACE, Settings};
@@ -67,13 +68,9 @@ fn to_row(settings: &Settings) -> backup_settings::ActiveModel {
 }
 
 /// A user's settings, if they have any.
-pub async fn get<C: ConnectionTrait>(conn: &C, user_id: i64) -> Result<Option<Settings>> {
-    Entity::find()
-        .filter(Column::UserId.eq(user_id))
-        .one(conn)
-        .await?
-        .map(from_row)
-        .transpose()
+pub async fn get<C: Connection>(conn: &C, user_id: i64) -> Result<Option<Settings>> {
+    let query = Entity::find().filter(Column::UserId.eq(user_id));
+    conn.row(query).await?.map(from_row).transpose()
 }
 
 /// Stores a user's first settings.
@@ -93,7 +90,7 @@ pub async fn save<C: ConnectionTrait>(conn: &C, settings: &Settings) -> Result<(
 }
 
 /// A page of settings by user id, after `after_user_id`.
-pub async fn page<C: ConnectionTrait>(
+pub async fn page<C: Connection>(
     conn: &C,
     after_user_id: Option<i64>,
     limit: u64,
@@ -103,10 +100,7 @@ pub async fn page<C: ConnectionTrait>(
         query = query.filter(Column::UserId.gt(after));
     }
     from_rows(
-        query
-            .order_by_asc(Column::UserId)
-            .limit(limit)
-            .all(conn)
+        conn.rows(query.order_by_asc(Column::UserId).limit(limit))
             .await?,
     )
 }
@@ -220,7 +214,7 @@ mod tests {
     #[tokio::test]
     async fn overdue_users_are_listed_counted_and_found_through_the_index() {
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.reads(), None).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
         let rows = [
             row(1, true, Frequency::Daily, Some(3)),    // overdue
             row(2, true, Frequency::Daily, Some(0)),    // on time

@@ -5,13 +5,14 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
 };
 
+use super::Connection;
 use super::entity::{api_token, user};
 use crate::error::Result;
 use crate::model::user::{TokenInfo, User};
 
 /// The user `id`, if there is one.
-pub async fn user<C: ConnectionTrait>(conn: &C, id: i64) -> Result<Option<User>> {
-    Ok(user::Entity::find_by_id(id).one(conn).await?.map(|u| User {
+pub async fn user<C: Connection>(conn: &C, id: i64) -> Result<Option<User>> {
+    Ok(conn.row(user::Entity::find_by_id(id)).await?.map(|u| User {
         id: u.id,
         is_admin: u.is_admin,
     }))
@@ -110,18 +111,17 @@ pub async fn revoke<C: ConnectionTrait>(conn: &C, id: i64, at: DateTime<Utc>) ->
 }
 
 /// The token stored under `token_hash` with its owner's admin flag, and
-/// the hash as stored (for a constant-time comparison).
-pub async fn by_hash<C: ConnectionTrait>(
+/// the hash as stored (for a constant-time comparison). Two keyed lookups,
+/// not a join: every RPC's authentication may make them.
+pub async fn by_hash<C: Connection>(
     conn: &C,
     token_hash: &str,
 ) -> Result<Option<(TokenInfo, String)>> {
-    let found = api_token::Entity::find()
-        .filter(api_token::Column::TokenHash.eq(token_hash))
-        .find_also_related(user::Entity)
-        .one(conn)
-        .await?;
-    Ok(found.map(|(t, u)| {
-        let stored = t.token_hash.clone();
-        (info(t, u), stored)
-    }))
+    let query = api_token::Entity::find().filter(api_token::Column::TokenHash.eq(token_hash));
+    let Some(token) = conn.row(query).await? else {
+        return Ok(None);
+    };
+    let owner = conn.row(user::Entity::find_by_id(token.user_id)).await?;
+    let stored = token.token_hash.clone();
+    Ok(Some((info(token, owner), stored)))
 }
