@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    FromQueryResult, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    FromQueryResult, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
 };
 
 use super::Connection;
@@ -167,6 +167,11 @@ pub async fn page<C: Connection>(
     after: Option<&Cursor>,
     limit: u64,
 ) -> Result<Vec<Backup>> {
+    from_rows(conn.rows(page_query(owner, after, limit)).await?)
+}
+
+/// Read off `idx_backups_owner_page` or `idx_backups_page`, in their order.
+fn page_query(owner: Option<i64>, after: Option<&Cursor>, limit: u64) -> Select<backup::Entity> {
     let mut query = backup::Entity::find();
     if let Some(owner) = owner {
         query = query.filter(backup::Column::OwnerUserId.eq(owner));
@@ -182,11 +187,10 @@ pub async fn page<C: Connection>(
                 ),
         );
     }
-    let query = query
+    query
         .order_by_desc(backup::Column::CreatedAt)
         .order_by_desc(backup::Column::Filename)
-        .limit(limit);
-    from_rows(conn.rows(query).await?)
+        .limit(limit)
 }
 
 /// The columns of an [`Entry`], as the driver hands them over.
@@ -384,6 +388,35 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Every page, whoever lists it and from wherever, walks an index in
+    /// its order and stops at its last row: nothing is sorted.
+    #[tokio::test]
+    async fn pages_are_read_off_an_index_without_sorting() {
+        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
+        let cursor = Cursor {
+            created_at: Utc::now(),
+            filename: "a.db".into(),
+        };
+        for (owner, index) in [
+            (Some(1), "idx_backups_owner_page"),
+            (None, "idx_backups_page"),
+        ] {
+            for after in [None, Some(&cursor)] {
+                let plan =
+                    crate::store::tests::query_plan(&db, &page_query(owner, after, 20)).await;
+                assert!(
+                    plan.iter().any(|l| l.contains(index)),
+                    "owner {owner:?}, after {after:?}: {plan:?}"
+                );
+                assert!(
+                    plan.iter().all(|l| !l.contains("TEMP B-TREE")),
+                    "owner {owner:?}, after {after:?}: {plan:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -338,8 +338,24 @@ fn lock_file(path: &Path) -> Result<File> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// How SQLite runs `query` on `db`: the detail lines of its plan.
+    pub(crate) async fn query_plan(db: &Store, query: &impl QueryTrait) -> Vec<String> {
+        let backend = db.reads().get_database_backend();
+        let sql = query.build(backend).to_string();
+        db.reads()
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String>("", "detail").unwrap())
+            .collect()
+    }
 
     #[test]
     fn sqlite_paths_come_from_urls() {

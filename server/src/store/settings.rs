@@ -237,20 +237,7 @@ mod tests {
         assert_eq!(listed, [1, 4, 6]);
         assert_eq!(count_overdue(db.reads(), now).await.unwrap(), 3);
 
-        let sql = overdue_query(now)
-            .build(db.reads().get_database_backend())
-            .to_string();
-        let plan: Vec<String> = db
-            .reads()
-            .query_all_raw(sea_orm::Statement::from_string(
-                db.reads().get_database_backend(),
-                format!("EXPLAIN QUERY PLAN {sql}"),
-            ))
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String>("", "detail").unwrap())
-            .collect();
+        let plan = crate::store::tests::query_plan(&db, &overdue_query(now)).await;
         assert!(
             plan.iter().all(|l| !l.starts_with("SCAN backup_settings")),
             "the overdue query reads every row: {plan:?}"
