@@ -185,7 +185,6 @@ fn overdue_query(now: DateTime<Utc>) -> Select<Entity> {
 mod tests {
     use super::*;
     use migration::{Migrator, MigratorTrait};
-    use sea_orm::QueryTrait;
 
     /// A settings row whose last success was `last_days_ago` days ago
     /// (`None`: never, and created 60 days ago).
