@@ -214,6 +214,9 @@ struct Sample {
     p99: Duration,
     /// CPU time (every thread) the server process used per reply.
     cpu_per_reply: Duration,
+    /// CPU time this process (the load client) used per reply, on the same
+    /// cores: what a reply costs to receive and decode bounds the rate too.
+    client_cpu_per_reply: Duration,
     /// Settings updates per second the second client completed meanwhile.
     updates_per_sec: Option<f64>,
 }
@@ -284,9 +287,11 @@ impl Load {
             .collect();
         let pid = server.child.id();
         tokio::time::sleep_until(from.into()).await;
-        let cpu_from = cpu_ticks(pid);
+        let me = std::process::id();
+        let (cpu_from, client_cpu_from) = (cpu_ticks(pid), cpu_ticks(me));
         tokio::time::sleep_until(until.into()).await;
         let cpu = (cpu_ticks(pid) - cpu_from) as f64 / self.clock_ticks;
+        let client_cpu = (cpu_ticks(me) - client_cpu_from) as f64 / self.clock_ticks;
         let mut latencies = Vec::new();
         for l in loops {
             latencies.extend(l.await.expect("a load loop"));
@@ -303,6 +308,7 @@ impl Load {
             p50: at(0.50),
             p99: at(0.99),
             cpu_per_reply: Duration::from_secs_f64(cpu / latencies.len() as f64),
+            client_cpu_per_reply: Duration::from_secs_f64(client_cpu / latencies.len() as f64),
             updates_per_sec: updater.map(|_| updates.load(Ordering::Relaxed) as f64 / window),
         }
     }
@@ -420,12 +426,14 @@ async fn run() {
             let alongside = case.alongside.then_some(&updater);
             let sample = load.measure(answering, target, case.call, alongside).await;
             println!(
-                "run {run} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0} us/reply{}",
+                "run {run} {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, \
+                 server CPU {:.0} us/reply, client CPU {:.0} us/reply{}",
                 case.label,
                 sample.per_sec,
                 ms(sample.p50),
                 ms(sample.p99),
                 us(sample.cpu_per_reply),
+                us(sample.client_cpu_per_reply),
                 sample
                     .updates_per_sec
                     .map(|u| format!(", {u:.0} updates/s"))
@@ -452,9 +460,9 @@ async fn run() {
     );
     println!();
     println!(
-        "| case | req/s | all runs req/s | p50 (ms) | p99 (ms) | server CPU per reply (us) | updates/s alongside | ratio to bare | target |"
+        "| case | req/s | all runs req/s | p50 (ms) | p99 (ms) | server CPU per reply (us) | client CPU per reply (us) | updates/s alongside | ratio to bare | target |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in &cases {
         let per_sec = median(case.samples.iter().map(|s| s.per_sec));
         let updates = case
@@ -463,7 +471,7 @@ async fn run() {
             .filter_map(|s| s.updates_per_sec)
             .collect::<Vec<_>>();
         println!(
-            "| {} | {per_sec:.0} | {} | {:.2} | {:.2} | {:.0} | {} | {:.2}x | {} |",
+            "| {} | {per_sec:.0} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {:.2}x | {} |",
             case.label,
             case.samples
                 .iter()
@@ -473,6 +481,7 @@ async fn run() {
             median(case.samples.iter().map(|s| ms(s.p50))),
             median(case.samples.iter().map(|s| ms(s.p99))),
             median(case.samples.iter().map(|s| us(s.cpu_per_reply))),
+            median(case.samples.iter().map(|s| us(s.client_cpu_per_reply))),
             if updates.is_empty() {
                 String::new()
             } else {
@@ -485,8 +494,8 @@ async fn run() {
     println!();
     println!(
         "p50, p99 and CPU per reply are each the median over the runs of that run's figure; \
-         CPU is the answering server process's (the bare one for (a)), the load client \
-         shares the same cores."
+         server CPU is the answering process's (the bare one for (a)), client CPU the load \
+         client's (with the updater, when one runs), on the same cores."
     );
 }
 
