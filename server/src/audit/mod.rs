@@ -214,8 +214,14 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!((theirs.user_id, theirs.subject_user_id), (1, 7));
 
-        // The migration can be undone.
-        Migrator::down(db.orm(), Some(1)).await.unwrap();
+        // The migration can be undone (with those that came after it).
+        let migrations = Migrator::migrations();
+        let subject = migrations
+            .iter()
+            .position(|m| m.name() == "m20261201_000006_audit_subject")
+            .unwrap();
+        let undo = u32::try_from(migrations.len() - subject).unwrap();
+        Migrator::down(db.orm(), Some(undo)).await.unwrap();
         let columns = db
             .reads()
             .query_all_raw(sea_orm::Statement::from_string(
