@@ -15,58 +15,41 @@ const REPLACED: &str = "idx_backups_owner_created";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use Backups::{CreatedAt, Filename, OwnerUserId};
         manager
-            .create_index(
-                Index::create()
-                    .name(OWNER_PAGE)
-                    .table(Backups::Table)
-                    .col(Backups::OwnerUserId)
-                    .col(Backups::CreatedAt)
-                    .col(Backups::Filename)
-                    .to_owned(),
-            )
+            .create_index(index(OWNER_PAGE, &[OwnerUserId, CreatedAt, Filename]))
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name(PAGE)
-                    .table(Backups::Table)
-                    .col(Backups::CreatedAt)
-                    .col(Backups::Filename)
-                    .to_owned(),
-            )
+            .create_index(index(PAGE, &[CreatedAt, Filename]))
             .await?;
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(REPLACED)
-                    .table(Backups::Table)
-                    .to_owned(),
-            )
-            .await
+        manager.drop_index(drop_statement(REPLACED)).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use Backups::{CreatedAt, OwnerUserId};
         manager
-            .create_index(
-                Index::create()
-                    .name(REPLACED)
-                    .table(Backups::Table)
-                    .col(Backups::OwnerUserId)
-                    .col(Backups::CreatedAt)
-                    .to_owned(),
-            )
+            .create_index(index(REPLACED, &[OwnerUserId, CreatedAt]))
             .await?;
-        for index in [PAGE, OWNER_PAGE] {
-            manager
-                .drop_index(Index::drop().name(index).table(Backups::Table).to_owned())
-                .await?;
-        }
-        Ok(())
+        manager.drop_index(drop_statement(PAGE)).await?;
+        manager.drop_index(drop_statement(OWNER_PAGE)).await
     }
 }
 
-#[derive(DeriveIden)]
+/// The index `name` on `columns` of the backups table, in that order.
+fn index(name: &str, columns: &[Backups]) -> IndexCreateStatement {
+    let mut index = Index::create();
+    index.name(name).table(Backups::Table);
+    for column in columns {
+        index.col(*column);
+    }
+    index
+}
+
+fn drop_statement(name: &str) -> IndexDropStatement {
+    Index::drop().name(name).table(Backups::Table).to_owned()
+}
+
+#[derive(DeriveIden, Clone, Copy)]
 enum Backups {
     Table,
     OwnerUserId,
