@@ -6,8 +6,9 @@
 //! SeaORM runs on read-only rusqlite connections of the same file, from the
 //! calling thread, with its statement prepared once per connection, and its
 //! rows are decoded into the entity's model by the entity's own column
-//! types (as sqlx's driver does, so both paths give the same models). A query that would wait for a lock is handed back (`Ok(None)`) to
-//! the pool, which waits on its own thread: the caller never blocks.
+//! types (as sqlx's driver does, so both paths give the same models). A
+//! query that would wait for a lock is handed back (`Ok(None)`) to the
+//! pool, which waits on its own thread: the caller never blocks.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -26,6 +27,10 @@ use crate::error::{Error, Result};
 /// Idle connections kept for reuse; callers run on the runtime's threads,
 /// so more than this are rarely open at once.
 const IDLE_CONNECTIONS: usize = 8;
+
+/// Prepared statements each connection keeps: more than the store has
+/// shapes of query that go through here, so none is prepared twice.
+const STATEMENTS: usize = 64;
 
 /// Read-only connections to one SQLite file, opened as callers need them.
 pub struct SqliteReads {
@@ -78,6 +83,7 @@ impl SqliteReads {
         // again.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.pragma_update(None, "mmap_size", self.mmap_bytes.to_string())?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         Ok(conn)
     }
 
