@@ -76,7 +76,7 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
                 None => e,
             }
         })?;
-    if let Some(snapshot) = migrate(&db, &paths.database_url, storage.as_ref()).await? {
+    if let Some(snapshot) = migrate(&db, storage.as_ref()).await? {
         tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
     }
     Ok((db, paths, storage))
@@ -86,8 +86,8 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
 /// first snapshotted into `storage` as a `pre_migration_*` backup (its name
 /// returned; reconcile catalogs it as protected), so a bad migration can be
 /// undone.
-async fn migrate(db: &Store, url: &str, storage: &dyn BackupStorage) -> Result<Option<String>> {
-    let migrations = store::pending_migrations(db, url).await?;
+async fn migrate(db: &Store, storage: &dyn BackupStorage) -> Result<Option<String>> {
+    let migrations = store::pending_migrations(db).await?;
     let snapshot = match migrations.snapshot_first() {
         Some(state_store) => {
             let name = backup::create::pre_migration_snapshot(storage, state_store).await?;
@@ -330,10 +330,7 @@ mod tests {
         let db = store::Store::open(&url).await.unwrap();
 
         let storage = Directory::create(&backups).unwrap();
-        let snapshot = migrate(&db, &url, &storage)
-            .await
-            .unwrap()
-            .expect("a snapshot");
+        let snapshot = migrate(&db, &storage).await.unwrap().expect("a snapshot");
         assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
         let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
         let users: i64 = old
@@ -356,6 +353,6 @@ mod tests {
         );
 
         // Nothing pending: nothing to snapshot.
-        assert_eq!(migrate(&db, &url, &storage).await.unwrap(), None);
+        assert_eq!(migrate(&db, &storage).await.unwrap(), None);
     }
 }

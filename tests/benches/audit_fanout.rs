@@ -69,7 +69,7 @@ async fn run() {
     let url = format!("sqlite://{}/state.db?mode=rwc", dir.path().display());
     let db = store::Store::open(&url).await.expect("state store");
     // A fresh store: nothing to snapshot first.
-    store::pending_migrations(&db, &url)
+    store::pending_migrations(&db)
         .await
         .expect("migration lock")
         .apply()

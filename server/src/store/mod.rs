@@ -83,6 +83,9 @@ pub struct Store {
     /// For write transactions only ([`Store::begin_write`]); `None` when
     /// they share the readers' one connection (an in-memory database).
     writes: Option<DatabaseConnection>,
+    /// The SQLite file, as SQLite itself resolved the URL; `None` in memory
+    /// or on another engine.
+    file: Option<PathBuf>,
 }
 
 /// The readers: a pool of read-only connections and, for a SQLite file,
@@ -100,23 +103,33 @@ impl Store {
     /// in-memory database is one connection for both.
     pub async fn open(url: &str) -> Result<Self> {
         let writer = connect(url, Role::Writer).await?;
-        // An in-memory SQLite database lives in its one connection.
-        if is_sqlite(url) && sqlite_path(url).is_none() {
-            return Ok(Self {
-                reads: Reads {
-                    pool: writer,
-                    sqlite: None,
-                },
-                writes: None,
-            });
-        }
-        let sqlite = sqlite_path(url).map(|path| Arc::new(SqliteReads::new(path, MMAP_BYTES)));
+        let file = if is_sqlite(url) {
+            let file = main_file(&writer).await?;
+            // An in-memory SQLite database lives in its one connection.
+            if file.is_none() {
+                return Ok(Self {
+                    reads: Reads {
+                        pool: writer,
+                        sqlite: None,
+                    },
+                    writes: None,
+                    file,
+                });
+            }
+            file
+        } else {
+            None
+        };
+        let sqlite = file
+            .clone()
+            .map(|path| Arc::new(SqliteReads::new(path, MMAP_BYTES)));
         Ok(Self {
             reads: Reads {
                 pool: connect(url, Role::Reader).await?,
                 sqlite,
             },
             writes: Some(writer),
+            file,
         })
     }
 
@@ -260,7 +273,24 @@ fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
-/// The file behind a SQLite URL (`sqlite://path?mode=rwc`), if it is one.
+/// The file SQLite opened as `db`'s main database (after it decoded the
+/// URL: percent escapes, `mode=memory`), `None` for one in memory.
+async fn main_file(db: &DatabaseConnection) -> Result<Option<PathBuf>> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        ))
+        .await?;
+    let file: String = match row {
+        Some(row) => row.try_get("", "file")?,
+        None => String::new(),
+    };
+    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
+}
+
+/// The file a SQLite URL (`sqlite://path?mode=rwc`) names, as written: for
+/// messages about a store that could not be opened.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite:")?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
@@ -289,9 +319,9 @@ pub struct Migrations<'a> {
 }
 
 /// Takes the migration lock and looks what is pending.
-pub async fn pending_migrations<'a>(store: &'a Store, url: &str) -> Result<Migrations<'a>> {
+pub async fn pending_migrations(store: &Store) -> Result<Migrations<'_>> {
     let db = store.writer();
-    let lock = match sqlite_path(url) {
+    let lock = match store.file.clone() {
         Some(path) => {
             let lock = path.with_extension("migrate-lock");
             Some(crate::blocking::blocking(move || lock_file(&lock)).await?)
@@ -303,7 +333,7 @@ pub async fn pending_migrations<'a>(store: &'a Store, url: &str) -> Result<Migra
     Ok(Migrations {
         db,
         pending,
-        worth_keeping: sqlite_path(url).filter(|_| pending > 0 && applied > 0),
+        worth_keeping: store.file.clone().filter(|_| pending > 0 && applied > 0),
         _lock: lock,
     })
 }
@@ -355,6 +385,36 @@ pub(crate) mod tests {
             .iter()
             .map(|r| r.try_get::<String>("", "detail").unwrap())
             .collect()
+    }
+
+    /// The store reads, locks and snapshots the file SQLite opened, as
+    /// SQLite decoded the URL, not the URL's text.
+    #[tokio::test]
+    async fn the_store_uses_the_file_sqlite_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("with space")).unwrap();
+        let url = format!(
+            "sqlite://{}/with%20space/state.db?mode=rwc",
+            dir.path().display()
+        );
+        let db = Store::open(&url).await.unwrap();
+        let file = dir
+            .path()
+            .join("with space/state.db")
+            .canonicalize()
+            .unwrap();
+        assert_eq!(
+            db.file.as_deref().map(|f| f.canonicalize().unwrap()),
+            Some(file)
+        );
+        Migrator::up(db.orm(), None).await.unwrap();
+        // The calling-thread readers open that file, or this fails.
+        assert_eq!(settings::get(db.reads(), 1).await.unwrap(), None);
+        assert!(db.reads().sqlite.is_some());
+
+        let memory = Store::open("sqlite://named?mode=memory").await.unwrap();
+        assert!(memory.file.is_none() && memory.writes.is_none());
+        assert!(!dir.path().join("named").exists() && !Path::new("named").exists());
     }
 
     #[test]
