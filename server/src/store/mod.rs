@@ -104,22 +104,21 @@ impl Store {
     pub async fn open(url: &str) -> Result<Self> {
         let writer = connect(url, Role::Writer).await?;
         let file = if is_sqlite(url) {
-            let file = main_file(&writer).await?;
-            // An in-memory SQLite database lives in its one connection.
-            if file.is_none() {
-                return Ok(Self {
-                    reads: Reads {
-                        pool: writer,
-                        sqlite: None,
-                    },
-                    writes: None,
-                    file,
-                });
-            }
-            file
+            main_file(&writer).await?
         } else {
             None
         };
+        // An in-memory SQLite database lives in its one connection.
+        if is_sqlite(url) && file.is_none() {
+            return Ok(Self {
+                reads: Reads {
+                    pool: writer,
+                    sqlite: None,
+                },
+                writes: None,
+                file,
+            });
+        }
         let sqlite = file
             .clone()
             .map(|path| Arc::new(SqliteReads::new(path, MMAP_BYTES)));
