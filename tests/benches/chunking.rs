@@ -7,8 +7,9 @@
 //! snapshotted again. Each snapshot is cut at page boundaries into runs of
 //! 1, 4 or 16 pages; a chunk of the second whose BLAKE3 the first lacks is
 //! new. Per size: the share of chunks that are new, the bytes they add
-//! raw and compressed with zstd, what the first snapshot takes compressed
-//! chunk by chunk, and the chunk count (index entries) per GiB.
+//! raw and compressed with zstd (each chunk alone, and in frames of 16 new
+//! chunks, as a pack could hold them), what the first snapshot takes
+//! compressed chunk by chunk, and the chunk count (index entries) per GiB.
 //!
 //! Run with `cargo bench -p backup-tests --bench chunking`.
 //! - `CHUNK_BENCH_ROWS` rows in the database (default 150,000, about 80 MiB)
@@ -26,6 +27,9 @@ const PAGE: usize = 4096;
 
 /// Runs of pages a chunk holds.
 const RUNS: [usize; 3] = [1, 4, 16];
+
+/// New chunks compressed together in one zstd frame, in the frames column.
+const FRAME_CHUNKS: usize = 16;
 
 const WORDS: [&str; 32] = [
     "invoice", "customer", "shipped", "pending", "order", "payment", "refund", "address", "street",
@@ -140,9 +144,9 @@ fn main() {
     println!("## chunking: a text-like database of {rows} rows, 4 KiB pages, zstd level {level}");
     println!();
     println!(
-        "| workload | pages per chunk | chunks | new chunks | new bytes (MiB) | new bytes, zstd (MiB) | first snapshot, zstd per chunk (MiB) | chunks per GiB | cut + hash + compress (s) |"
+        "| workload | pages per chunk | chunks | new chunks | new bytes (MiB) | new bytes, zstd per chunk (MiB) | new bytes, zstd per {FRAME_CHUNKS} new chunks (MiB) | first snapshot, zstd per chunk (MiB) | chunks per GiB | cut + hash + compress (s) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, workload) in [Workload::Updates, Workload::Appends]
         .into_iter()
         .enumerate()
@@ -161,22 +165,29 @@ fn main() {
                 .map(|c| compressed(c, level))
                 .sum();
             let mut seen = HashSet::new();
-            let (mut total, mut new, mut new_bytes, mut new_compressed) = (0, 0, 0, 0);
+            let (mut total, mut new_compressed) = (0, 0);
+            let mut new_chunks: Vec<&[u8]> = Vec::new();
             for chunk in after.chunks(pages * PAGE) {
                 total += 1;
                 let id = blake3::hash(chunk);
                 if !known.contains(&id) && seen.insert(id) {
-                    new += 1;
-                    new_bytes += chunk.len();
+                    new_chunks.push(chunk);
                     new_compressed += compressed(chunk, level);
                 }
             }
+            let new = new_chunks.len();
+            let new_bytes: usize = new_chunks.iter().map(|c| c.len()).sum();
+            let framed: usize = new_chunks
+                .chunks(FRAME_CHUNKS)
+                .map(|frame| compressed(&frame.concat(), level))
+                .sum();
             println!(
-                "| {} | {pages} | {total} | {new} ({:.1}%) | {:.2} | {:.2} | {:.1} of {:.1} | {} | {:.2} |",
+                "| {} | {pages} | {total} | {new} ({:.1}%) | {:.2} | {:.2} | {:.2} | {:.1} of {:.1} | {} | {:.2} |",
                 workload.label(),
                 100.0 * new as f64 / total as f64,
                 mib(new_bytes),
                 mib(new_compressed),
+                mib(framed),
                 mib(first_compressed),
                 mib(before.len()),
                 (1usize << 30) / (pages * PAGE),
