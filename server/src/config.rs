@@ -39,6 +39,22 @@ pub struct Config {
     #[arg(long, env = "BACKUP_BACKUPS_DIR", global = true)]
     pub backups_dir: Option<PathBuf>,
 
+    /// Keep backups in a content-addressed repository (deduplicated,
+    /// compressed, optionally encrypted): a path, a `file://` URL or
+    /// `s3://bucket/prefix` (configured by the standard `AWS_*` environment
+    /// variables). Without it, backups are full copies in --backups-dir.
+    #[arg(long, env = "BACKUP_REPOSITORY", global = true)]
+    pub repository: Option<String>,
+
+    /// Encrypt and authenticate the repository with the key in this file
+    /// (`backup-server repo init-key FILE` makes one; mode 0600).
+    #[arg(long, env = "BACKUP_REPOSITORY_KEY_FILE", global = true)]
+    pub repository_key_file: Option<PathBuf>,
+
+    /// Accept a remote repository (s3://) without encryption.
+    #[arg(long, env = "BACKUP_ALLOW_UNENCRYPTED_REMOTE", global = true)]
+    pub allow_unencrypted_remote: bool,
+
     /// How many backups and restores may copy data at once; more wait.
     #[arg(long, env = "BACKUP_MAX_CONCURRENT_COPIES", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64), global = true)]

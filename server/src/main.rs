@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use backup_server::backup::storage::repository::keys::KeyFile;
 use backup_server::config::{Config, LogFormat, args_with_config_file};
 use backup_server::{auth, demo, open_store, telemetry};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -29,11 +30,25 @@ enum Command {
     /// Manage API tokens in the state store (works while the server runs).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Work on the backup repository (--repository).
+    #[command(subcommand)]
+    Repo(RepoCommand),
     /// Create a demo source database with sample rows where there is none.
     InitDemo {
         /// How many sample orders to write.
         #[arg(long, default_value_t = 1000)]
         rows: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Write a new random repository key to FILE (mode 0600), for
+    /// --repository-key-file. Keep a copy away from the repository: without
+    /// it, its backups cannot be read.
+    InitKey {
+        /// Where to write the key; never over an existing file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -110,6 +125,14 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     paths.source_db.display()
                 );
             }
+            Ok(())
+        }
+        Command::Repo(RepoCommand::InitKey { file }) => {
+            KeyFile::generate(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            eprintln!(
+                "wrote a new repository key to {}; keep a copy apart from the repository",
+                file.display()
+            );
             Ok(())
         }
         Command::Token(command) => {

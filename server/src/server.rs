@@ -22,6 +22,7 @@ use crate::auth::Authenticator;
 use crate::backup::Backups;
 use crate::backup::storage::BackupStorage;
 use crate::backup::storage::directory::Directory;
+use crate::backup::storage::repository::{self, Repository};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paging::PageTokens;
@@ -65,10 +66,7 @@ pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
 /// [`open_store`], with the backup storage it snapshotted into.
 async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupStorage>)> {
     let paths = config.prepare()?;
-    let storage: Arc<dyn BackupStorage> = Arc::new(
-        Directory::create(&paths.backups_dir)
-            .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?,
-    );
+    let storage = open_storage(config, &paths).await?;
     let db =
         store::Store::open(&paths.database_url).await.map_err(|e| {
             match store::sqlite_path(&paths.database_url) {
@@ -80,6 +78,27 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
         tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
     }
     Ok((db, paths, storage))
+}
+
+/// The backup storage the flags name: the repository at `--repository`,
+/// or else the directory of full copies at `--backups-dir`.
+pub async fn open_storage(
+    config: &Config,
+    paths: &config::Paths,
+) -> Result<Arc<dyn BackupStorage>> {
+    let Some(url) = &config.repository else {
+        let directory = Directory::create(&paths.backups_dir)
+            .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?;
+        return Ok(Arc::new(directory));
+    };
+    let repository = Repository::open(repository::Options {
+        url,
+        key_file: config.repository_key_file.as_deref(),
+        allow_unencrypted_remote: config.allow_unencrypted_remote,
+        local_dir: &paths.backups_dir,
+    })
+    .await?;
+    Ok(Arc::new(repository))
 }
 
 /// Applies pending migrations. When the store already holds data, it is

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use backup_server::backup::storage::directory::hash_file;
+use backup_server::backup::storage::checked::hash_file;
 use backup_tests::DataDir;
 
 /// Rows of `randomblob(4000)` each take about one 4 KiB page.

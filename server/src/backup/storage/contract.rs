@@ -24,6 +24,7 @@ pub async fn check(storage: &dyn BackupStorage, scratch: &Path) {
     reads_are_checked(storage).await;
     deletes_are_begun_then_finished_or_undone(storage).await;
     cancelled_staging_keeps_nothing(storage, &source).await;
+    a_prune_keeps_what_names_reference(storage).await;
     a_names_stamp_changes_with_the_names(storage, &source).await;
     assert!(
         storage.recover().await.unwrap().is_empty(),
@@ -167,4 +168,10 @@ async fn cancelled_staging_keeps_nothing(storage: &dyn BackupStorage, source: &P
     let staged = storage.stage(source, "the source", "c", &cancel).await;
     assert!(matches!(staged, Err(Error::Cancelled(_))));
     assert_eq!(storage.list().await.unwrap().names, ["b.db"]);
+}
+
+async fn a_prune_keeps_what_names_reference(storage: &dyn BackupStorage) {
+    let facts = storage.describe("b.db").await.unwrap().facts;
+    storage.prune().await.unwrap();
+    storage.verify("b.db", &facts).await.unwrap();
 }

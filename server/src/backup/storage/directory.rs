@@ -8,32 +8,27 @@
 //! shared with other processes. Every path in the backups directory and
 //! every POSIX call on it is here.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use chrono::{SubsecRound, Utc};
-use rusqlite::OpenFlags;
 use tokio_util::sync::CancellationToken;
 
+use super::checked::{self, Checker, hash_file, size_mismatch};
+use super::local::{self, TempFile};
 use super::{
-    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, Staged, StagedCopy,
-    StorageLock, Verified, VerifiedCopy,
+    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, Pruned, Staged,
+    StagedCopy, StorageLock, Verified, VerifiedCopy,
 };
+use crate::backup::naming;
 use crate::backup::sqlite::{self, Content};
-use crate::backup::{check_cancelled, naming};
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 
 /// How old the directory's last change must be before its mtime is
 /// trusted to show the next one (see [`Directory::names_stamp`]).
 const NAMES_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Prefix of a snapshot being written; never a backup name (those never
-/// start with '.'), and removed at start if a crash left one behind.
-const TEMP_PREFIX: &str = ".tmp-";
 
 /// Prefix a file takes while it is being deleted, so a crash mid-delete can
 /// be told apart from a missing file and finished or undone at start.
@@ -52,13 +47,8 @@ impl Directory {
     /// The directory at `dir`, created (with parents, mode 0700) if missing.
     /// A failure is the I/O error, for the caller to name the flag.
     pub fn create(dir: &Path) -> Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
         Ok(Self {
-            dir: std::path::absolute(dir)?,
+            dir: local::create_dir(dir)?,
         })
     }
 
@@ -70,14 +60,11 @@ impl Directory {
 #[async_trait]
 impl BackupStorage for Directory {
     async fn recover(&self) -> Result<Vec<String>> {
-        let dir = self.dir.clone();
-        blocking(move || remove_temp_files(&dir)).await
+        local::recover(&self.dir).await
     }
 
     async fn lock(&self) -> Result<StorageLock> {
-        let path = self.dir.join(".lock");
-        let file = blocking(move || lock_exclusive(&path).map_err(dir_error)).await?;
-        Ok(StorageLock::new(Box::new(file)))
+        local::lock(&self.dir).await.map_err(dir_error)
     }
 
     async fn stage(
@@ -216,6 +203,11 @@ impl BackupStorage for Directory {
         fs::rename(self.deleting(name), self.dir.join(name))?;
         Ok(())
     }
+
+    async fn prune(&self) -> Result<Pruned> {
+        // A finished delete removed the file: nothing is left to prune.
+        Ok(Pruned::default())
+    }
 }
 
 /// A failed change to the backups directory, in terms an operator can act
@@ -248,13 +240,6 @@ fn gone(error: Error, dir: &Path, name: &str) -> Error {
     }
 }
 
-fn already_exists(name: &str) -> Error {
-    Error::AlreadyExists(format!(
-        "backup {} already exists",
-        crate::error::quote(name)
-    ))
-}
-
 /// A finished, fsynced snapshot under a temporary name, linked under each
 /// name it is published as.
 struct StagedFile {
@@ -269,7 +254,7 @@ impl StagedCopy for StagedFile {
     async fn publish(&self, name: &str) -> Result<()> {
         let (from, to, name) = (self.temp.path.clone(), self.dir.join(name), name.to_owned());
         blocking(move || match fs::hard_link(from, to) {
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(already_exists(&name)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(super::already_exists(&name)),
             linked => Ok(linked.map_err(|e| dir_error(e.into()))?),
         })
         .await
@@ -287,12 +272,7 @@ fn stage_snapshot(
     hint: &str,
     cancel: &CancellationToken,
 ) -> Result<Staged> {
-    let taken_at = Utc::now().trunc_subsecs(6);
-    let src = sqlite::open_source(source, what)?;
-    check_cancelled(cancel)?;
-    let temp = TempFile::create(dir, hint).map_err(dir_error)?;
-    sqlite::snapshot_into(src, what, &temp.path, cancel)?;
-    check_cancelled(cancel)?;
+    let (taken_at, temp) = local::snapshot(source, what, dir, hint, cancel).map_err(dir_error)?;
     let file = File::open(&temp.path)?;
     // Hash while the kernel writes the file out: both work from the page
     // cache, so the fsync's wait costs no extra time.
@@ -330,19 +310,7 @@ fn verify_backup(dir: &Path, name: &str, expected: ContentFacts) -> Result<Verif
     let before = stamp(&path)?;
     // Size and digest, checked as the bytes are read, as for a download.
     reader.check_to_end()?;
-    // An empty file opens as an empty database and passes integrity_check.
-    match sqlite::sniff(sqlite::open_regular(&path)?)? {
-        Content::Sqlite => {}
-        Content::Empty => return Err(Error::DataLoss("the file is empty".into())),
-        Content::NotSqlite => {
-            return Err(Error::DataLoss("the file is not a SQLite database".into()));
-        }
-    }
-    let conn = sqlite::open_existing(&path, "the backup", OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    sqlite::check_integrity(&conn, "the backup").map_err(|e| match e {
-        Error::FailedPrecondition(why) => Error::DataLoss(format!("integrity check: {why}")),
-        e => e,
-    })?;
+    let conn = checked::open_intact(&path)?;
     if stamp(&path)? != before {
         return Err(Error::Unavailable(
             "the backup's file changed while it was verified; verify it again".into(),
@@ -354,27 +322,13 @@ fn verify_backup(dir: &Path, name: &str, expected: ContentFacts) -> Result<Verif
     })
 }
 
-fn size_mismatch(on_disk: u64, expected: &ContentFacts) -> Error {
-    Error::DataLoss(format!(
-        "size: the file has {on_disk} bytes, the catalog recorded {}",
-        expected.size_bytes
-    ))
-}
-
-/// The first 12 hex digits of a digest, enough to tell two apart.
-fn prefix(hex: &str) -> &str {
-    hex.get(..12).unwrap_or(hex)
-}
-
 /// Reads a backup's bytes (for a download, or a verification) while
 /// checking them against the catalog, so damaged bytes never end as whole:
 /// a size that differs fails before the first byte, a digest that differs
 /// after the last.
 struct CheckedReader {
     file: File,
-    expected: ContentFacts,
-    hasher: ring::digest::Context,
-    read: u64,
+    checker: Checker,
 }
 
 impl CheckedReader {
@@ -398,9 +352,7 @@ impl CheckedReader {
         }
         Ok(Self {
             file,
-            expected,
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
-            read: 0,
+            checker: Checker::new(expected),
         })
     }
 
@@ -421,57 +373,17 @@ impl CheckedReader {
         Ok(())
     }
 
-    /// Reads into `buf` and checks what came: too many bytes, or at the
-    /// end (0 read) a size or digest other than recorded, is damage.
+    /// Reads into `buf` and checks what came; at the end (0 read) the
+    /// whole must match.
     fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
         let n = self.file.read(buf)?;
-        self.read += n as u64;
-        self.hasher.update(&buf[..n]);
-        let recorded = self.expected.size_bytes;
-        if i64::try_from(self.read).ok() > Some(recorded) {
-            return Err(size_mismatch(self.read, &self.expected));
-        }
         if n == 0 {
-            if i64::try_from(self.read).ok() != Some(recorded) {
-                return Err(size_mismatch(self.read, &self.expected));
-            }
-            let digest = hex::encode(self.hasher.clone().finish());
-            if digest != self.expected.sha256 {
-                return Err(Error::DataLoss(format!(
-                    "digest: the file's SHA-256 is {}…, the catalog recorded {}…",
-                    prefix(&digest),
-                    prefix(&self.expected.sha256)
-                )));
-            }
+            self.checker.finish()?;
+        } else {
+            self.checker.update(&buf[..n])?;
         }
         Ok(n)
     }
-}
-
-/// Size and SHA-256 of an open file, read from its current offset.
-///
-/// ring's SHA-256 (OpenSSL's assembly) hashes about 1.8 times as fast as
-/// the sha2 crate on CPUs without SHA instructions; on a 1 GiB backup that
-/// is seconds.
-pub fn hash_file(mut file: &File) -> Result<ContentFacts> {
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    // Small backups are common (many users, small databases): no 1 MiB
-    // buffer to zero for a file of a few pages.
-    let len = file.metadata()?.len().clamp(4096, 1 << 20);
-    let mut buf = vec![0u8; len as usize];
-    let mut size: i64 = 0;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as i64;
-    }
-    Ok(ContentFacts {
-        size_bytes: size,
-        sha256: hex::encode(hasher.finish()),
-    })
 }
 
 /// The stamp of the regular file at `path` (a symlink or anything else is
@@ -494,88 +406,6 @@ fn stamp(path: &Path) -> Result<ChangeStamp> {
         meta.ctime(),
         meta.ctime_nsec()
     )))
-}
-
-/// A file under a temporary name, removed on drop (names linked to it
-/// stay).
-struct TempFile {
-    path: PathBuf,
-    /// Holds an exclusive `flock` while the file is written, so another
-    /// process's start-up cleanup can tell a live write from a crash's
-    /// leftover (the lock dies with its process).
-    _lock: File,
-}
-
-impl TempFile {
-    /// Creates the file empty, mode 0600, under a unique temporary name.
-    fn create(dir: &Path, filename: &str) -> Result<Self> {
-        let path = dir.join(format!(
-            "{TEMP_PREFIX}{filename}-{:016x}",
-            rand::random::<u64>()
-        ));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        lock.lock()?;
-        Ok(Self { path, _lock: lock })
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-/// Removes what a crash can leave behind in the backups directory:
-/// temporary snapshot files. Returns their names.
-/// A snapshot still being written by a live process (this one or another
-/// sharing the directory) is locked and left alone; its SQLite journal
-/// goes with it.
-fn remove_temp_files(dir: &Path) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(TEMP_PREFIX) || name.ends_with("-journal") {
-            continue;
-        }
-        let path = dir.join(&name);
-        let abandoned = match File::open(&path) {
-            Ok(file) => file.try_lock().is_ok(),
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if abandoned {
-            fs::remove_file(&path)?;
-            removed.push(name.clone());
-            let journal = dir.join(format!("{name}-journal"));
-            if fs::remove_file(&journal).is_ok() {
-                removed.push(format!("{name}-journal"));
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// Takes an exclusive advisory lock on `path` (created if missing), held
-/// until the returned file is dropped or the process dies.
-fn lock_exclusive(path: &Path) -> Result<File> {
-    let opened = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path);
-    let file = match opened {
-        // A read-only file system still takes locks on an existing file
-        // opened for reading: listing and downloading go on.
-        Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => File::open(path)?,
-        opened => opened?,
-    };
-    file.lock()?;
-    Ok(file)
 }
 
 /// Regular files in the backups directory that can be backups, with the

@@ -34,9 +34,12 @@
 //! - Names are the catalog's file names: one component of ASCII letters,
 //!   digits and `._-~`, never starting with `.`.
 
+pub mod checked;
 #[cfg(test)]
 pub mod contract;
 pub mod directory;
+pub mod local;
+pub mod repository;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -49,6 +52,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::sqlite::Content;
 use crate::error::Result;
+
+/// Publishing under a name that exists.
+fn already_exists(name: &str) -> crate::error::Error {
+    crate::error::Error::AlreadyExists(format!(
+        "backup {} already exists",
+        crate::error::quote(name)
+    ))
+}
 
 /// Size and SHA-256 (lowercase hex) of a backup's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,15 +114,28 @@ pub trait StagedCopy: Send + Sync {
 /// open as SQLite: what a restore copies from. Holding it keeps that
 /// content readable even if the backup is deleted meanwhile, so what is
 /// restored is exactly what was verified.
-pub struct VerifiedCopy(Connection);
+pub struct VerifiedCopy {
+    conn: Connection,
+    /// What keeps the verified bytes in place while the connection reads
+    /// them (a scratch copy), if anything must; dropped after it.
+    _holds: Option<Box<dyn Send>>,
+}
 
 impl VerifiedCopy {
     pub fn new(conn: Connection) -> Self {
-        Self(conn)
+        Self { conn, _holds: None }
+    }
+
+    /// The copy `conn` reads, kept until it is dropped by `holds`.
+    pub fn holding(conn: Connection, holds: Box<dyn Send>) -> Self {
+        Self {
+            conn,
+            _holds: Some(holds),
+        }
     }
 
     pub fn connection(&self) -> &Connection {
-        &self.0
+        &self.conn
     }
 }
 
@@ -164,6 +188,20 @@ impl StorageLock {
     pub fn new(held: Box<dyn Send + Sync>) -> Self {
         Self { _held: held }
     }
+}
+
+/// What a [`BackupStorage::prune`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Stored bytes before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Packs deleted, and written to keep the chunks still referenced.
+    pub packs_deleted: u64,
+    pub packs_written: u64,
+    /// Backups whose chunks could not all be read: while there are any,
+    /// every chunk is kept.
+    pub unreadable: Vec<String>,
 }
 
 /// Where backups' bytes are stored. Held as `Arc<dyn BackupStorage>`; see
@@ -260,4 +298,10 @@ pub trait BackupStorage: Send + Sync {
     /// Puts the bytes a [`Self::begin_delete`] of `name` took out back
     /// under it.
     async fn undo_delete(&self, name: &str) -> Result<()>;
+
+    /// Removes stored bytes that no name references any longer, never
+    /// any a name (or a delete in progress, or a snapshot staged
+    /// meanwhile) may still read. Storage whose deletes free the bytes at
+    /// once has nothing to do.
+    async fn prune(&self) -> Result<Pruned>;
 }

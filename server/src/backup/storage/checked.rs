@@ -1,0 +1,121 @@
+//! Checking a backup's bytes against what the catalog recorded (size and
+//! SHA-256) as they are read, and checking a standalone copy as SQLite:
+//! the checks every storage makes before it hands bytes out as whole.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::ContentFacts;
+use crate::backup::sqlite::{self, Content};
+use crate::error::{Error, Result};
+
+/// Counts and hashes bytes as they are read, against the recorded size
+/// and digest: more bytes than recorded fail at once, a short count or
+/// another digest at [`Self::finish`].
+pub struct Checker {
+    expected: ContentFacts,
+    hasher: ring::digest::Context,
+    read: u64,
+}
+
+impl Checker {
+    pub fn new(expected: ContentFacts) -> Self {
+        Self {
+            expected,
+            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            read: 0,
+        }
+    }
+
+    /// Takes in the next bytes read.
+    pub fn update(&mut self, bytes: &[u8]) -> Result<()> {
+        self.read += bytes.len() as u64;
+        self.hasher.update(bytes);
+        if i64::try_from(self.read).ok() > Some(self.expected.size_bytes) {
+            return Err(size_mismatch(self.read, &self.expected));
+        }
+        Ok(())
+    }
+
+    /// At the end: every byte read must make up the recorded size and
+    /// digest.
+    pub fn finish(&self) -> Result<()> {
+        if i64::try_from(self.read).ok() != Some(self.expected.size_bytes) {
+            return Err(size_mismatch(self.read, &self.expected));
+        }
+        let digest = hex::encode(self.hasher.clone().finish());
+        if digest != self.expected.sha256 {
+            return Err(Error::DataLoss(format!(
+                "digest: the bytes' SHA-256 is {}…, the catalog recorded {}…",
+                prefix(&digest),
+                prefix(&self.expected.sha256)
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Stored bytes of another size than recorded: DATA_LOSS saying both.
+pub fn size_mismatch(stored: u64, expected: &ContentFacts) -> Error {
+    Error::DataLoss(format!(
+        "size: the backup has {stored} bytes, the catalog recorded {}",
+        expected.size_bytes
+    ))
+}
+
+/// The first 12 hex digits of a digest, enough to tell two apart.
+pub fn prefix(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// Size and SHA-256 of an open file, read from its current offset.
+///
+/// ring's SHA-256 (OpenSSL's assembly) hashes about 1.8 times as fast as
+/// the sha2 crate on CPUs without SHA instructions; on a 1 GiB backup that
+/// is seconds.
+pub fn hash_file(mut file: &File) -> Result<ContentFacts> {
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    // Small backups are common (many users, small databases): no 1 MiB
+    // buffer to zero for a file of a few pages.
+    let len = file.metadata()?.len().clamp(4096, 1 << 20);
+    let mut buf = vec![0u8; len as usize];
+    let mut size: i64 = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as i64;
+    }
+    Ok(ContentFacts {
+        size_bytes: size,
+        sha256: hex::encode(hasher.finish()),
+    })
+}
+
+/// Opens the standalone copy at `path`, whose bytes were already checked,
+/// as SQLite and runs a full `PRAGMA integrity_check` (quick_check misses
+/// index damage). An empty file, one that is not SQLite, or any problem
+/// found is DATA_LOSS.
+pub fn open_intact(path: &Path) -> Result<Connection> {
+    // An empty file opens as an empty database and passes integrity_check.
+    match sqlite::sniff(sqlite::open_regular(path)?)? {
+        Content::Sqlite => {}
+        Content::Empty => return Err(Error::DataLoss("the backup is empty".into())),
+        Content::NotSqlite => {
+            return Err(Error::DataLoss(
+                "the backup is not a SQLite database".into(),
+            ));
+        }
+    }
+    let conn = sqlite::open_existing(path, "the backup", OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    sqlite::check_integrity(&conn, "the backup").map_err(|e| match e {
+        Error::FailedPrecondition(why) => Error::DataLoss(format!("integrity check: {why}")),
+        e => e,
+    })?;
+    Ok(conn)
+}

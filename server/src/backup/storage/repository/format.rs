@@ -1,0 +1,233 @@
+//! The repository's objects as bytes: chunk ids, index records, chunk
+//! lists and manifests, encoded and decoded exactly as `docs/REPOSITORY.md`
+//! describes them. No I/O here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Format version written in the config, and every manifest.
+pub const VERSION: u32 = 1;
+
+/// What the config object says the repository is.
+pub const FORMAT_NAME: &str = "sqlite-backup-repository";
+
+/// Magic that opens every index object's plaintext.
+const INDEX_MAGIC: &[u8; 8] = b"SQBKIDX1";
+
+/// Chunk ids one chunk list holds (32 bytes each: 128 KiB).
+pub const LIST_IDS: usize = 4096;
+
+/// A 32-byte content address: the BLAKE3 hash (keyed when encrypted) of
+/// a chunk's plaintext, or the BLAKE3 hash of a pack's or index's stored
+/// bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex digits; `what` names the object in the error.
+    pub fn parse(hex_id: &str, what: &str) -> Result<Self> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(hex_id, &mut id)
+            .map_err(|_| damaged(what, &format!("{:?} is not an id", prefix(hex_id))))?;
+        Ok(Self(id))
+    }
+}
+
+/// Where a chunk's plaintext is: inside the frame at `frame_offset` (of
+/// `frame_len` stored bytes) in pack `pack`, at `offset` of the frame's
+/// decompressed bytes, `len` bytes long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Id,
+    pub frame_offset: u64,
+    pub frame_len: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Bytes of one index record: chunk id, pack id, then the four numbers.
+const RECORD: usize = 32 + 32 + 8 + 4 + 4 + 4;
+
+/// An index object's plaintext for `entries`.
+pub fn encode_index(entries: &[(Id, Location)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INDEX_MAGIC.len() + entries.len() * RECORD);
+    out.extend_from_slice(INDEX_MAGIC);
+    for (id, at) in entries {
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&at.pack.0);
+        out.extend_from_slice(&at.frame_offset.to_le_bytes());
+        out.extend_from_slice(&at.frame_len.to_le_bytes());
+        out.extend_from_slice(&at.offset.to_le_bytes());
+        out.extend_from_slice(&at.len.to_le_bytes());
+    }
+    out
+}
+
+/// The entries of an index object's plaintext; `what` names it in errors.
+pub fn decode_index(bytes: &[u8], what: &str) -> Result<Vec<(Id, Location)>> {
+    let records = bytes
+        .strip_prefix(INDEX_MAGIC.as_slice())
+        .filter(|rest| rest.len().is_multiple_of(RECORD))
+        .ok_or_else(|| damaged(what, "not an index, or cut short"))?;
+    Ok(records
+        .chunks_exact(RECORD)
+        .map(|r| {
+            let (id, r) = take::<32>(r);
+            let (pack, r) = take::<32>(r);
+            let (frame_offset, r) = take::<8>(r);
+            let (frame_len, r) = take::<4>(r);
+            let (offset, r) = take::<4>(r);
+            let (len, _) = take::<4>(r);
+            let at = Location {
+                pack: Id(pack),
+                frame_offset: u64::from_le_bytes(frame_offset),
+                frame_len: u32::from_le_bytes(frame_len),
+                offset: u32::from_le_bytes(offset),
+                len: u32::from_le_bytes(len),
+            };
+            (Id(id), at)
+        })
+        .collect())
+}
+
+/// The first `N` bytes of `bytes` (which has at least that many), and the
+/// rest.
+fn take<const N: usize>(bytes: &[u8]) -> ([u8; N], &[u8]) {
+    let (head, rest) = bytes.split_at(N);
+    let mut out = [0u8; N];
+    out.copy_from_slice(head);
+    (out, rest)
+}
+
+/// A chunk list's plaintext: the ids, concatenated.
+pub fn encode_list(ids: &[Id]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.0).collect()
+}
+
+/// The ids of a chunk list's plaintext.
+pub fn decode_list(bytes: &[u8], what: &str) -> Result<Vec<Id>> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(damaged(what, "a chunk list cut short"));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| Id(take::<32>(c).0))
+        .collect())
+}
+
+/// The repository's config object, stored in plain JSON: what a reader
+/// must know before it can read anything else.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    pub format: String,
+    pub version: u32,
+    /// Whether objects are sealed with a key (see `keys/`).
+    pub encrypted: bool,
+}
+
+/// A backup: everything needed to rebuild its standalone SQLite file.
+/// Stored (sealed, JSON) as `manifests/<name>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub version: u32,
+    /// The backup's file name, which the manifest is stored under; sealed
+    /// with it, so a manifest cannot pass under another name.
+    pub name: String,
+    /// When the snapshot was taken.
+    pub taken_at: DateTime<Utc>,
+    /// The standalone file's size in bytes.
+    pub size_bytes: i64,
+    /// Its SHA-256 and BLAKE3 (lowercase hex).
+    pub sha256: String,
+    pub blake3: String,
+    /// The size of each chunk but the last (the SQLite page size).
+    pub chunk_bytes: u32,
+    /// Stored bytes the backup's snapshot added to the repository.
+    pub stored_bytes: u64,
+    /// Ids of the chunk lists, in order; each lists up to [`LIST_IDS`]
+    /// chunk ids, and the file is their chunks concatenated.
+    pub lists: Vec<String>,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings and numbers always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
+        let manifest: Self = serde_json::from_slice(bytes)
+            .map_err(|e| damaged(&format!("manifest {name:?}"), &e.to_string()))?;
+        if manifest.name != name {
+            return Err(damaged(
+                &format!("manifest {name:?}"),
+                "it names another backup",
+            ));
+        }
+        Ok(manifest)
+    }
+
+    pub fn list_ids(&self) -> Result<Vec<Id>> {
+        let what = format!("manifest {:?}", self.name);
+        self.lists.iter().map(|id| Id::parse(id, &what)).collect()
+    }
+}
+
+/// Damage found in the repository: DATA_LOSS naming the object.
+pub fn damaged(what: &str, why: &str) -> Error {
+    Error::DataLoss(format!("{what} is damaged: {why}"))
+}
+
+fn prefix(text: &str) -> &str {
+    text.get(..16).unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_records_round_trip_and_cut_ones_are_damage() {
+        let at = Location {
+            pack: Id([7; 32]),
+            frame_offset: 1 << 40,
+            frame_len: 70_000,
+            offset: 4096,
+            len: 4096,
+        };
+        let entries = vec![(Id([1; 32]), at), (Id([2; 32]), at)];
+        let bytes = encode_index(&entries);
+        assert_eq!(decode_index(&bytes, "index").unwrap(), entries);
+        let cut = decode_index(&bytes[..bytes.len() - 1], "index x");
+        assert!(matches!(cut, Err(Error::DataLoss(m)) if m.contains("index x")));
+        assert!(decode_index(b"nonsense", "index").is_err());
+    }
+
+    #[test]
+    fn a_manifest_is_bound_to_its_name() {
+        let manifest = Manifest {
+            version: VERSION,
+            name: "a.db".into(),
+            taken_at: Utc::now(),
+            size_bytes: 8192,
+            sha256: "0".repeat(64),
+            blake3: "1".repeat(64),
+            chunk_bytes: 4096,
+            stored_bytes: 100,
+            lists: vec![Id([3; 32]).hex()],
+        };
+        let bytes = manifest.encode();
+        assert_eq!(Manifest::decode(&bytes, "a.db").unwrap(), manifest);
+        assert!(matches!(
+            Manifest::decode(&bytes, "b.db"),
+            Err(Error::DataLoss(_))
+        ));
+        assert_eq!(manifest.list_ids().unwrap(), [Id([3; 32])]);
+    }
+}

@@ -1,0 +1,663 @@
+//! [`Repository`]: backups as manifests over content-addressed chunks, in
+//! a local directory or an S3-compatible bucket (`--repository`).
+//!
+//! A snapshot is cut at SQLite page boundaries; each page is a chunk,
+//! addressed by its BLAKE3 hash (keyed when encrypted) and stored once for
+//! the whole repository, whichever backup or owner it came from. New chunks
+//! go into packs (zstd frames of a few chunks, each sealed) with an index
+//! saying where each chunk is. A backup's manifest, written last and only
+//! if absent, lists its chunks (through chunk lists, so backups of the same
+//! bytes share those too): a backup exists exactly when its manifest does.
+//! `docs/REPOSITORY.md` is the format, enough to rebuild a backup without
+//! this code.
+//!
+//! Objects: `config`, `keys/<id>`, `data/<2 hex>/<pack id>`,
+//! `index/<id>`, `manifests/<name>`, `deleting/<name>`. The local
+//! directory (`--backups-dir`) keeps scratch files and the lock.
+
+mod format;
+pub mod keys;
+mod objects;
+mod prune;
+mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use self::format::{Config, Id, Location, Manifest};
+use self::keys::{KeyFile, Keys};
+use self::objects::Objects;
+use self::read::Rebuild;
+use super::checked::{self, Checker, size_mismatch};
+use super::local::{self, TempFile};
+use super::{
+    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, Pruned, Staged,
+    StagedCopy, StorageLock, Verified, VerifiedCopy,
+};
+use crate::backup::naming;
+use crate::backup::sqlite::Content;
+use crate::blocking::blocking;
+use crate::error::{Error, Result};
+
+/// How to open a repository.
+pub struct Options<'a> {
+    /// `--repository`: a path, `file://` URL or `s3://bucket/prefix`.
+    pub url: &'a str,
+    /// `--repository-key-file`.
+    pub key_file: Option<&'a Path>,
+    /// `--allow-unencrypted-remote`.
+    pub allow_unencrypted_remote: bool,
+    /// The local directory for scratch files and the lock.
+    pub local_dir: &'a Path,
+}
+
+/// A content-addressed backup repository.
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+/// What every operation shares.
+pub struct Inner {
+    objects: Objects,
+    keys: Keys,
+    /// Scratch files and the lock file.
+    local_dir: PathBuf,
+    /// Held shared from a snapshot's staging to its last publish, and
+    /// exclusively by a prune: a prune never sees chunks a backup is about
+    /// to reference as unreferenced.
+    writes: Arc<RwLock<()>>,
+    /// Counts this process's changes to the set of names.
+    names_changed: AtomicU64,
+}
+
+impl Repository {
+    /// Opens the repository `options` name, creating it (encrypted when a
+    /// key file is given) if there is none. An encrypted repository needs
+    /// its key; an unencrypted one on a remote store needs
+    /// `allow_unencrypted_remote`.
+    pub async fn open(options: Options<'_>) -> Result<Self> {
+        let objects = Objects::open(options.url)?;
+        let key_file = options.key_file.map(KeyFile::read).transpose()?;
+        let config = match objects.get("config").await? {
+            Some(bytes) => serde_json::from_slice::<Config>(&bytes).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "{} is not a backup repository (its config: {e})",
+                    objects.url
+                ))
+            })?,
+            None => {
+                let config = Config {
+                    format: format::FORMAT_NAME.into(),
+                    version: format::VERSION,
+                    encrypted: key_file.is_some(),
+                };
+                let bytes = serde_json::to_vec_pretty(&config).unwrap_or_default();
+                match objects.put_new("config", bytes).await {
+                    Ok(()) => config,
+                    // Another process created it first: read theirs.
+                    Err(Error::AlreadyExists(_)) => {
+                        return Box::pin(Self::open(options)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if config.format != format::FORMAT_NAME || config.version != format::VERSION {
+            return Err(Error::FailedPrecondition(format!(
+                "{} holds format {:?} version {}, which this server does not read",
+                objects.url, config.format, config.version
+            )));
+        }
+        let keys = match (config.encrypted, key_file) {
+            (true, Some(key_file)) => Keys::from_master(&master_key(&objects, &key_file).await?),
+            (true, None) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the repository {} is encrypted: give its --repository-key-file",
+                    objects.url
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the repository {} was created unencrypted; it cannot use --repository-key-file",
+                    objects.url
+                )));
+            }
+            (false, None) if objects.remote && !options.allow_unencrypted_remote => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the repository {} is remote and unencrypted: give --repository-key-file \
+                     (make one with `backup-server repo init-key FILE`), or --allow-unencrypted-remote",
+                    objects.url
+                )));
+            }
+            (false, None) => Keys::plain(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                objects,
+                keys,
+                local_dir: local::create_dir(options.local_dir)?,
+                writes: Arc::new(RwLock::new(())),
+                names_changed: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// The master key a key file unwraps: from the first `keys/` object (by
+/// name) it opens, or a new one when the repository has no key yet (its
+/// creation stopped between the config and the key).
+async fn master_key(objects: &Objects, key_file: &KeyFile) -> Result<[u8; 32]> {
+    let mut listed = objects.list("keys").await?;
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    for key in &listed {
+        if let Some(wrapped) = objects.get(&format!("keys/{}", key.name)).await?
+            && let Some(master) = key_file.unwrap(&wrapped)
+        {
+            return Ok(master);
+        }
+    }
+    if !listed.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "the key file opens none of the keys of the repository {}",
+            objects.url
+        )));
+    }
+    let master: [u8; 32] = rand::random();
+    let name = format!("keys/{}", hex::encode(rand::random::<[u8; 8]>()));
+    objects.put_new(&name, key_file.wrap(&master)).await?;
+    Ok(master)
+}
+
+fn manifest_path(name: &str) -> String {
+    format!("manifests/{name}")
+}
+
+fn deleting_path(name: &str) -> String {
+    format!("deleting/{name}")
+}
+
+/// What a manifest is sealed with: bound to its name.
+fn manifest_aad(name: &str) -> Vec<u8> {
+    [b"manifest\0".as_slice(), name.as_bytes()].concat()
+}
+
+impl Inner {
+    /// Every index entry of the repository: where each chunk is.
+    async fn load_index(&self) -> Result<HashMap<Id, Location>> {
+        let mut index = HashMap::new();
+        for listed in self.objects.list("index").await? {
+            let path = format!("index/{}", listed.name);
+            let Some(sealed) = self.objects.get(&path).await? else {
+                // Replaced by a prune since the listing.
+                continue;
+            };
+            let what = format!("index {}", listed.name);
+            if Id(*blake3::hash(&sealed).as_bytes()).hex() != listed.name {
+                return Err(format::damaged(&what, "its bytes do not match its name"));
+            }
+            let compressed = self.keys.open(b"index", sealed, &what)?;
+            let plaintext = zstd::stream::decode_all(compressed.as_slice())
+                .map_err(|e| format::damaged(&what, &e.to_string()))?;
+            index.extend(format::decode_index(&plaintext, &what)?);
+        }
+        Ok(index)
+    }
+
+    /// Writes an index object for `entries`; returns its stored size.
+    async fn write_index(&self, entries: &[(Id, Location)]) -> Result<u64> {
+        let plaintext = format::encode_index(entries);
+        let compressed = zstd::bulk::compress(&plaintext, 3)?;
+        let sealed = self.keys.seal(b"index", compressed);
+        let size = sealed.len() as u64;
+        let id = Id(*blake3::hash(&sealed).as_bytes());
+        self.objects
+            .put_content(&format!("index/{}", id.hex()), sealed)
+            .await?;
+        Ok(size)
+    }
+
+    /// The manifest at `path` (`manifests/` or `deleting/`) for backup
+    /// `name`, or `None` if there is none.
+    async fn manifest_at(&self, path: &str, name: &str) -> Result<Option<Manifest>> {
+        let Some(sealed) = self.objects.get(path).await? else {
+            return Ok(None);
+        };
+        let what = format!("the manifest of backup {name:?}");
+        let json = self.keys.open(&manifest_aad(name), sealed, &what)?;
+        Manifest::decode(&json, name).map(Some)
+    }
+
+    /// Backup `name`'s manifest: NOT_FOUND if it has none.
+    async fn manifest(&self, name: &str) -> Result<Manifest> {
+        self.manifest_at(&manifest_path(name), name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("nothing is stored under {name:?}")))
+    }
+
+    /// The chunks of `manifest`, ready to be read in order.
+    async fn rebuild(self: &Arc<Self>, manifest: &Manifest) -> Result<Rebuild> {
+        let index = Arc::new(self.load_index().await?);
+        Rebuild::new(self.clone(), index, manifest)
+    }
+
+    /// Rebuilds backup `name` into a scratch file, checked against
+    /// `expected` (and every chunk against its id) as it is written.
+    async fn materialize(
+        self: &Arc<Self>,
+        manifest: &Manifest,
+        expected: &ContentFacts,
+    ) -> Result<TempFile> {
+        use tokio::io::AsyncWriteExt;
+        let temp = TempFile::create(&self.local_dir, "verify")?;
+        let mut out = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(&temp.path)
+                .await?,
+        );
+        let mut checker = Checker::new(expected.clone());
+        let mut rebuild = self.rebuild(manifest).await?;
+        while let Some(chunk) = rebuild.next_chunk().await? {
+            checker.update(&chunk)?;
+            out.write_all(&chunk).await?;
+        }
+        checker.finish()?;
+        out.flush().await?;
+        Ok(temp)
+    }
+
+    fn names_changed(&self) {
+        self.names_changed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot whose chunks are stored, waiting for its manifest.
+struct StagedManifest {
+    inner: Arc<Inner>,
+    manifest: Manifest,
+    /// Keeps a prune out until the last publish (see [`Inner::writes`]).
+    _writes: OwnedRwLockReadGuard<()>,
+}
+
+#[async_trait]
+impl StagedCopy for StagedManifest {
+    async fn publish(&self, name: &str) -> Result<()> {
+        let manifest = Manifest {
+            name: name.to_owned(),
+            ..self.manifest.clone()
+        };
+        let sealed = self.inner.keys.seal(&manifest_aad(name), manifest.encode());
+        let published = self
+            .inner
+            .objects
+            .put_new(&manifest_path(name), sealed)
+            .await;
+        self.inner.names_changed();
+        published.map_err(|e| match e {
+            Error::AlreadyExists(_) => super::already_exists(name),
+            e => e,
+        })
+    }
+}
+
+#[async_trait]
+impl BackupStorage for Repository {
+    async fn recover(&self) -> Result<Vec<String>> {
+        local::recover(&self.inner.local_dir).await
+    }
+
+    async fn lock(&self) -> Result<StorageLock> {
+        local::lock(&self.inner.local_dir).await
+    }
+
+    async fn stage(
+        &self,
+        source: &Path,
+        what: &str,
+        hint: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Staged> {
+        let writes = self.inner.writes.clone().read_owned().await;
+        let (source, what, hint) = (source.to_owned(), what.to_owned(), hint.to_owned());
+        let (dir, token) = (self.inner.local_dir.clone(), cancel.clone());
+        let (taken_at, temp) =
+            blocking(move || local::snapshot(&source, &what, &dir, &hint, &token)).await?;
+        let manifest = write::store_file(&self.inner, &temp.path, taken_at, cancel).await?;
+        drop(temp);
+        let facts = ContentFacts {
+            size_bytes: manifest.size_bytes,
+            sha256: manifest.sha256.clone(),
+        };
+        let copy = StagedManifest {
+            inner: self.inner.clone(),
+            manifest,
+            _writes: writes,
+        };
+        Ok(Staged::new(taken_at, facts, Box::new(copy)))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Every put is durable when it returns: fsynced on local disk,
+        // acknowledged by an object store.
+        Ok(())
+    }
+
+    async fn contains(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .inner
+            .objects
+            .head(&manifest_path(name))
+            .await?
+            .is_some())
+    }
+
+    async fn open(
+        &self,
+        name: &str,
+        expected: &ContentFacts,
+        chunk_bytes: usize,
+    ) -> Result<ByteStream> {
+        let manifest = self.inner.manifest(name).await?;
+        if manifest.size_bytes != expected.size_bytes {
+            return Err(size_mismatch(manifest.size_bytes as u64, expected));
+        }
+        let rebuild = self.inner.rebuild(&manifest).await?;
+        let state = Pieces {
+            rebuild,
+            checker: Checker::new(expected.clone()),
+            pending: Vec::new(),
+            max: chunk_bytes.max(1),
+        };
+        let pieces = futures_util::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            match state.next().await {
+                Ok(Some(piece)) => Some((Ok(piece), Some(state))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(Box::pin(pieces))
+    }
+
+    async fn verify(&self, name: &str, expected: &ContentFacts) -> Result<Verified> {
+        let Some(listed) = self.inner.objects.head(&manifest_path(name)).await? else {
+            return Err(
+                if self
+                    .inner
+                    .objects
+                    .head(&deleting_path(name))
+                    .await?
+                    .is_some()
+                {
+                    Error::NotFound(format!("{name:?} is being deleted"))
+                } else {
+                    Error::DataLoss("the backup's manifest is missing".into())
+                },
+            );
+        };
+        let manifest = self.inner.manifest(name).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::DataLoss("the backup's manifest is missing".into()),
+            e => e,
+        })?;
+        if manifest.size_bytes != expected.size_bytes {
+            return Err(size_mismatch(manifest.size_bytes as u64, expected));
+        }
+        let temp = self.inner.materialize(&manifest, expected).await?;
+        let path = temp.path.clone();
+        let conn = blocking(move || checked::open_intact(&path)).await?;
+        Ok(Verified {
+            stamp: ChangeStamp::new(listed.version),
+            copy: VerifiedCopy::holding(conn, Box::new(temp)),
+        })
+    }
+
+    async fn stamp(&self, name: &str) -> Result<ChangeStamp> {
+        match self.inner.objects.head(&manifest_path(name)).await? {
+            Some(listed) => Ok(ChangeStamp::new(listed.version)),
+            None => Err(Error::NotFound(format!("nothing is stored under {name:?}"))),
+        }
+    }
+
+    async fn describe(&self, name: &str) -> Result<Described> {
+        let manifest = self.inner.manifest(name).await?;
+        Ok(Described {
+            facts: ContentFacts {
+                size_bytes: manifest.size_bytes,
+                sha256: manifest.sha256,
+            },
+            modified: manifest.taken_at,
+        })
+    }
+
+    async fn sniff(&self, names: Vec<String>) -> Result<Vec<Result<Content>>> {
+        let mut contents = Vec::with_capacity(names.len());
+        for name in names {
+            // A manifest is only ever written for a SQLite snapshot.
+            contents.push(match self.contains(&name).await? {
+                true => Ok(Content::Sqlite),
+                false => Err(Error::NotFound(format!("nothing is stored under {name:?}"))),
+            });
+        }
+        Ok(contents)
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        let deleting: Vec<String> = self
+            .inner
+            .objects
+            .list("deleting")
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        // A name whose delete began is gone, even if a crash left its
+        // manifest in place.
+        let names = self
+            .inner
+            .objects
+            .list("manifests")
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| naming::is_backup_filename(n) && !deleting.contains(n))
+            .collect();
+        Ok(Listing { names, deleting })
+    }
+
+    async fn names_stamp(&self) -> Result<Option<ChangeStamp>> {
+        // Only this process changes the names between full reconciles (a
+        // manifest is never dropped in by hand), so its own count tells.
+        let changes = self.inner.names_changed.load(Ordering::Relaxed);
+        Ok(Some(ChangeStamp::new(changes.to_string())))
+    }
+
+    async fn begin_delete(&self, name: &str) -> Result<bool> {
+        let Some(sealed) = self.inner.objects.get(&manifest_path(name)).await? else {
+            return Ok(false);
+        };
+        self.inner.names_changed();
+        // A copy first, so a crash never loses the manifest; then the name
+        // goes.
+        self.inner
+            .objects
+            .put_content(&deleting_path(name), sealed)
+            .await?;
+        self.inner.objects.delete(&manifest_path(name)).await?;
+        Ok(true)
+    }
+
+    async fn finish_delete(&self, name: &str) -> Result<()> {
+        // The manifest too, should a crash have stopped the begin before
+        // it went.
+        self.inner.objects.delete(&manifest_path(name)).await?;
+        self.inner.objects.delete(&deleting_path(name)).await
+    }
+
+    async fn undo_delete(&self, name: &str) -> Result<()> {
+        self.inner.names_changed();
+        if let Some(sealed) = self.inner.objects.get(&deleting_path(name)).await? {
+            match self
+                .inner
+                .objects
+                .put_new(&manifest_path(name), sealed)
+                .await
+            {
+                Ok(()) | Err(Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.inner.objects.delete(&deleting_path(name)).await
+    }
+
+    async fn prune(&self) -> Result<Pruned> {
+        self.inner.prune().await
+    }
+}
+
+/// A download's state: chunks rebuilt and checked, handed out in pieces of
+/// at most `max` bytes.
+struct Pieces {
+    rebuild: Rebuild,
+    checker: Checker,
+    pending: Vec<u8>,
+    max: usize,
+}
+
+impl Pieces {
+    /// The next piece; `None` at the end, once every byte matched.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        while self.pending.len() < self.max {
+            match self.rebuild.next_chunk().await? {
+                Some(chunk) => {
+                    self.checker.update(&chunk)?;
+                    self.pending.extend_from_slice(&chunk);
+                }
+                None => break,
+            }
+        }
+        if self.pending.is_empty() {
+            self.checker.finish()?;
+            return Ok(None);
+        }
+        let rest = self.pending.split_off(self.max.min(self.pending.len()));
+        Ok(Some(std::mem::replace(&mut self.pending, rest)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn local(dir: &Path, key_file: Option<&Path>) -> Result<Repository> {
+        let url = dir.join("repo").display().to_string();
+        Repository::open(Options {
+            url: &url,
+            key_file,
+            allow_unencrypted_remote: false,
+            local_dir: &dir.join("backups"),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn keeps_the_storage_contract_unencrypted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = local(scratch.path(), None).await.unwrap();
+        super::super::contract::check(&storage, scratch.path()).await;
+    }
+
+    /// Stages and publishes a snapshot of `source` under `name`.
+    async fn backup(storage: &Repository, source: &Path, name: &str) -> ContentFacts {
+        let staged = storage
+            .stage(source, "the source", name, &CancellationToken::new())
+            .await
+            .unwrap();
+        staged.publish(name).await.unwrap();
+        staged.facts.clone()
+    }
+
+    #[tokio::test]
+    async fn identical_pages_are_stored_once_and_a_prune_reclaims_the_dead() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = local(scratch.path(), None).await.unwrap();
+        let source = scratch.path().join("source.db");
+        let db = rusqlite::Connection::open(&source).unwrap();
+        db.execute_batch(
+            "CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+             INSERT INTO t SELECT printf('row %d of some text-like data', i) FROM n;",
+        )
+        .unwrap();
+        let first = backup(&storage, &source, "first.db").await;
+        let stored = |s: &Repository| {
+            let inner = s.inner.clone();
+            async move {
+                inner
+                    .objects
+                    .list("data")
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.size)
+                    .sum::<u64>()
+            }
+        };
+        let after_first = stored(&storage).await;
+        backup(&storage, &source, "same.db").await;
+        assert_eq!(
+            stored(&storage).await,
+            after_first,
+            "an unchanged source adds no pack"
+        );
+        db.execute_batch("UPDATE t SET x = x || ' changed' WHERE rowid % 7 = 0")
+            .unwrap();
+        let changed = backup(&storage, &source, "changed.db").await;
+        assert!(stored(&storage).await > after_first);
+
+        for name in ["first.db", "same.db"] {
+            assert!(storage.begin_delete(name).await.unwrap());
+            storage.finish_delete(name).await.unwrap();
+        }
+        let pruned = storage.prune().await.unwrap();
+        assert!(pruned.bytes_after < pruned.bytes_before, "{pruned:?}");
+        assert!(
+            pruned.packs_deleted > 0 && pruned.unreadable.is_empty(),
+            "{pruned:?}"
+        );
+        storage.verify("changed.db", &changed).await.unwrap();
+        assert_ne!(first, changed);
+        let again = storage.prune().await.unwrap();
+        assert_eq!(
+            (again.packs_deleted, again.packs_written),
+            (0, 0),
+            "nothing left to prune"
+        );
+    }
+
+    #[tokio::test]
+    async fn keeps_the_storage_contract_encrypted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let key = scratch.path().join("key");
+        KeyFile::generate(&key).unwrap();
+        let storage = local(scratch.path(), Some(&key)).await.unwrap();
+        super::super::contract::check(&storage, scratch.path()).await;
+        drop(storage);
+        assert!(matches!(
+            local(scratch.path(), None).await,
+            Err(Error::FailedPrecondition(m)) if m.contains("encrypted")
+        ));
+        let other = scratch.path().join("other");
+        KeyFile::generate(&other).unwrap();
+        assert!(matches!(
+            local(scratch.path(), Some(&other)).await,
+            Err(Error::FailedPrecondition(m)) if m.contains("opens none")
+        ));
+    }
+}

@@ -1,0 +1,241 @@
+//! Where the repository's objects live: a local directory or an
+//! S3-compatible bucket, through the `object_store` crate, with the few
+//! operations the repository needs and errors in the service's terms.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// Attempts of a put before its error is returned. `object_store` does
+/// not retry a conditional put (it is not idempotent), so a connection
+/// error is retried here, and a retry that finds the object reads it back.
+const PUT_ATTEMPTS: usize = 3;
+
+/// An object listed: its name below the listed prefix, size and time.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub size: u64,
+    pub modified: DateTime<Utc>,
+    /// Changes with every write of the object.
+    pub version: String,
+}
+
+impl Listed {
+    fn new(name: String, meta: object_store::ObjectMeta) -> Self {
+        Self {
+            name,
+            size: meta.size,
+            modified: meta.last_modified,
+            version: format!(
+                "{}:{}:{}",
+                meta.e_tag.unwrap_or_default(),
+                meta.size,
+                meta.last_modified.timestamp_micros()
+            ),
+        }
+    }
+}
+
+/// The repository's object store.
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// The repository's URL as given, for messages.
+    pub url: String,
+    /// Whether the objects leave this machine (anything but a local path).
+    pub remote: bool,
+}
+
+impl Objects {
+    /// The store at `url`: a path or `file://` URL (a directory, created
+    /// if missing; writes are fsynced), or `s3://bucket/prefix`, configured
+    /// by the standard `AWS_*` environment variables.
+    pub fn open(url: &str) -> Result<Self> {
+        let bad = |why: String| Error::FailedPrecondition(format!("--repository {url:?}: {why}"));
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("names no bucket (s3://bucket/prefix)".into()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+                "" => Arc::new(s3),
+                prefix => Arc::new(PrefixStore::new(s3, prefix)),
+            };
+            return Ok(Self {
+                store,
+                url: url.to_owned(),
+                remote: true,
+            });
+        }
+        let path = match url.strip_prefix("file://") {
+            Some(path) => std::path::PathBuf::from(path),
+            None if url.contains("://") => {
+                return Err(bad(
+                    "is neither a path, a file:// URL nor an s3:// URL".into()
+                ));
+            }
+            None => std::path::PathBuf::from(url),
+        };
+        let dir = super::super::local::create_dir(&path).map_err(|e| bad(e.to_string()))?;
+        let local = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| bad(e.to_string()))?
+            .with_fsync(true);
+        Ok(Self {
+            store: Arc::new(local),
+            url: url.to_owned(),
+            remote: false,
+        })
+    }
+
+    /// The object at `path`, or `None` if there is none.
+    pub async fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let got = match self.store.get(&Path::from(path)).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            got => got.map_err(|e| self.error(e))?,
+        };
+        Ok(Some(got.bytes().await.map_err(|e| self.error(e))?.into()))
+    }
+
+    /// Bytes `range` of the object at `path`; `what` names it when it is
+    /// missing or shorter (DATA_LOSS: the repository's index said they are
+    /// there).
+    pub async fn get_range(&self, path: &str, range: Range<u64>, what: &str) -> Result<Vec<u8>> {
+        let want = range.end - range.start;
+        match self.store.get_range(&Path::from(path), range).await {
+            Ok(bytes) if bytes.len() as u64 == want => Ok(bytes.into()),
+            Ok(_) => Err(Error::DataLoss(format!("{what} is cut short"))),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(Error::DataLoss(format!("{what} is missing")))
+            }
+            // A range past the end of a truncated object.
+            Err(object_store::Error::Generic { source, .. })
+                if source.to_string().contains("out of bounds")
+                    || source.to_string().contains("Range") =>
+            {
+                Err(Error::DataLoss(format!("{what} is cut short")))
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Writes `bytes` under `path` only if nothing is there:
+    /// [`Error::AlreadyExists`] when other bytes are.
+    pub async fn put_new(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let location = Path::from(path);
+        let payload = PutPayload::from(bytes.clone());
+        let mut attempt = 1;
+        loop {
+            let opts = PutOptions::from(PutMode::Create);
+            match self.store.put_opts(&location, payload.clone(), opts).await {
+                Ok(_) => return Ok(()),
+                // On a retry, ours if an earlier attempt got through before
+                // its connection failed.
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    return match attempt > 1 && self.get(path).await?.as_ref() == Some(&bytes) {
+                        true => Ok(()),
+                        false => Err(Error::AlreadyExists(format!("{path} already exists"))),
+                    };
+                }
+                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => {
+                    tracing::warn!(object = %path, error = %e, "retrying a put");
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+
+    /// Writes content-addressed `bytes` under `path`: what is already there
+    /// holds the same bytes, so it is kept.
+    pub async fn put_content(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let location = Path::from(path);
+        let payload = PutPayload::from(bytes);
+        let mut attempt = 1;
+        loop {
+            let opts = PutOptions::from(PutMode::Create);
+            match self.store.put_opts(&location, payload.clone(), opts).await {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => return Ok(()),
+                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => attempt += 1,
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+
+    /// Every object under `prefix` (a directory such as `manifests`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let prefix_path = Path::from(prefix);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix_path))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta
+                    .location
+                    .prefix_match(&prefix_path)?
+                    .map(|part| part.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some(Listed::new(name, meta))
+            })
+            .collect())
+    }
+
+    /// The object at `path`'s listing, or `None` if there is none.
+    pub async fn head(&self, path: &str) -> Result<Option<Listed>> {
+        match self.store.head(&Path::from(path)).await {
+            Ok(meta) => Ok(Some(Listed::new(path.to_owned(), meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Removes the object at `path`; one already gone is no error.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// An error of the store, in the service's terms: access refused or a
+    /// missing bucket is the operator's to fix; anything else may pass.
+    fn error(&self, e: object_store::Error) -> Error {
+        let text = e.to_string();
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Error::FailedPrecondition(format!(
+                "the repository {} refuses access: {text}",
+                self.url
+            )),
+            object_store::Error::NotFound { .. } => Error::NotFound(text),
+            _ if text.contains("NoSuchBucket") => Error::FailedPrecondition(format!(
+                "the repository's bucket does not exist ({})",
+                self.url
+            )),
+            _ => Error::Unavailable(format!("the repository {}: {text}", self.url)),
+        }
+    }
+}
+
+/// Whether a failed request may have failed on the way (a connection
+/// error), rather than being refused.
+fn retryable(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. })
+}

@@ -1,0 +1,189 @@
+//! Pruning: removing what no manifest references, crash-safe at every
+//! step. New packs and the new index are written before anything is
+//! deleted; old indexes go before the packs they name, so no index ever
+//! points into a deleted pack. A backup staging in this process holds
+//! [`Inner::writes`] shared and keeps a prune waiting; a pack no index
+//! names yet (another process's upload, or a crash's leftover) is only
+//! deleted once it is older than [`GRACE`].
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::format::{self, Id, Location, Manifest};
+use super::write::{PackWriter, pack_path};
+use super::{Inner, deleting_path, manifest_path};
+use crate::backup::storage::Pruned;
+use crate::error::{Error, Result};
+
+/// How old a pack no index names must be before a prune deletes it.
+const GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+impl Inner {
+    /// Prunes the repository; see the module documentation.
+    pub async fn prune(self: &Arc<Self>) -> Result<Pruned> {
+        let _no_writes = self.writes.write().await;
+        let indexes = self.objects.list("index").await?;
+        let index = self.load_index().await?;
+        let (referenced, unreadable) = self.referenced(&index).await?;
+        let packs = self.objects.list("data").await?;
+        let mut report = Pruned {
+            bytes_before: packs.iter().map(|p| p.size).sum(),
+            unreadable,
+            ..Pruned::default()
+        };
+
+        // Every indexed chunk, by pack.
+        let mut by_pack: HashMap<Id, Vec<(Id, Location)>> = HashMap::new();
+        for (id, at) in &index {
+            by_pack.entry(at.pack).or_default().push((*id, *at));
+        }
+        let mut kept = Vec::new();
+        let mut doomed = Vec::new();
+        let mut writer = PackWriter::new(&self.keys);
+        let mut written = Vec::new();
+        for listed in &packs {
+            let Some(id) = listed
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| Id::parse(n, "pack").ok())
+            else {
+                continue;
+            };
+            let Some(chunks) = by_pack.get(&id) else {
+                if Utc::now() - listed.modified > GRACE {
+                    doomed.push(id);
+                }
+                continue;
+            };
+            let live: Vec<&(Id, Location)> = chunks
+                .iter()
+                .filter(|(c, _)| referenced.contains(c))
+                .collect();
+            if live.len() == chunks.len() {
+                kept.extend(chunks.iter().copied());
+                continue;
+            }
+            // Some chunks are dead: the live ones move to new packs.
+            let mut frames: HashMap<u64, Vec<u8>> = HashMap::new();
+            for (chunk, at) in live {
+                let frame = match frames.entry(at.frame_offset) {
+                    Entry::Occupied(read) => read.into_mut(),
+                    Entry::Vacant(unread) => unread.insert(self.read_frame(at).await?),
+                };
+                let bytes = frame
+                    .get(at.offset as usize..(at.offset + at.len) as usize)
+                    .ok_or_else(|| format::damaged("a frame", "shorter than its index says"))?;
+                if let Some(pack) = writer.add(*chunk, bytes) {
+                    written.push(pack);
+                }
+            }
+            doomed.push(id);
+        }
+        if let Some(pack) = writer.finish() {
+            written.push(pack);
+        }
+        for pack in written {
+            report.packs_written += 1;
+            self.objects
+                .put_content(&pack_path(&pack.id), pack.bytes)
+                .await?;
+            kept.extend(pack.entries);
+        }
+        if doomed.is_empty() && report.packs_written == 0 {
+            report.bytes_after = report.bytes_before;
+            return Ok(report);
+        }
+        // The new index first, then the old ones, then the packs.
+        if !kept.is_empty() {
+            self.write_index(&kept).await?;
+        }
+        let new_index: HashSet<String> = self
+            .objects
+            .list("index")
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| !indexes.iter().any(|old| &old.name == n))
+            .collect();
+        for old in indexes.iter().filter(|old| !new_index.contains(&old.name)) {
+            self.objects.delete(&format!("index/{}", old.name)).await?;
+        }
+        for id in &doomed {
+            self.objects.delete(&pack_path(id)).await?;
+            report.packs_deleted += 1;
+        }
+        report.bytes_after = self
+            .objects
+            .list("data")
+            .await?
+            .iter()
+            .map(|p| p.size)
+            .sum();
+        Ok(report)
+    }
+
+    /// Every chunk id a manifest references (chunk lists included), with
+    /// the backups whose lists cannot be read (their chunks stay unless
+    /// nothing else keeps them). A manifest being deleted still counts: its
+    /// delete may be undone.
+    async fn referenced(
+        &self,
+        index: &HashMap<Id, Location>,
+    ) -> Result<(HashSet<Id>, Vec<String>)> {
+        let mut manifests = Vec::new();
+        for (dir, path) in [
+            ("manifests", manifest_path as fn(&str) -> String),
+            ("deleting", deleting_path),
+        ] {
+            for listed in self.objects.list(dir).await? {
+                if let Some(manifest) = self.manifest_at(&path(&listed.name), &listed.name).await? {
+                    manifests.push(manifest);
+                }
+            }
+        }
+        let mut referenced = HashSet::new();
+        let mut unreadable = Vec::new();
+        for manifest in &manifests {
+            match self.chunks_of(manifest, index).await {
+                Ok(ids) => referenced.extend(ids),
+                Err(Error::DataLoss(why)) => {
+                    tracing::warn!(backup = %manifest.name, %why, "prune: a backup's chunk lists cannot be read");
+                    unreadable.push(manifest.name.clone());
+                    referenced.extend(manifest.list_ids()?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !unreadable.is_empty() {
+            // What a damaged list referenced is unknown: keep every chunk.
+            referenced.extend(index.keys().copied());
+        }
+        Ok((referenced, unreadable))
+    }
+
+    /// A manifest's chunk lists and the chunks they list.
+    async fn chunks_of(
+        &self,
+        manifest: &Manifest,
+        index: &HashMap<Id, Location>,
+    ) -> Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        for list in manifest.list_ids()? {
+            let at = index
+                .get(&list)
+                .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
+            let frame = self.read_frame(at).await?;
+            let bytes = frame
+                .get(at.offset as usize..(at.offset + at.len) as usize)
+                .filter(|bytes| self.keys.chunk_id(bytes) == list)
+                .ok_or_else(|| format::damaged("a chunk list", "does not match its id"))?;
+            ids.push(list);
+            ids.extend(format::decode_list(bytes, "a chunk list")?);
+        }
+        Ok(ids)
+    }
+}
