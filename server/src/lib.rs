@@ -51,4 +51,4 @@ mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use server::{App, Prepared, open_store, prepare};
+pub use server::{App, Prepared, open_repository, open_store, prepare};

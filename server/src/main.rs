@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use backup_server::backup::storage::repository::keys::KeyFile;
 use backup_server::config::{Config, LogFormat, args_with_config_file};
-use backup_server::{auth, demo, open_store, telemetry};
+use backup_server::{auth, demo, open_repository, open_store, telemetry};
 use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -49,6 +49,26 @@ enum RepoCommand {
     InitKey {
         /// Where to write the key; never over an existing file.
         file: std::path::PathBuf,
+    },
+    /// List the repository's backups as JSON lines (name, time, size,
+    /// digests, stored bytes), from the repository alone.
+    List,
+    /// Rebuild a backup into a new standalone SQLite file, checked chunk
+    /// by chunk, against its SHA-256 and with `integrity_check`, from the
+    /// repository alone (the server may be stopped).
+    Restore {
+        /// The backup's file name (`repo list` shows them).
+        name: String,
+        /// The file to write; never over an existing one.
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Check that every backup can be rebuilt; exit 1 on any damage,
+    /// naming each backup it affects.
+    Check {
+        /// Also read every pack whole and check every chunk against its id.
+        #[arg(long)]
+        read_data: bool,
     },
 }
 
@@ -127,14 +147,7 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Repo(RepoCommand::InitKey { file }) => {
-            KeyFile::generate(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            eprintln!(
-                "wrote a new repository key to {}; keep a copy apart from the repository",
-                file.display()
-            );
-            Ok(())
-        }
+        Command::Repo(command) => repo(&cli.config, command).await,
         Command::Token(command) => {
             let (db, _) = open_store(&cli.config).await?;
             match command {
@@ -161,6 +174,68 @@ async fn execute(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
+}
+
+async fn repo(config: &Config, command: RepoCommand) -> Result<(), Box<dyn std::error::Error>> {
+    if let RepoCommand::InitKey { file } = &command {
+        KeyFile::generate(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        eprintln!(
+            "wrote a new repository key to {}; keep a copy apart from the repository",
+            file.display()
+        );
+        return Ok(());
+    }
+    let paths = config.prepare()?;
+    let repository = open_repository(config, &paths).await?;
+    match command {
+        RepoCommand::InitKey { .. } => {}
+        RepoCommand::List => {
+            for manifest in repository.manifests().await? {
+                let line = serde_json::json!({
+                    "name": manifest.name,
+                    "taken_at": manifest.taken_at.to_rfc3339(),
+                    "size_bytes": manifest.size_bytes,
+                    "sha256": manifest.sha256,
+                    "blake3": manifest.blake3,
+                    "stored_bytes": manifest.stored_bytes,
+                });
+                println!("{line}");
+            }
+        }
+        RepoCommand::Restore { name, to } => {
+            let facts = repository.restore_to(&name, &to).await?;
+            eprintln!(
+                "restored {name} to {} ({} bytes, sha256 {} verified, integrity_check ok)",
+                to.display(),
+                facts.size_bytes,
+                facts.sha256
+            );
+        }
+        RepoCommand::Check { read_data } => {
+            let checked = repository.check(read_data).await?;
+            for problem in &checked.problems {
+                eprintln!("problem: {problem}");
+            }
+            for (name, why) in &checked.damaged {
+                println!("damaged: {name}: {why}");
+            }
+            eprintln!(
+                "checked {} backups in {} packs{}: {} damaged",
+                checked.backups,
+                checked.packs,
+                if read_data {
+                    format!(", {} bytes read", checked.bytes_read)
+                } else {
+                    String::new()
+                },
+                checked.damaged.len()
+            );
+            if !checked.damaged.is_empty() {
+                return Err("the repository has damaged backups".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {

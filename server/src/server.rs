@@ -86,19 +86,27 @@ pub async fn open_storage(
     config: &Config,
     paths: &config::Paths,
 ) -> Result<Arc<dyn BackupStorage>> {
-    let Some(url) = &config.repository else {
-        let directory = Directory::create(&paths.backups_dir)
-            .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?;
-        return Ok(Arc::new(directory));
-    };
-    let repository = Repository::open(repository::Options {
+    if config.repository.is_some() {
+        return Ok(Arc::new(open_repository(config, paths).await?));
+    }
+    let directory = Directory::create(&paths.backups_dir)
+        .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?;
+    Ok(Arc::new(directory))
+}
+
+/// The repository `--repository` names (created if there is none).
+pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<Repository> {
+    let url = config
+        .repository
+        .as_deref()
+        .ok_or_else(|| Error::FailedPrecondition("give the repository with --repository".into()))?;
+    Repository::open(repository::Options {
         url,
         key_file: config.repository_key_file.as_deref(),
         allow_unencrypted_remote: config.allow_unencrypted_remote,
         local_dir: &paths.backups_dir,
     })
-    .await?;
-    Ok(Arc::new(repository))
+    .await
 }
 
 /// Applies pending migrations. When the store already holds data, it is

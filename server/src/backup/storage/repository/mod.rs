@@ -15,6 +15,7 @@
 //! `index/<id>`, `manifests/<name>`, `deleting/<name>`. The local
 //! directory (`--backups-dir`) keeps scratch files and the lock.
 
+mod check;
 mod format;
 pub mod keys;
 mod objects;
@@ -31,7 +32,9 @@ use async_trait::async_trait;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
-use self::format::{Config, Id, Location, Manifest};
+pub use self::check::Checked;
+pub use self::format::Manifest;
+use self::format::{Config, Id, Location};
 use self::keys::{KeyFile, Keys};
 use self::objects::Objects;
 use self::read::Rebuild;
@@ -189,25 +192,41 @@ fn manifest_aad(name: &str) -> Vec<u8> {
 }
 
 impl Inner {
-    /// Every index entry of the repository: where each chunk is.
-    async fn load_index(&self) -> Result<HashMap<Id, Location>> {
+    /// Every index entry of the repository: where each chunk is. A
+    /// damaged index is left out (its chunks are then in no index: damage
+    /// for exactly the backups that need them) and named in the second
+    /// half.
+    async fn load_index(&self) -> Result<(HashMap<Id, Location>, Vec<String>)> {
         let mut index = HashMap::new();
+        let mut damaged = Vec::new();
         for listed in self.objects.list("index").await? {
             let path = format!("index/{}", listed.name);
             let Some(sealed) = self.objects.get(&path).await? else {
                 // Replaced by a prune since the listing.
                 continue;
             };
-            let what = format!("index {}", listed.name);
-            if Id(*blake3::hash(&sealed).as_bytes()).hex() != listed.name {
-                return Err(format::damaged(&what, "its bytes do not match its name"));
+            match self.decode_index(&listed.name, sealed) {
+                Ok(entries) => index.extend(entries),
+                Err(Error::DataLoss(why)) => {
+                    tracing::warn!(index = %listed.name, %why, "skipping a damaged index");
+                    damaged.push(why);
+                }
+                Err(e) => return Err(e),
             }
-            let compressed = self.keys.open(b"index", sealed, &what)?;
-            let plaintext = zstd::stream::decode_all(compressed.as_slice())
-                .map_err(|e| format::damaged(&what, &e.to_string()))?;
-            index.extend(format::decode_index(&plaintext, &what)?);
         }
-        Ok(index)
+        Ok((index, damaged))
+    }
+
+    /// The entries of index object `name`, checked against its name.
+    fn decode_index(&self, name: &str, sealed: Vec<u8>) -> Result<Vec<(Id, Location)>> {
+        let what = format!("index {}", &name[..name.len().min(12)]);
+        if Id(*blake3::hash(&sealed).as_bytes()).hex() != name {
+            return Err(format::damaged(&what, "its bytes do not match its name"));
+        }
+        let compressed = self.keys.open(b"index", sealed, &what)?;
+        let plaintext = zstd::stream::decode_all(compressed.as_slice())
+            .map_err(|e| format::damaged(&what, &e.to_string()))?;
+        format::decode_index(&plaintext, &what)
     }
 
     /// Writes an index object for `entries`; returns its stored size.
@@ -243,19 +262,21 @@ impl Inner {
 
     /// The chunks of `manifest`, ready to be read in order.
     async fn rebuild(self: &Arc<Self>, manifest: &Manifest) -> Result<Rebuild> {
-        let index = Arc::new(self.load_index().await?);
+        let index = Arc::new(self.load_index().await?.0);
         Rebuild::new(self.clone(), index, manifest)
     }
 
-    /// Rebuilds backup `name` into a scratch file, checked against
-    /// `expected` (and every chunk against its id) as it is written.
-    async fn materialize(
+    /// Rebuilds `manifest`'s backup into a scratch file in `dir`, checked
+    /// against `expected` (and every chunk against its id) as it is
+    /// written.
+    async fn materialize_in(
         self: &Arc<Self>,
+        dir: &Path,
         manifest: &Manifest,
         expected: &ContentFacts,
     ) -> Result<TempFile> {
         use tokio::io::AsyncWriteExt;
-        let temp = TempFile::create(&self.local_dir, "verify")?;
+        let temp = TempFile::create(dir, &manifest.name)?;
         let mut out = tokio::io::BufWriter::with_capacity(
             1 << 20,
             tokio::fs::OpenOptions::new()
@@ -410,7 +431,10 @@ impl BackupStorage for Repository {
         if manifest.size_bytes != expected.size_bytes {
             return Err(size_mismatch(manifest.size_bytes as u64, expected));
         }
-        let temp = self.inner.materialize(&manifest, expected).await?;
+        let temp = self
+            .inner
+            .materialize_in(&self.inner.local_dir, &manifest, expected)
+            .await?;
         let path = temp.path.clone();
         let conn = blocking(move || checked::open_intact(&path)).await?;
         Ok(Verified {

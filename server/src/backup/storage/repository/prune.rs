@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::format::{self, Id, Location, Manifest};
+use super::format::{Id, Location};
 use super::write::{PackWriter, pack_path};
 use super::{Inner, deleting_path, manifest_path};
 use crate::backup::storage::Pruned;
@@ -26,7 +26,13 @@ impl Inner {
     pub async fn prune(self: &Arc<Self>) -> Result<Pruned> {
         let _no_writes = self.writes.write().await;
         let indexes = self.objects.list("index").await?;
-        let index = self.load_index().await?;
+        let (index, damaged) = self.load_index().await?;
+        if let Some(why) = damaged.first() {
+            // The packs a damaged index names would look unreferenced.
+            return Err(Error::FailedPrecondition(format!(
+                "not pruning: {why}; `backup-server repo check` tells more"
+            )));
+        }
         let (referenced, unreadable) = self.referenced(&index).await?;
         let packs = self.objects.list("data").await?;
         let mut report = Pruned {
@@ -74,9 +80,8 @@ impl Inner {
                     Entry::Occupied(read) => read.into_mut(),
                     Entry::Vacant(unread) => unread.insert(self.read_frame(at).await?),
                 };
-                let bytes = frame
-                    .get(at.offset as usize..(at.offset + at.len) as usize)
-                    .ok_or_else(|| format::damaged("a frame", "shorter than its index says"))?;
+                // Damage stops the prune before anything is deleted.
+                let bytes = self.chunk_in(frame, *chunk, at)?;
                 if let Some(pack) = writer.add(*chunk, bytes) {
                     written.push(pack);
                 }
@@ -163,27 +168,5 @@ impl Inner {
             referenced.extend(index.keys().copied());
         }
         Ok((referenced, unreadable))
-    }
-
-    /// A manifest's chunk lists and the chunks they list.
-    async fn chunks_of(
-        &self,
-        manifest: &Manifest,
-        index: &HashMap<Id, Location>,
-    ) -> Result<Vec<Id>> {
-        let mut ids = Vec::new();
-        for list in manifest.list_ids()? {
-            let at = index
-                .get(&list)
-                .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
-            let frame = self.read_frame(at).await?;
-            let bytes = frame
-                .get(at.offset as usize..(at.offset + at.len) as usize)
-                .filter(|bytes| self.keys.chunk_id(bytes) == list)
-                .ok_or_else(|| format::damaged("a chunk list", "does not match its id"))?;
-            ids.push(list);
-            ids.extend(format::decode_list(bytes, "a chunk list")?);
-        }
-        Ok(ids)
     }
 }

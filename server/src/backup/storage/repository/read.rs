@@ -80,19 +80,10 @@ impl Rebuild {
             .as_ref()
             .map(|(_, f)| f.as_slice())
             .unwrap_or_default();
-        let (start, end) = (at.offset as usize, at.offset as usize + at.len as usize);
-        let bytes = frame.get(start..end).ok_or_else(|| {
-            self.of_backup(Error::DataLoss(format!(
-                "a frame of pack {} is shorter than its index says",
-                &at.pack.hex()[..12]
-            )))
-        })?;
-        if self.inner.keys.chunk_id(bytes) != id {
-            return Err(self.of_backup(Error::DataLoss(format!(
-                "chunk {} does not match its id",
-                &id.hex()[..12]
-            ))));
-        }
+        let bytes = self
+            .inner
+            .chunk_in(frame, id, &at)
+            .map_err(|e| self.of_backup(e))?;
         Ok(bytes.to_vec())
     }
 
@@ -114,10 +105,53 @@ impl Inner {
             .objects
             .get_range(&pack_path(&at.pack), range, &what)
             .await?;
+        self.open_frame(sealed, &what)
+    }
+
+    /// A frame's plaintext from its stored bytes, in pack `what`.
+    pub fn open_frame(&self, sealed: Vec<u8>, what: &str) -> Result<Vec<u8>> {
         let compressed = self
             .keys
             .open(b"frame", sealed, &format!("a frame of {what}"))?;
         zstd::stream::decode_all(compressed.as_slice())
             .map_err(|e| Error::DataLoss(format!("a frame of {what} does not decompress: {e}")))
+    }
+
+    /// Chunk `id`, at `at` in its frame's plaintext `frame`, checked
+    /// against its id.
+    pub fn chunk_in<'f>(&self, frame: &'f [u8], id: Id, at: &Location) -> Result<&'f [u8]> {
+        let (start, len) = (at.offset as usize, at.len as usize);
+        let bytes = frame.get(start..start + len).ok_or_else(|| {
+            Error::DataLoss(format!(
+                "a frame of pack {} is shorter than its index says",
+                &at.pack.hex()[..12]
+            ))
+        })?;
+        if self.keys.chunk_id(bytes) != id {
+            return Err(Error::DataLoss(format!(
+                "chunk {} does not match its id",
+                &id.hex()[..12]
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// A manifest's chunk lists and the chunks they list.
+    pub async fn chunks_of(
+        &self,
+        manifest: &Manifest,
+        index: &HashMap<Id, Location>,
+    ) -> Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        for list in manifest.list_ids()? {
+            let at = index
+                .get(&list)
+                .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
+            let frame = self.read_frame(at).await?;
+            let bytes = self.chunk_in(&frame, list, at)?;
+            ids.push(list);
+            ids.extend(format::decode_list(bytes, "a chunk list")?);
+        }
+        Ok(ids)
     }
 }

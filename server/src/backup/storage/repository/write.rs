@@ -35,6 +35,9 @@ const ZSTD_LEVEL: i32 = 3;
 /// Packs the chunker may finish ahead of their upload.
 const PACKS_AHEAD: usize = 2;
 
+/// What a pack's trailer is sealed with.
+pub const TRAILER_AAD: &[u8] = b"pack trailer";
+
 /// A finished pack, to be written, and where its chunks are in it.
 pub struct Pack {
     pub id: Id,
@@ -105,23 +108,34 @@ impl<'k> PackWriter<'k> {
         self.frame.clear();
     }
 
+    /// The open pack, closed by its trailer: its own entries (with a zero
+    /// pack id, since the id hashes the trailer too), sealed, then their
+    /// sealed length, so a pack describes itself without any index.
     fn take_pack(&mut self) -> Pack {
-        let bytes = std::mem::take(&mut self.pack);
+        let mut bytes = std::mem::take(&mut self.pack);
+        let located = |pack: Id, chunks: &[(Id, u64, u32, u32, u32)]| -> Vec<(Id, Location)> {
+            chunks
+                .iter()
+                .map(|&(chunk, frame_offset, frame_len, offset, len)| {
+                    let at = Location {
+                        pack,
+                        frame_offset,
+                        frame_len,
+                        offset,
+                        len,
+                    };
+                    (chunk, at)
+                })
+                .collect()
+        };
+        let trailer = format::encode_index(&located(Id([0; 32]), &self.pack_chunks));
+        let compressed = zstd::bulk::compress(&trailer, ZSTD_LEVEL).unwrap_or_default();
+        let sealed = self.keys.seal(TRAILER_AAD, compressed);
+        bytes.extend_from_slice(&sealed);
+        bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         let id = Id(*blake3::hash(&bytes).as_bytes());
-        let entries = self
-            .pack_chunks
-            .drain(..)
-            .map(|(chunk, frame_offset, frame_len, offset, len)| {
-                let at = Location {
-                    pack: id,
-                    frame_offset,
-                    frame_len,
-                    offset,
-                    len,
-                };
-                (chunk, at)
-            })
-            .collect();
+        let entries = located(id, &self.pack_chunks);
+        self.pack_chunks.clear();
         Pack { id, bytes, entries }
     }
 }
@@ -144,7 +158,8 @@ pub async fn store_file(
     taken_at: DateTime<Utc>,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
-    let known: HashSet<Id> = inner.load_index().await?.into_keys().collect();
+    // Chunks only a damaged index knows are written again.
+    let known: HashSet<Id> = inner.load_index().await?.0.into_keys().collect();
     let file = File::open(path)?;
     let (packs_tx, mut packs_rx) = mpsc::channel::<Pack>(PACKS_AHEAD);
     let chunker = {

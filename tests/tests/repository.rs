@@ -1,0 +1,347 @@
+//! The backup repository (`--repository`): round trips through the
+//! service and the offline `repo` commands, encrypted and not;
+//! deduplication across owners and days; damaged packs and indexes as
+//! DATA_LOSS for exactly the backups they hold; SIGKILL mid-backup.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use backup_tests::*;
+
+/// A data directory whose server keeps backups in a repository.
+struct Repo {
+    data: DataDir,
+    /// The key file, if encrypted.
+    key: Option<PathBuf>,
+}
+
+impl Repo {
+    fn new(encrypted: bool) -> Self {
+        Self::with_data(DataDir::new(), encrypted)
+    }
+
+    fn with_data(data: DataDir, encrypted: bool) -> Self {
+        let key = encrypted.then(|| {
+            let key = data.path().join("repository.key");
+            let out = data
+                .command()
+                .args(["repo", "init-key"])
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            key
+        });
+        Self { data, key }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.data.path().join("repository")
+    }
+
+    /// The flags naming the repository.
+    fn flags(&self) -> Vec<String> {
+        let mut flags = vec!["--repository".into(), self.dir().display().to_string()];
+        if let Some(key) = &self.key {
+            flags.extend(["--repository-key-file".into(), key.display().to_string()]);
+        }
+        flags
+    }
+
+    fn start(&self) -> Server {
+        let mut args = self.flags();
+        args.push("--no-scheduler".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.data.start(&args)
+    }
+
+    /// `backup-server repo ARGS` on the repository alone.
+    fn repo(&self, args: &[&str]) -> Output {
+        self.data
+            .command()
+            .args(self.flags())
+            .arg("repo")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `repo list`, parsed.
+    fn listed(&self) -> Vec<serde_json::Value> {
+        let out = self.repo(&["list"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn stored_bytes(&self, name: &str) -> u64 {
+        self.listed()
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["stored_bytes"].as_u64())
+            .unwrap_or_else(|| panic!("{name} is not listed"))
+    }
+
+    /// Every object file under `dir` of the repository (`data`, `index`).
+    fn objects(&self, dir: &str) -> BTreeSet<PathBuf> {
+        fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.insert(path);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&self.dir().join(dir), &mut out);
+        out
+    }
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String) {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(Error::Status { code, message, .. }) => (code, message),
+        Err(e) => panic!("not a status: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn backups_round_trip_through_the_service_and_the_offline_tools() {
+    for encrypted in [false, true] {
+        let repo = Repo::new(encrypted);
+        let server = repo.start();
+        let mut backups = server.client(&repo.data.token(1, true)).await.backups();
+        let created = backups.create(Some("first")).await.unwrap();
+        let expected_rows = orders(&repo.data.source());
+
+        let downloaded = repo.data.path().join("downloaded.db");
+        backups
+            .download_to("first.db", &downloaded, |_, _| {})
+            .await
+            .unwrap();
+        let bytes = std::fs::read(&downloaded).unwrap();
+        assert_eq!(sha256_hex(&bytes), created.sha256, "encrypted {encrypted}");
+        assert_eq!(bytes.len() as i64, created.size_bytes);
+        assert_eq!(orders(&downloaded), expected_rows);
+        assert!(!backups.verify("first.db").await.unwrap().damaged);
+
+        grow_source(&repo.data, 50);
+        let (restored, pre) = backups.restore("first.db").await.unwrap();
+        assert_eq!(restored.filename, "first.db");
+        assert_eq!(orders(&repo.data.source()), expected_rows);
+        assert!(pre.is_protected);
+        drop(server);
+
+        // With the server stopped, from the repository alone.
+        let names: BTreeSet<String> = repo
+            .listed()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            names.contains("first.db") && names.contains(&pre.filename),
+            "{names:?}"
+        );
+        let offline = repo.data.path().join("offline.db");
+        let out = repo.repo(&["restore", "first.db", "--to", offline.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            sha256_hex(&std::fs::read(&offline).unwrap()),
+            created.sha256
+        );
+        assert!(integrity_ok(&offline));
+        let again = repo.repo(&["restore", "first.db", "--to", offline.to_str().unwrap()]);
+        assert!(!again.status.success(), "never over an existing file");
+        let out = repo.repo(&["check", "--read-data"]);
+        assert!(out.status.success(), "{out:?}");
+        if encrypted {
+            for object in repo.objects("data").iter().chain(&repo.objects("index")) {
+                let stored = std::fs::read(object).unwrap();
+                assert!(
+                    !stored.windows(9).any(|w| w == b"CREATE TA"),
+                    "{} holds plaintext",
+                    object.display()
+                );
+            }
+            let without_key = repo
+                .data
+                .command()
+                .args(["--repository", repo.dir().to_str().unwrap(), "repo", "list"])
+                .output()
+                .unwrap();
+            assert!(!without_key.status.success());
+            let said = String::from_utf8_lossy(&without_key.stderr);
+            assert!(said.contains("encrypted"), "{said}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn identical_pages_are_stored_once_across_owners_and_days() {
+    let repo = Repo::with_data(DataDir::with_rows(20_000), false);
+    let source_size = std::fs::metadata(repo.data.source()).unwrap().len();
+    let server = repo.start();
+    create_users(&repo.data, [2]);
+    let mut admin = server.client(&repo.data.token(1, true)).await.backups();
+    let mut user = server.client(&repo.data.token(2, false)).await.backups();
+    admin.create(Some("day-1")).await.unwrap();
+    user.create(Some("user-2-day-1")).await.unwrap();
+    append_text_rows(&repo.data, 200);
+    admin.create(Some("day-2")).await.unwrap();
+
+    let first = repo.stored_bytes("day-1.db");
+    let other_owner = repo.stored_bytes("user-2-day-1.db");
+    let next_day = repo.stored_bytes("day-2.db");
+    assert!(
+        first > 0 && first < source_size,
+        "compressed: {first} of {source_size}"
+    );
+    assert_eq!(
+        other_owner, 0,
+        "the same pages under another owner add nothing"
+    );
+    assert!(
+        next_day * 10 < first,
+        "a day of appends adds a fraction: {next_day} after {first}"
+    );
+}
+
+/// Appends `rows` rows of text-like data, as an application's day might.
+fn append_text_rows(data: &DataDir, rows: u32) {
+    open(&data.source())
+        .execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS notes (t TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO notes SELECT printf('note %d: customer asked about order %d', i, i * 7) FROM n;"
+        ))
+        .unwrap();
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    FlippedByteInAPack,
+    DeletedPack,
+    TruncatedIndex,
+}
+
+#[tokio::test]
+async fn damaged_packs_and_indexes_are_data_loss_for_exactly_their_backups() {
+    for how in [
+        Damage::FlippedByteInAPack,
+        Damage::DeletedPack,
+        Damage::TruncatedIndex,
+    ] {
+        let repo = Repo::new(true);
+        let server = repo.start();
+        let mut backups = server.client(&repo.data.token(1, true)).await.backups();
+        backups.create(Some("before")).await.unwrap();
+        let (packs, indexes) = (repo.objects("data"), repo.objects("index"));
+        // Pages only the second backup holds, in a pack of their own.
+        open(&repo.data.source())
+            .execute_batch(
+                "CREATE TABLE extra (b BLOB); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) \
+                 INSERT INTO extra SELECT randomblob(3000) FROM n;",
+            )
+            .unwrap();
+        backups.create(Some("after")).await.unwrap();
+        let new_pack = repo
+            .objects("data")
+            .difference(&packs)
+            .next()
+            .cloned()
+            .unwrap();
+        let new_index = repo
+            .objects("index")
+            .difference(&indexes)
+            .next()
+            .cloned()
+            .unwrap();
+        match how {
+            Damage::FlippedByteInAPack => {
+                let mut bytes = std::fs::read(&new_pack).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0x40;
+                std::fs::write(&new_pack, bytes).unwrap();
+            }
+            Damage::DeletedPack => std::fs::remove_file(&new_pack).unwrap(),
+            Damage::TruncatedIndex => {
+                let bytes = std::fs::read(&new_index).unwrap();
+                std::fs::write(&new_index, &bytes[..bytes.len() / 2]).unwrap();
+            }
+        }
+
+        let (code, message) = code_of(backups.verify("after.db").await);
+        assert_eq!(code, Code::DataLoss, "{how:?}: {message}");
+        assert!(message.contains("after.db"), "{how:?}: {message}");
+        let dest = repo.data.path().join("downloaded.db");
+        let (code, _) = code_of(backups.download_to("after.db", &dest, |_, _| {}).await);
+        assert_eq!(code, Code::DataLoss, "{how:?}");
+        assert!(!dest.exists());
+        let source_before = std::fs::read(repo.data.source()).unwrap();
+        let (code, _) = code_of(backups.restore("after.db").await);
+        assert_eq!(code, Code::DataLoss, "{how:?}");
+        assert_eq!(std::fs::read(repo.data.source()).unwrap(), source_before);
+        assert!(backups.get("after.db").await.unwrap().damaged);
+
+        assert!(
+            !backups.verify("before.db").await.unwrap().damaged,
+            "{how:?}"
+        );
+        drop(server);
+        let out = repo.repo(&["check", "--read-data"]);
+        assert!(!out.status.success(), "{how:?}");
+        let damaged = String::from_utf8(out.stdout).unwrap();
+        assert!(damaged.contains("damaged: after.db"), "{how:?}: {damaged}");
+        assert!(!damaged.contains("before.db"), "{how:?}: {damaged}");
+    }
+}
+
+#[tokio::test]
+async fn a_backup_killed_midway_leaves_the_repository_whole() {
+    let repo = Repo::with_data(DataDir::with_rows(20_000), true);
+    let mut server = repo.start();
+    let token = repo.data.token(1, true);
+    server
+        .client(&token)
+        .await
+        .backups()
+        .create(Some("kept"))
+        .await
+        .unwrap();
+    grow_source(&repo.data, 5_000);
+    for delay_ms in [0, 30, 120, 400] {
+        let (url, creator) = (server.url.clone(), token.clone());
+        let create = tokio::spawn(async move {
+            let mut backups = Client::connect(&url, &creator).await.unwrap().backups();
+            backups.create(None).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        server.kill();
+        let _ = create.await;
+        let out = repo.repo(&["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {delay_ms} ms: {out:?}"
+        );
+        server = repo.start();
+        let mut backups = server.client(&token).await.backups();
+        for backup in backups.list_all().await.unwrap() {
+            let verified = backups.verify(&backup.filename).await.unwrap();
+            assert!(!verified.damaged, "{}", backup.filename);
+        }
+    }
+    assert!(
+        file_names(&repo.data.backups_dir())
+            .iter()
+            .all(|n| !n.starts_with(".tmp-")),
+        "no scratch file outlives the restart"
+    );
+}
