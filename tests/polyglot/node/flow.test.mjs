@@ -1,5 +1,8 @@
 // Node client for backup.v1 (@grpc/grpc-js + @grpc/proto-loader, loading
-// ../../../proto at run time), proven against a real backup-server.
+// ../../../proto at run time), proven against a real backup-server: one with
+// the default storage and one with --repository. Downloads are checked
+// against both SHA-256 digests and, where the server fills it, the BLAKE3
+// one (@noble/hashes).
 //
 // The server binary is $BACKUP_SERVER_BIN, by default the debug build under
 // the repository's target/ directory. Field names are lowerCamelCase
@@ -17,6 +20,8 @@ import { fileURLToPath } from "node:url";
 
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
+import { blake3 } from "@noble/hashes/blake3.js";
+import { bytesToHex } from "@noble/hashes/utils.js";
 
 const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
 const protoDir = join(repoRoot, "proto");
@@ -39,55 +44,96 @@ const protoFiles = readdirSync(join(protoDir, "backup", "v1"))
 const backupV1 = grpc.loadPackageDefinition(protoLoader.loadSync(protoFiles, loaderOptions))
   .backup.v1;
 
-let dataDir;
-let serverProc;
-let serverLog;
+// A real backup-server on an ephemeral port with its state in a new
+// temporary directory; `extraArgs` go to every invocation (init-demo, token
+// create, the server), as --data-dir does, and may name paths inside the
+// data directory through `(dataDir) => [...]`. Resolves with the server's
+// address, an admin token (user 1), a non-admin token (user 2) and stop().
+async function startServer(extraArgs = () => []) {
+  const dataDir = mkdtempSync(join(tmpdir(), "backup-polyglot-node-"));
+  const base = ["--data-dir", dataDir, ...extraArgs(dataDir)];
+  const mint = (...flags) => {
+    const minted = execFileSync(serverBin, [...base, "token", "create", ...flags], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    }).trim();
+    assert.ok(minted, "`token create` printed no token");
+    return minted;
+  };
+  let serverProc;
+  let serverLog;
+  const stop = async () => {
+    if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) {
+      const exited = new Promise((resolve) => serverProc.once("exit", resolve));
+      serverProc.kill("SIGTERM");
+      const timer = setTimeout(() => serverProc.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (serverLog !== undefined) closeSync(serverLog);
+    serverLog = undefined;
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+  try {
+    execFileSync(serverBin, [...base, "init-demo"], { stdio: ["ignore", "ignore", "pipe"] });
+    const token = mint("--user-id", "1", "--admin");
+    const userToken = mint("--user-id", "2");
+
+    serverLog = openSync(join(dataDir, "server.log"), "w");
+    serverProc = spawn(serverBin, [...base, "--listen", "127.0.0.1:0"], {
+      stdio: ["ignore", "pipe", serverLog],
+    });
+    const line = await new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error("no `listening on` line in time")),
+        READY_TIMEOUT_MS,
+      );
+      const lines = createInterface({ input: serverProc.stdout });
+      lines.once("line", (l) => {
+        clearTimeout(timer);
+        resolve(l);
+      });
+      serverProc.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`server exited with ${code} before it was ready`));
+      });
+    }).catch((e) => {
+      serverProc.kill("SIGKILL");
+      throw new Error(`${e.message}; log:\n${readFileSync(join(dataDir, "server.log"), "utf8")}`);
+    });
+    assert.match(line, /^listening on \S+$/);
+    return { address: line.slice("listening on ".length), token, userToken, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+// The default storage (full copies in a directory), and a repository
+// (`--repository DATA/repository`, a local path): the storage that fills
+// Backup.blake3.
+let server;
+let repoServer;
 let address;
 let token;
 
 before(async () => {
-  dataDir = mkdtempSync(join(tmpdir(), "backup-polyglot-node-"));
-  const base = ["--data-dir", dataDir];
-  execFileSync(serverBin, [...base, "init-demo"], { stdio: ["ignore", "ignore", "pipe"] });
-  token = execFileSync(serverBin, [...base, "token", "create", "--user-id", "1", "--admin"], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "pipe"],
-  }).trim();
-  assert.ok(token, "`token create` printed no token");
-
-  serverLog = openSync(join(dataDir, "server.log"), "w");
-  serverProc = spawn(serverBin, [...base, "--listen", "127.0.0.1:0"], {
-    stdio: ["ignore", "pipe", serverLog],
-  });
-  const line = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no `listening on` line in time")), READY_TIMEOUT_MS);
-    const lines = createInterface({ input: serverProc.stdout });
-    lines.once("line", (l) => {
-      clearTimeout(timer);
-      resolve(l);
-    });
-    serverProc.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before it was ready`));
-    });
-  }).catch((e) => {
-    serverProc.kill("SIGKILL");
-    throw new Error(`${e.message}; log:\n${readFileSync(join(dataDir, "server.log"), "utf8")}`);
-  });
-  assert.match(line, /^listening on \S+$/);
-  address = line.slice("listening on ".length);
+  const started = await Promise.allSettled([
+    startServer(),
+    startServer((dataDir) => ["--repository", join(dataDir, "repository")]),
+  ]);
+  const failed = started.find((s) => s.status === "rejected");
+  if (failed) {
+    // Stop the one that did start before failing.
+    await Promise.all(started.map((s) => s.status === "fulfilled" && s.value.stop()));
+    throw failed.reason;
+  }
+  [server, repoServer] = started.map((s) => s.value);
+  ({ address, token } = server);
 });
 
 after(async () => {
-  if (serverProc && serverProc.exitCode === null && serverProc.signalCode === null) {
-    const exited = new Promise((resolve) => serverProc.once("exit", resolve));
-    serverProc.kill("SIGTERM");
-    const timer = setTimeout(() => serverProc.kill("SIGKILL"), 20_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  if (serverLog !== undefined) closeSync(serverLog);
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  await Promise.all([server?.stop(), repoServer?.stop()]);
 });
 
 function metadataFor(bearer) {
@@ -102,6 +148,60 @@ function unary(client, method, request, metadata = new grpc.Metadata()) {
       err ? reject(err) : resolve(res),
     ),
   );
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+// Downloads a backup and checks every digest a client can: the SHA-256 of
+// the bytes received against the first message's backup.sha256 and the
+// last message's sha256 (always sent, on the last message only, whose chunk
+// is empty), and their BLAKE3 against backup.blake3 when the server filled
+// it (empty means the storage does not compute it). Resolves with the first
+// message's backup and the bytes.
+async function downloadChecked(client, filename, metadata) {
+  const messages = await new Promise((resolve, reject) => {
+    const got = [];
+    const stream = client.downloadBackup({ filename }, metadata, {
+      deadline: Date.now() + CALL_TIMEOUT_MS,
+    });
+    stream.on("data", (m) => got.push(m));
+    stream.on("error", reject);
+    stream.on("end", () => resolve(got));
+  });
+  assert.ok(messages.length > 0, "DownloadBackup sent no message");
+  const [first, ...rest] = messages;
+  const last = messages[messages.length - 1];
+  assert.ok(first.backup, "the first message carries the metadata");
+  assert.ok(rest.every((m) => m.backup === null), "only the first message carries metadata");
+  assert.ok(
+    messages.slice(0, -1).every((m) => m.sha256 === ""),
+    "only the last message carries the streamed sha256",
+  );
+
+  const sha256 = createHash("sha256");
+  const b3 = blake3.create();
+  for (const m of messages) {
+    sha256.update(m.chunk);
+    b3.update(m.chunk);
+  }
+  const data = Buffer.concat(messages.map((m) => m.chunk));
+  const { backup } = first;
+  assert.equal(backup.filename, filename);
+  assert.equal(data.length, backup.sizeBytes);
+
+  const received = sha256.digest("hex");
+  assert.match(backup.sha256, HEX64);
+  assert.equal(received, backup.sha256, "the bytes received do not match backup.sha256");
+  assert.notEqual(last.sha256, "", `the last of ${messages.length} messages carries no sha256`);
+  assert.equal(last.chunk.length, 0, "the message carrying the streamed sha256 has no chunk");
+  assert.equal(received, last.sha256, "the bytes received do not match the streamed sha256");
+
+  if (backup.blake3 !== "") {
+    assert.match(backup.blake3, HEX64);
+    const b3hex = bytesToHex(b3.digest());
+    assert.equal(b3hex, backup.blake3, "the bytes received do not match backup.blake3");
+  }
+  return { backup, data };
 }
 
 test("README snippet", async () => {
@@ -234,30 +334,10 @@ test("flow: settings, create, list, download, delete, audit watch", async () => 
     const listed = await unary(files, "listBackups", {}, auth);
     assert.ok(listed.backups.some((b) => b.filename === name), "the new backup is listed");
 
-    const messages = await new Promise((resolve, reject) => {
-      const got = [];
-      const stream = files.downloadBackup({ filename: name }, auth, {
-        deadline: Date.now() + CALL_TIMEOUT_MS,
-      });
-      stream.on("data", (m) => got.push(m));
-      stream.on("error", reject);
-      stream.on("end", () => resolve(got));
-    });
-    assert.ok(messages.length > 0, "DownloadBackup sent no message");
-    const [first, ...rest] = messages;
-    assert.ok(first.backup, "the first message carries the metadata");
-    assert.ok(rest.every((m) => m.backup === null), "only the first message carries metadata");
-    const digest = createHash("sha256");
-    let size = 0;
-    for (const m of messages) {
-      digest.update(m.chunk);
-      size += m.chunk.length;
-    }
-    assert.equal(first.backup.filename, name);
-    assert.equal(size, first.backup.sizeBytes);
-    assert.equal(size, created.sizeBytes);
-    assert.equal(digest.digest("hex"), first.backup.sha256);
-    assert.equal(first.backup.sha256, created.sha256);
+    const { backup: downloaded, data } = await downloadChecked(files, name, auth);
+    assert.equal(data.length, created.sizeBytes);
+    assert.equal(downloaded.sha256, created.sha256);
+    assert.equal(downloaded.blake3, created.blake3);
 
     await unary(files, "deleteBackup", { filename: name }, auth);
     const after = await unary(files, "listBackups", {}, auth);
@@ -282,5 +362,44 @@ test("flow: settings, create, list, download, delete, audit watch", async () => 
     files.close();
     scheduler.close();
     audit.close();
+  }
+});
+
+test("repository: a download matches blake3; GetRepositoryStats is admin only", async () => {
+  const files = new backupV1.BackupFiles(repoServer.address, grpc.credentials.createInsecure());
+  const auth = metadataFor(repoServer.token);
+  const name = "node-repository.db";
+  try {
+    const { backup: created } = await unary(
+      files,
+      "createBackup",
+      { customFilename: "node-repository" },
+      auth,
+    );
+    assert.equal(created.filename, name);
+    assert.ok(created.sizeBytes > 0);
+    assert.match(created.sha256, HEX64);
+    assert.match(created.blake3, HEX64, "the repository storage fills blake3");
+
+    const { backup: downloaded, data } = await downloadChecked(files, name, auth);
+    assert.equal(downloaded.blake3, created.blake3);
+    assert.equal(downloaded.sha256, created.sha256);
+    assert.equal(bytesToHex(blake3(data)), created.blake3);
+    assert.equal(data.length, created.sizeBytes);
+
+    const stats = await unary(files, "getRepositoryStats", {}, auth);
+    assert.ok(stats.backups >= 1, JSON.stringify(stats));
+    assert.ok(stats.storedBytes > 0, JSON.stringify(stats));
+    assert.ok(stats.logicalBytes > 0, JSON.stringify(stats));
+
+    await assert.rejects(
+      unary(files, "getRepositoryStats", {}, metadataFor(repoServer.userToken)),
+      (err) => {
+        assert.equal(err.code, grpc.status.PERMISSION_DENIED, `${err.code} ${err.details}`);
+        return true;
+      },
+    );
+  } finally {
+    files.close();
   }
 });

@@ -1,13 +1,18 @@
-"""Python client for backup.v1, proven against a real backup-server.
+"""Python client for backup.v1, proven against a real backup-server: one
+with the default storage and one with --repository. Downloads are checked
+against both SHA-256 digests and, where the server fills it, the BLAKE3 one
+(the `blake3` package).
 
 Stubs are generated from proto/ with grpcio-tools at test time (never
 committed). The server binary is $BACKUP_SERVER_BIN, by default the debug
 build under the repository's target/ directory.
 """
 
+import contextlib
 import hashlib
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import blake3
 import grpc
 import pytest
 
@@ -47,18 +53,35 @@ def stubs(tmp_path_factory):
     sys.path.remove(str(out))
 
 
-@pytest.fixture(scope="session")
-def server(stubs, tmp_path_factory):
-    """A real backup-server on an ephemeral port: yields (address, admin token)."""
+class Server:
+    """A running backup-server: its address, an admin token and a non-admin
+    token (user 2)."""
+
+    def __init__(self, address, token, user_token):
+        self.address = address
+        self.token = token
+        self.user_token = user_token
+
+
+@contextlib.contextmanager
+def start_server(data, extra_flags=()):
+    """Starts a real backup-server on an ephemeral port with its state in
+    `data`: a context manager giving a Server, stopped on exit.
+    `extra_flags` go to every invocation (init-demo, token create, the
+    server), as --data-dir does."""
     assert SERVER_BIN.is_file(), f"{SERVER_BIN} is missing: run `cargo build -p backup-server`"
-    data = tmp_path_factory.mktemp("data")
-    base = [str(SERVER_BIN), "--data-dir", str(data)]
+    base = [str(SERVER_BIN), "--data-dir", str(data), *extra_flags]
     subprocess.run([*base, "init-demo"], check=True, capture_output=True)
-    token = subprocess.run(
-        [*base, "token", "create", "--user-id", "1", "--admin"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    assert token, "`token create` printed no token"
+
+    def mint(*flags):
+        minted = subprocess.run(
+            [*base, "token", "create", *flags], check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        assert minted, "`token create` printed no token"
+        return minted
+
+    token = mint("--user-id", "1", "--admin")
+    user_token = mint("--user-id", "2")
 
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
@@ -80,15 +103,85 @@ def server(stubs, tmp_path_factory):
             + (data / "server.log").read_text(errors="replace")
         )
     address = line.removeprefix("listening on ").strip()
-    yield address, token
-
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        yield Server(address, token, user_token)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(stubs, tmp_path_factory):
+    """A real backup-server with the default storage (full copies in a
+    directory): yields (address, admin token)."""
+    with start_server(tmp_path_factory.mktemp("data")) as running:
+        yield running.address, running.token
+
+
+@pytest.fixture(scope="session")
+def repo_server(stubs, tmp_path_factory):
+    """A real backup-server keeping its backups in a repository
+    (`--repository DATA/repository`, a local path), the storage that fills
+    `Backup.blake3`: yields a Server."""
+    data = tmp_path_factory.mktemp("repo-data")
+    with start_server(data, ["--repository", str(data / "repository")]) as running:
+        yield running
+
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def download_checked(backups, filename, metadata):
+    """Downloads a backup and checks every digest a client can: the SHA-256
+    of the bytes received against the first message's `backup.sha256` and
+    the last message's `sha256` (always sent, on the last message only, whose
+    chunk is empty), and their BLAKE3 against `backup.blake3` when the server
+    filled it (an empty one means the storage does not compute it). Returns
+    (the first message's backup, the bytes)."""
+    from backup.v1 import backup_files_pb2 as files
+
+    sha256 = hashlib.sha256()
+    b3 = blake3.blake3()
+    data = bytearray()
+    messages = 0
+    first = last = None
+    for message in backups.DownloadBackup(
+        files.DownloadBackupRequest(filename=filename),
+        metadata=metadata, timeout=CALL_TIMEOUT_S,
+    ):
+        if last is not None:
+            assert not last.sha256, "only the last message carries the streamed sha256"
+        if first is None:
+            first = message
+            assert message.HasField("backup"), "the first message carries the metadata"
+        else:
+            assert not message.HasField("backup"), "only the first message carries metadata"
+        sha256.update(message.chunk)
+        b3.update(message.chunk)
+        data += message.chunk
+        messages += 1
+        last = message
+    assert first is not None, "DownloadBackup sent no message"
+    backup = first.backup
+    assert backup.filename == filename
+    assert len(data) == backup.size_bytes
+
+    received = sha256.hexdigest()
+    assert HEX64.fullmatch(backup.sha256), f"backup.sha256 {backup.sha256!r}"
+    assert received == backup.sha256, "the bytes received do not match backup.sha256"
+    assert last.sha256, f"the last of {messages} messages carries no sha256"
+    assert last.chunk == b"", "the message carrying the streamed sha256 has no chunk"
+    assert received == last.sha256, "the bytes received do not match the streamed sha256"
+
+    if backup.blake3:
+        assert HEX64.fullmatch(backup.blake3), f"backup.blake3 {backup.blake3!r}"
+        assert b3.hexdigest() == backup.blake3, "the bytes received do not match backup.blake3"
+    return backup, bytes(data)
 
 
 def test_readme_snippet(server, capsys):
@@ -251,23 +344,10 @@ def test_flow(server):
         ).backups
         assert name in [b.filename for b in listed]
 
-        digest = hashlib.sha256()
-        size = 0
-        first = None
-        for message in backups.DownloadBackup(
-            files.DownloadBackupRequest(filename=name), metadata=auth, timeout=CALL_TIMEOUT_S
-        ):
-            if first is None:
-                first = message
-                assert message.HasField("backup"), "the first message carries the metadata"
-            else:
-                assert not message.HasField("backup"), "only the first message carries metadata"
-            digest.update(message.chunk)
-            size += len(message.chunk)
-        assert first is not None, "DownloadBackup sent no message"
-        assert first.backup.filename == name
-        assert size == first.backup.size_bytes == created.size_bytes
-        assert digest.hexdigest() == first.backup.sha256 == created.sha256
+        downloaded, data = download_checked(backups, name, auth)
+        assert len(data) == created.size_bytes
+        assert downloaded.sha256 == created.sha256
+        assert downloaded.blake3 == created.blake3
 
         backups.DeleteBackup(
             files.DeleteBackupRequest(filename=name), metadata=auth, timeout=CALL_TIMEOUT_S
@@ -295,3 +375,47 @@ def test_flow(server):
         assert by_type["backup_files.create"].success
         assert by_type["backup_files.delete"].success
         assert by_type["backup_files.create"].id < by_type["backup_files.delete"].id
+
+
+def test_repository_download_blake3_and_stats(repo_server):
+    """On the repository storage a backup has a BLAKE3 digest: a download
+    matches it (and both SHA-256s), and GetRepositoryStats (admin only)
+    counts what the repository holds."""
+    from backup.v1 import backup_files_pb2 as files
+    from backup.v1 import backup_files_pb2_grpc as files_grpc
+
+    auth = [("authorization", f"Bearer {repo_server.token}")]
+    user_auth = [("authorization", f"Bearer {repo_server.user_token}")]
+    name = "python-repository.db"
+    with grpc.insecure_channel(repo_server.address) as channel:
+        backups = files_grpc.BackupFilesStub(channel)
+
+        created = backups.CreateBackup(
+            files.CreateBackupRequest(custom_filename="python-repository"),
+            metadata=auth, timeout=CALL_TIMEOUT_S,
+        ).backup
+        assert created.filename == name
+        assert created.size_bytes > 0
+        assert HEX64.fullmatch(created.sha256), created.sha256
+        assert HEX64.fullmatch(created.blake3), (
+            f"the repository storage left blake3 {created.blake3!r}"
+        )
+
+        downloaded, data = download_checked(backups, name, auth)
+        assert downloaded.blake3 == created.blake3
+        assert downloaded.sha256 == created.sha256
+        assert blake3.blake3(data).hexdigest() == created.blake3
+        assert len(data) == created.size_bytes
+
+        stats = backups.GetRepositoryStats(
+            files.GetRepositoryStatsRequest(), metadata=auth, timeout=CALL_TIMEOUT_S
+        )
+        assert stats.backups >= 1, stats
+        assert stats.stored_bytes > 0, stats
+        assert stats.logical_bytes > 0, stats
+
+        with pytest.raises(grpc.RpcError) as err:
+            backups.GetRepositoryStats(
+                files.GetRepositoryStatsRequest(), metadata=user_auth, timeout=CALL_TIMEOUT_S
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value
