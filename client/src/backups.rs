@@ -208,6 +208,24 @@ impl Backups {
         Ok(())
     }
 
+    /// Prunes the backup storage (admin only).
+    pub async fn prune_repository(&mut self) -> Result<proto::PruneRepositoryResponse> {
+        Ok(self
+            .client
+            .prune_repository(proto::PruneRepositoryRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// What the backup storage holds (admin only).
+    pub async fn repository_stats(&mut self) -> Result<proto::GetRepositoryStatsResponse> {
+        Ok(self
+            .client
+            .get_repository_stats(proto::GetRepositoryStatsRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// The raw generated client, for calls the wrapper does not cover.
     pub fn raw(&mut self) -> &mut BackupFilesClient<Authed> {
         &mut self.client
@@ -222,28 +240,45 @@ async fn write_verified<W: AsyncWrite + Unpin>(
     writer: &mut W,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<proto::Backup> {
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut sha256 = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut blake3 = blake3::Hasher::new();
     let mut meta: Option<proto::Backup> = None;
+    let mut streamed_sha256 = String::new();
     let mut received = 0u64;
     while let Some(message) = stream.message().await? {
         if let Some(backup) = message.backup {
             meta = Some(backup);
         }
+        if !message.sha256.is_empty() {
+            streamed_sha256 = message.sha256;
+        }
         let total = meta.as_ref().map_or(0, |b| b.size_bytes.max(0) as u64);
-        hasher.update(&message.chunk);
+        sha256.update(&message.chunk);
+        blake3.update(&message.chunk);
         writer.write_all(&message.chunk).await?;
         received += message.chunk.len() as u64;
         progress(received, total);
     }
     writer.flush().await?;
     let backup = present(meta, "the backup's metadata")?;
-    let actual = hex::encode(hasher.finish());
+    let actual = hex::encode(sha256.finish());
+    let mismatch = |digest, expected: &str, actual: &str| Error::ChecksumMismatch {
+        filename: filename.to_owned(),
+        digest,
+        expected: expected.to_owned(),
+        actual: actual.to_owned(),
+    };
     if actual != backup.sha256 {
-        return Err(Error::ChecksumMismatch {
-            filename: filename.to_owned(),
-            expected: backup.sha256,
-            actual,
-        });
+        return Err(mismatch("sha256", &backup.sha256, &actual));
+    }
+    // The server's own digest of what it streamed, from servers that send it.
+    if !streamed_sha256.is_empty() && streamed_sha256 != actual {
+        return Err(mismatch("streamed sha256", &streamed_sha256, &actual));
+    }
+    // Empty where the server's storage does not compute it.
+    let actual_blake3 = blake3.finalize().to_hex().to_string();
+    if !backup.blake3.is_empty() && actual_blake3 != backup.blake3 {
+        return Err(mismatch("blake3", &backup.blake3, &actual_blake3));
     }
     Ok(backup)
 }

@@ -28,9 +28,38 @@ pub fn backup(b: &proto::Backup) -> Value {
         "kind": kind(b.kind),
         "owner_user_id": b.owner_user_id,
         "sha256": b.sha256,
+        "blake3": b.blake3,
+        "stored_bytes": b.stored_bytes,
         "damaged": b.damaged,
         "damage": b.damage,
         "last_verified_at": b.last_verified_at.as_ref().map(|at| time(Some(at))),
+    })
+}
+
+/// What a prune removed.
+pub fn pruned(p: &proto::PruneRepositoryResponse) -> Value {
+    json!({
+        "stored_bytes_before": p.stored_bytes_before,
+        "stored_bytes_after": p.stored_bytes_after,
+        "packs_deleted": p.packs_deleted,
+        "packs_written": p.packs_written,
+        "unreadable_backups": p.unreadable_backups,
+    })
+}
+
+/// What the backup storage holds.
+pub fn repository_stats(s: &proto::GetRepositoryStatsResponse) -> Value {
+    json!({
+        "backups": s.backups,
+        "logical_bytes": s.logical_bytes,
+        "stored_bytes": s.stored_bytes,
+        "chunks": s.chunks,
+        "chunk_bytes": s.chunk_bytes,
+        "packs": s.packs,
+        "deduplication_ratio": s.deduplication_ratio,
+        "compression_ratio": s.compression_ratio,
+        "last_prune_at": s.last_prune_at.as_ref().map(|at| time(Some(at))),
+        "last_full_check_at": s.last_full_check_at.as_ref().map(|at| time(Some(at))),
     })
 }
 

@@ -49,9 +49,12 @@ pub enum Error {
     InvalidToken(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("download of {filename} failed its sha256 check (expected {expected}, got {actual})")]
+    #[error("download of {filename} failed its {digest} check (expected {expected}, got {actual})")]
     ChecksumMismatch {
         filename: String,
+        /// Which digest: `sha256`, `blake3`, or the stream's final
+        /// `sha256` against the backup's.
+        digest: &'static str,
         expected: String,
         actual: String,
     },

@@ -10,6 +10,7 @@ mod m20261121_000004_backup_settings_overdue_index;
 mod m20261201_000005_backups_verification;
 mod m20261201_000006_audit_subject;
 mod m20261201_000007_backups_page_index;
+mod m20261201_000008_backups_repository_facts;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_backups_verification::Migration),
             Box::new(m20261201_000006_audit_subject::Migration),
             Box::new(m20261201_000007_backups_page_index::Migration),
+            Box::new(m20261201_000008_backups_repository_facts::Migration),
         ]
     }
 }

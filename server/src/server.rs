@@ -105,6 +105,7 @@ pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<R
         key_file: config.repository_key_file.as_deref(),
         allow_unencrypted_remote: config.allow_unencrypted_remote,
         local_dir: &paths.backups_dir,
+        aws_env: repository::aws_env(),
     })
     .await
 }

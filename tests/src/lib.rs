@@ -105,8 +105,18 @@ impl DataDir {
     /// Starts a server, or returns what it printed instead of its ready
     /// line (it has exited by then).
     pub fn try_start(&self, extra: &[&str]) -> Result<Server, String> {
+        self.try_start_with(extra, &[])
+    }
+
+    /// [`DataDir::try_start`] with `env` added to the server's environment.
+    pub fn try_start_with(
+        &self,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Server, String> {
         let child = self
             .server_command(extra)
+            .envs(env.iter().cloned())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn backup-server");

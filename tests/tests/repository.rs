@@ -14,11 +14,21 @@ struct Repo {
     data: DataDir,
     /// The key file, if encrypted.
     key: Option<PathBuf>,
+    /// The S3 server holding the repository; `None`: on local disk.
+    s3: Option<s3::S3Server>,
 }
 
 impl Repo {
     fn new(encrypted: bool) -> Self {
         Self::with_data(DataDir::new(), encrypted)
+    }
+
+    /// A repository in a bucket of a fresh local S3 server.
+    fn on_s3(encrypted: bool) -> Self {
+        Self {
+            s3: Some(s3::S3Server::start()),
+            ..Self::new(encrypted)
+        }
     }
 
     fn with_data(data: DataDir, encrypted: bool) -> Self {
@@ -33,18 +43,41 @@ impl Repo {
             assert!(out.status.success(), "{out:?}");
             key
         });
-        Self { data, key }
+        Self {
+            data,
+            key,
+            s3: None,
+        }
     }
 
+    /// Where the repository's objects are on disk (for S3, in the
+    /// server's bucket directory, under the prefix).
     fn dir(&self) -> PathBuf {
-        self.data.path().join("repository")
+        match &self.s3 {
+            Some(s3) => s3.object_path("team/backups"),
+            None => self.data.path().join("repository"),
+        }
+    }
+
+    fn url(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!("s3://{}/team/backups", s3.bucket()),
+            None => self.dir().display().to_string(),
+        }
+    }
+
+    /// The environment reaching the S3 server, if any.
+    fn env(&self) -> Vec<(String, String)> {
+        self.s3.as_ref().map(s3::S3Server::env).unwrap_or_default()
     }
 
     /// The flags naming the repository.
     fn flags(&self) -> Vec<String> {
-        let mut flags = vec!["--repository".into(), self.dir().display().to_string()];
-        if let Some(key) = &self.key {
-            flags.extend(["--repository-key-file".into(), key.display().to_string()]);
+        let mut flags = vec!["--repository".into(), self.url()];
+        match &self.key {
+            Some(key) => flags.extend(["--repository-key-file".into(), key.display().to_string()]),
+            None if self.s3.is_some() => flags.push("--allow-unencrypted-remote".into()),
+            None => {}
         }
         flags
     }
@@ -53,16 +86,30 @@ impl Repo {
         let mut args = self.flags();
         args.push("--no-scheduler".into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.data.start(&args)
+        self.data
+            .try_start_with(&args, &self.env())
+            .unwrap_or_else(|line| panic!("server did not start: {line:?}"))
     }
 
     /// `backup-server repo ARGS` on the repository alone.
     fn repo(&self, args: &[&str]) -> Output {
         self.data
             .command()
+            .envs(self.env())
             .args(self.flags())
             .arg("repo")
             .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `repo list` given the repository's URL and nothing else (no key,
+    /// no permission for an unencrypted remote).
+    fn list_with_url_alone(&self) -> Output {
+        self.data
+            .command()
+            .envs(self.env())
+            .args(["--repository", &self.url(), "repo", "list"])
             .output()
             .unwrap()
     }
@@ -114,8 +161,20 @@ fn code_of<T: std::fmt::Debug>(result: Result<T, Error>) -> (Code, String) {
 
 #[tokio::test]
 async fn backups_round_trip_through_the_service_and_the_offline_tools() {
-    for encrypted in [false, true] {
-        let repo = Repo::new(encrypted);
+    for (encrypted, on_s3) in [(false, false), (true, false), (true, true), (false, true)] {
+        let repo = if on_s3 {
+            Repo::on_s3(encrypted)
+        } else {
+            Repo::new(encrypted)
+        };
+        if on_s3 && !encrypted {
+            let refused = repo.list_with_url_alone();
+            let said = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                !refused.status.success() && said.contains("--allow-unencrypted-remote"),
+                "{said}"
+            );
+        }
         let server = repo.start();
         let mut backups = server.client(&repo.data.token(1, true)).await.backups();
         let created = backups.create(Some("first")).await.unwrap();
@@ -128,6 +187,8 @@ async fn backups_round_trip_through_the_service_and_the_offline_tools() {
             .unwrap();
         let bytes = std::fs::read(&downloaded).unwrap();
         assert_eq!(sha256_hex(&bytes), created.sha256, "encrypted {encrypted}");
+        assert_eq!(created.blake3, blake3::hash(&bytes).to_hex().as_str());
+        assert!(created.stored_bytes > 0);
         assert_eq!(bytes.len() as i64, created.size_bytes);
         assert_eq!(orders(&downloaded), expected_rows);
         assert!(!backups.verify("first.db").await.unwrap().damaged);
@@ -161,6 +222,11 @@ async fn backups_round_trip_through_the_service_and_the_offline_tools() {
         assert!(!again.status.success(), "never over an existing file");
         let out = repo.repo(&["check", "--read-data"]);
         assert!(out.status.success(), "{out:?}");
+        assert!(
+            !repo.objects("data").is_empty(),
+            "packs are stored in {}",
+            repo.url()
+        );
         if encrypted {
             for object in repo.objects("data").iter().chain(&repo.objects("index")) {
                 let stored = std::fs::read(object).unwrap();
@@ -170,12 +236,7 @@ async fn backups_round_trip_through_the_service_and_the_offline_tools() {
                     object.display()
                 );
             }
-            let without_key = repo
-                .data
-                .command()
-                .args(["--repository", repo.dir().to_str().unwrap(), "repo", "list"])
-                .output()
-                .unwrap();
+            let without_key = repo.list_with_url_alone();
             assert!(!without_key.status.success());
             let said = String::from_utf8_lossy(&without_key.stderr);
             assert!(said.contains("encrypted"), "{said}");
@@ -192,7 +253,8 @@ async fn identical_pages_are_stored_once_across_owners_and_days() {
     let mut admin = server.client(&repo.data.token(1, true)).await.backups();
     let mut user = server.client(&repo.data.token(2, false)).await.backups();
     admin.create(Some("day-1")).await.unwrap();
-    user.create(Some("user-2-day-1")).await.unwrap();
+    let same = user.create(Some("user-2-day-1")).await.unwrap();
+    assert_eq!(same.stored_bytes, 0, "the service reports no new bytes");
     append_text_rows(&repo.data, 200);
     admin.create(Some("day-2")).await.unwrap();
 
@@ -344,4 +406,76 @@ async fn a_backup_killed_midway_leaves_the_repository_whole() {
             .all(|n| !n.starts_with(".tmp-")),
         "no scratch file outlives the restart"
     );
+}
+
+#[tokio::test]
+async fn a_prune_reclaims_deleted_backups_and_races_no_backup() {
+    let repo = Repo::with_data(DataDir::with_rows(5_000), true);
+    let server = repo.start();
+    let mut backups = server.client(&repo.data.token(1, true)).await.backups();
+    for day in 1..=3 {
+        open(&repo.data.source())
+            .execute_batch(&format!(
+                "UPDATE orders SET amount_cents = amount_cents + {day}"
+            ))
+            .unwrap();
+        backups.create(Some(&format!("day-{day}"))).await.unwrap();
+    }
+    let before = backups.repository_stats().await.unwrap();
+    assert_eq!(before.backups, 3);
+    assert!(
+        before.deduplication_ratio > 0.0 && before.compression_ratio > 1.0,
+        "{before:?}"
+    );
+    for day in 1..=2 {
+        backups
+            .delete(&format!("day-{day}.db"), false)
+            .await
+            .unwrap();
+    }
+    let pruned = backups.prune_repository().await.unwrap();
+    assert!(
+        pruned.stored_bytes_after < pruned.stored_bytes_before && pruned.packs_deleted > 0,
+        "{pruned:?}"
+    );
+    let after = backups.repository_stats().await.unwrap();
+    assert!(after.stored_bytes < before.stored_bytes && after.last_prune_at.is_some());
+    assert!(!backups.verify("day-3.db").await.unwrap().damaged);
+    let mut user = server.client(&repo.data.token(2, false)).await.backups();
+    assert_eq!(
+        code_of(user.prune_repository().await).0,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code_of(user.repository_stats().await).0,
+        Code::PermissionDenied
+    );
+
+    // Four backups while prunes run: each must reference only what stays.
+    let token = repo.data.token(1, true);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (url, token) = (server.url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut backups = Client::connect(&url, &token).await.unwrap().backups();
+            backups.create(Some(&format!("racing-{i}"))).await.unwrap()
+        }));
+    }
+    for _ in 0..4 {
+        backups.prune_repository().await.unwrap();
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    backups.prune_repository().await.unwrap();
+    for backup in backups.list_all().await.unwrap() {
+        assert!(
+            !backups.verify(&backup.filename).await.unwrap().damaged,
+            "{}",
+            backup.filename
+        );
+    }
+    drop(server);
+    let out = repo.repo(&["check", "--read-data"]);
+    assert!(out.status.success(), "{out:?}");
 }

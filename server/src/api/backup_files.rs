@@ -8,7 +8,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::named;
+use super::convert::{named, timestamp};
+use crate::backup::read::DownloadPart;
 use crate::model::backup::Cursor;
 use crate::paging::page_size;
 
@@ -99,13 +100,20 @@ impl BackupFiles for BackupFilesApi {
             .await?;
         // The first message carries the metadata with the first chunk.
         let mut meta = Some(pb::Backup::from(backup));
-        let messages = chunks.map(move |chunk| {
-            chunk
-                .map(|chunk| pb::DownloadBackupResponse {
+        let messages = chunks.map(move |part| {
+            part.map(|part| match part {
+                DownloadPart::Bytes(chunk) => pb::DownloadBackupResponse {
                     chunk,
                     backup: meta.take(),
-                })
-                .map_err(Status::from)
+                    sha256: String::new(),
+                },
+                DownloadPart::End { sha256 } => pb::DownloadBackupResponse {
+                    chunk: Vec::new(),
+                    backup: meta.take(),
+                    sha256,
+                },
+            })
+            .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(messages)))
     }
@@ -147,4 +155,46 @@ impl BackupFiles for BackupFilesApi {
             backup: Some(backup.into()),
         }))
     }
+
+    async fn prune_repository(
+        &self,
+        request: Request<pb::PruneRepositoryRequest>,
+    ) -> Result<Response<pb::PruneRepositoryResponse>, Status> {
+        let caller = self.app.caller(&request, "PruneRepository").await?;
+        let pruned = self.app.backups.prune(caller).await?;
+        Ok(Response::new(pb::PruneRepositoryResponse {
+            stored_bytes_before: saturating(pruned.bytes_before),
+            stored_bytes_after: saturating(pruned.bytes_after),
+            packs_deleted: saturating(pruned.packs_deleted),
+            packs_written: saturating(pruned.packs_written),
+            unreadable_backups: pruned.unreadable,
+        }))
+    }
+
+    async fn get_repository_stats(
+        &self,
+        request: Request<pb::GetRepositoryStatsRequest>,
+    ) -> Result<Response<pb::GetRepositoryStatsResponse>, Status> {
+        let caller = self.app.caller(&request, "GetRepositoryStats").await?;
+        let stats = self.app.backups.repository_stats(caller).await?;
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let storage = &stats.storage;
+        Ok(Response::new(pb::GetRepositoryStatsResponse {
+            backups: saturating(stats.backups),
+            logical_bytes: saturating(stats.logical_bytes),
+            stored_bytes: saturating(storage.stored_bytes),
+            chunks: saturating(storage.chunks),
+            chunk_bytes: saturating(storage.chunk_bytes),
+            packs: saturating(storage.packs),
+            deduplication_ratio: ratio(stats.logical_bytes, storage.chunk_bytes),
+            compression_ratio: ratio(storage.chunk_bytes, storage.stored_bytes),
+            last_prune_at: stats.last_prune_at.map(timestamp),
+            last_full_check_at: stats.last_full_check_at.map(timestamp),
+        }))
+    }
+}
+
+/// A count as protobuf's int64.
+fn saturating(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -67,6 +67,8 @@ impl From<Backup> for pb::Backup {
             damaged: b.damage.is_some(),
             last_verified_at: b.last_verified_at.map(timestamp),
             damage: b.damage.unwrap_or_default(),
+            blake3: b.blake3.unwrap_or_default(),
+            stored_bytes: b.stored_bytes,
         }
     }
 }

@@ -174,7 +174,7 @@ impl Backups {
         check_cancelled(cancel)?;
         self.check_admissible(&new).await?;
         let filename = self.file_for(&new).await?;
-        staged.publish(&filename).await?;
+        let stored_bytes = staged.publish(&filename).await?;
         let row = Backup {
             filename,
             name: new.name,
@@ -187,6 +187,8 @@ impl Backups {
             created_at: staged.taken_at,
             damage: None,
             last_verified_at: None,
+            blake3: staged.blake3.clone(),
+            stored_bytes: stored_bytes as i64,
         };
         let committed = async {
             let mut change = self.audit.begin().await?;

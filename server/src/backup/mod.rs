@@ -14,6 +14,8 @@
 //! - [`read`]: get, list, download, restore, and the catalog reads
 //!   retention plans with;
 //! - [`delete`]: deleting one backup, crash-safely;
+//! - [`prune`]: removing stored bytes no backup needs, and the storage's
+//!   statistics;
 //! - [`reconcile`]: bringing the catalog and the storage into agreement;
 //! - [`verify`] and [`scrub`]: checking bytes against the catalog, on
 //!   demand and on a schedule;
@@ -29,6 +31,7 @@ pub mod admission;
 pub mod create;
 pub mod delete;
 pub mod naming;
+pub mod prune;
 pub mod read;
 pub mod reconcile;
 pub mod scrub;
@@ -124,6 +127,8 @@ pub struct Backups {
     /// The storage's names as of the last reconcile: a listing whose
     /// storage still shows them needs no reconcile first.
     reconciled: std::sync::Mutex<Option<ChangeStamp>>,
+    /// Prunes, one at a time, and when the last one finished.
+    pruning: prune::Pruning,
 }
 
 /// Held while the set of backups changes; see [`Backups::lock_dir`].
@@ -156,6 +161,7 @@ impl Backups {
             verified: verify::VerifiedFiles::default(),
             verifications: verify::Counts::default(),
             reconciled: std::sync::Mutex::new(None),
+            pruning: prune::Pruning::default(),
         }
     }
 

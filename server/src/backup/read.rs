@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 
 use super::sqlite::Content;
 use super::storage::ByteStream;
@@ -20,6 +20,18 @@ use crate::auth::Caller;
 use crate::error::{Error, Result, quote};
 use crate::model::backup::{Backup, BackupKind, Cursor, Entry};
 use crate::store::backups as catalog;
+
+/// One item of a download.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DownloadPart {
+    /// The next bytes, in order.
+    Bytes(Vec<u8>),
+    /// The end: every byte streamed matched this SHA-256 (lowercase hex).
+    End { sha256: String },
+}
+
+/// A download: its bytes, then its end; an error ends it early.
+pub type DownloadStream = std::pin::Pin<Box<dyn Stream<Item = Result<DownloadPart>> + Send>>;
 
 impl Backups {
     /// The backup a request names, if the caller may see it. Names are
@@ -86,7 +98,7 @@ impl Backups {
         caller: Caller,
         named: Named<'_>,
         chunk_bytes: usize,
-    ) -> Result<(Backup, ByteStream)> {
+    ) -> Result<(Backup, DownloadStream)> {
         let opened = async {
             let backup = self.get(caller, named).await?;
             if !caller.is_admin && !self.limits.allow_user_downloads {
@@ -136,23 +148,24 @@ impl Backups {
         Ok((backup, Box::pin(ReceiverStream::new(rx))))
     }
 
-    /// Sends a download's chunks to `tx` until the end (one empty chunk for
-    /// empty bytes), a damage found (recorded, sent as the last item), or
-    /// the client leaving.
+    /// Sends a download's chunks to `tx` until the end (with the digest
+    /// every byte matched), a damage found (recorded, sent as the last
+    /// item), or the client leaving.
     async fn stream(
         self: Arc<Self>,
         backup: Backup,
         mut chunks: ByteStream,
         caller: Caller,
-        tx: mpsc::Sender<Result<Vec<u8>>>,
+        tx: mpsc::Sender<Result<DownloadPart>>,
     ) {
-        let mut sent_any = false;
         loop {
             let (message, last) = match chunks.next().await {
-                // The end, with every byte checked.
-                None if sent_any => return,
-                None => (Ok(Vec::new()), true),
-                Some(Ok(chunk)) => (Ok(chunk), false),
+                // The end: the storage checked every byte against this.
+                None => {
+                    let sha256 = backup.sha256.clone();
+                    (Ok(DownloadPart::End { sha256 }), true)
+                }
+                Some(Ok(chunk)) => (Ok(DownloadPart::Bytes(chunk)), false),
                 Some(Err(e)) => {
                     let e = self
                         .found_damaged(&backup, e, Trigger::Download, caller.user_id)
@@ -160,7 +173,6 @@ impl Backups {
                     (Err(e), true)
                 }
             };
-            sent_any = true;
             // A failed send means the client went away.
             if tx.send(message).await.is_err() || last {
                 return;

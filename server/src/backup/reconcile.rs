@@ -101,6 +101,8 @@ impl Backups {
                 created_at: found.modified.trunc_subsecs(6),
                 damage: None,
                 last_verified_at: None,
+                blake3: found.blake3,
+                stored_bytes: found.stored_bytes as i64,
             });
         }
         if adopted.is_empty() && missing.is_empty() && restored.is_empty() && finished.is_empty() {

@@ -73,6 +73,22 @@ pub struct Backup {
     pub damage: Option<String>,
     /// When the backup last passed or failed verification.
     pub last_verified_at: Option<DateTime<Utc>>,
+    /// BLAKE3 (hex) of the bytes, where the storage computed it.
+    pub blake3: Option<String>,
+    /// Stored bytes the backup added to the storage (0 when it shares
+    /// everything with backups stored before).
+    pub stored_bytes: i64,
+}
+
+/// The whole catalog, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub backups: u64,
+    /// The sum of every backup's size: what full copies take.
+    pub logical_bytes: u64,
+    /// The oldest last verification, when every backup has one: by then
+    /// each had been verified.
+    pub all_verified_by: Option<DateTime<Utc>>,
 }
 
 /// Where a newest-first listing resumes: after this (created_at, filename).

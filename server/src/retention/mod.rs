@@ -128,6 +128,7 @@ impl Retention {
             self.apply_locked(actor, policy).await
         }
         .await;
+        self.prune_after(&result);
         self.audit_error(actor.user_id, "apply", result).await
     }
 
@@ -152,7 +153,15 @@ impl Retention {
             self.apply_locked(actor, policy).await
         }
         .await;
+        self.prune_after(&result);
         self.audit_error(actor.user_id, "apply", result).await
+    }
+
+    /// Prunes the storage in the background once a run deleted backups.
+    fn prune_after(&self, result: &Result<Vec<String>>) {
+        if result.as_ref().is_ok_and(|deleted| !deleted.is_empty()) {
+            self.backups.prune_soon();
+        }
     }
 
     /// Verifies the policy's backups first (reading files needs no lock),

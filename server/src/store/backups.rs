@@ -14,7 +14,7 @@ use sea_orm::{
 use super::Connection;
 use super::entity::backup;
 use crate::error::{Error, Result};
-use crate::model::backup::{Backup, BackupKind, Cursor, Entry};
+use crate::model::backup::{Backup, BackupKind, Cursor, Entry, Totals};
 
 /// A catalog row as a [`Backup`]; a kind this server does not know is an
 /// error naming the row.
@@ -36,6 +36,8 @@ fn from_row(row: backup::Model) -> Result<Backup> {
         created_at: row.created_at,
         damage: row.damage,
         last_verified_at: row.last_verified_at,
+        blake3: row.blake3,
+        stored_bytes: row.stored_bytes,
     })
 }
 
@@ -55,6 +57,8 @@ fn to_row(backup: Backup) -> backup::Model {
         created_at: backup.created_at,
         damage: backup.damage,
         last_verified_at: backup.last_verified_at,
+        blake3: backup.blake3,
+        stored_bytes: backup.stored_bytes,
     }
 }
 
@@ -193,6 +197,40 @@ fn page_query(owner: Option<i64>, after: Option<&Cursor>, limit: u64) -> Select<
         .limit(limit)
 }
 
+/// The catalog's totals, as the driver hands them over.
+#[derive(FromQueryResult)]
+struct TotalsRow {
+    backups: i64,
+    logical_bytes: i64,
+    never_verified: i64,
+    oldest_verification: Option<DateTime<Utc>>,
+}
+
+/// How many backups there are, their logical bytes, and the time by which
+/// every one had been verified (`None` while one never was).
+pub async fn totals<C: ConnectionTrait>(conn: &C) -> Result<Totals> {
+    let row = backup::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("count(*)"), "backups")
+        .column_as(Expr::cust("coalesce(sum(size_bytes), 0)"), "logical_bytes")
+        .column_as(
+            Expr::cust("count(*) - count(last_verified_at)"),
+            "never_verified",
+        )
+        .column_as(Expr::cust("min(last_verified_at)"), "oldest_verification")
+        .into_model::<TotalsRow>()
+        .one(conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Totals::default());
+    };
+    Ok(Totals {
+        backups: row.backups.max(0) as u64,
+        logical_bytes: row.logical_bytes.max(0) as u64,
+        all_verified_by: row.oldest_verification.filter(|_| row.never_verified == 0),
+    })
+}
+
 /// The columns of an [`Entry`], as the driver hands them over.
 #[derive(FromQueryResult)]
 struct EntryRow {
@@ -322,6 +360,8 @@ mod tests {
             name: format!("name-of-{filename}"),
             damage: filename.starts_with('c').then(|| "digest".into()),
             last_verified_at: None,
+            blake3: None,
+            stored_bytes: 1,
             owner_user_id: owner,
             kind,
             size_bytes: 1,

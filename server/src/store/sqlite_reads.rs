@@ -275,6 +275,8 @@ mod tests {
                 created_at: at(time),
                 damage: (i == 1).then(|| "its size is wrong".to_string()),
                 last_verified_at: (i == 1).then(|| at("2026-01-03T00:00:00Z")),
+                blake3: (i == 2).then(|| format!("{i:064}")),
+                stored_bytes: 100 * i as i64,
             };
             store::backups::insert(&txn, backup).await.unwrap();
         }

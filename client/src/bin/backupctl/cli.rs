@@ -57,7 +57,7 @@ pub enum Command {
 pub enum RemoteCommand {
     // Each group's about lists its subcommands by name; a test holds them
     // to the real ones.
-    /// Backup files: create, list, get, verify, download, restore, delete.
+    /// Backup files: create, list, get, verify, download, restore, delete, prune, stats.
     #[command(subcommand)]
     Backups(BackupsCommand),
     /// Backup settings: get, update, list.
@@ -150,6 +150,13 @@ pub enum BackupsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Remove stored bytes no backup references any longer (admin).
+    #[command(after_help = "Example: backupctl backups prune")]
+    Prune,
+    /// What the backup storage holds: logical and stored bytes,
+    /// deduplication and compression (admin).
+    #[command(after_help = "Example: backupctl backups stats --json")]
+    Stats,
 }
 
 #[derive(Subcommand)]

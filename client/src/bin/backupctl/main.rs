@@ -191,6 +191,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 let (restored, pre) = restored?;
                 out.restored(&restored, &pre);
             }
+            BackupsCommand::Prune => out.pruned(&client.backups().prune_repository().await?),
+            BackupsCommand::Stats => {
+                out.repository_stats(&client.backups().repository_stats().await?)
+            }
             BackupsCommand::Delete { backup, force } => {
                 backup
                     .service(&client)

@@ -73,10 +73,22 @@ impl Output {
 
     /// The scheduler's state, one field a row, in the JSON's words.
     pub fn stats(&self, s: &proto::SchedulerStats) {
-        let value = json::scheduler_stats(s);
-        self.value(&value, || {
+        self.fields(&json::scheduler_stats(s));
+    }
+
+    pub fn pruned(&self, p: &proto::PruneRepositoryResponse) {
+        self.fields(&json::pruned(p));
+    }
+
+    pub fn repository_stats(&self, s: &proto::GetRepositoryStatsResponse) {
+        self.fields(&json::repository_stats(s));
+    }
+
+    /// A JSON object, or for people a table of its fields.
+    fn fields(&self, value: &Value) {
+        self.value(value, || {
             let mut table = Table::new();
-            if let Value::Object(fields) = &value {
+            if let Value::Object(fields) = value {
                 for (key, v) in fields {
                     table.add_row([key.clone(), v.to_string().trim_matches('"').to_owned()]);
                 }

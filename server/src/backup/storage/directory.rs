@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::checked::{self, Checker, hash_file, size_mismatch};
 use super::local::{self, TempFile};
 use super::{
-    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, Pruned, Staged,
-    StagedCopy, StorageLock, Verified, VerifiedCopy,
+    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, NewBytes, Pruned,
+    Staged, StagedCopy, StorageLock, StorageStats, Verified, VerifiedCopy,
 };
 use crate::backup::naming;
 use crate::backup::sqlite::{self, Content};
@@ -134,8 +134,11 @@ impl BackupStorage for Directory {
         blocking(move || {
             let file = sqlite::open_regular(&path)?;
             let modified = file.metadata()?.modified()?;
+            let facts = hash_file(&file)?;
             Ok(Described {
-                facts: hash_file(&file)?,
+                stored_bytes: facts.size_bytes as u64,
+                facts,
+                blake3: None,
                 modified: modified.into(),
             })
         })
@@ -208,6 +211,28 @@ impl BackupStorage for Directory {
         // A finished delete removed the file: nothing is left to prune.
         Ok(Pruned::default())
     }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.dir.clone();
+        blocking(move || {
+            // Names of one snapshot are links to one file: counted once.
+            let mut files = std::collections::HashMap::new();
+            for name in scan_dir(&dir)?.names {
+                if let Ok(meta) = fs::symlink_metadata(dir.join(name)) {
+                    files.insert((meta.dev(), meta.ino()), meta.len());
+                }
+            }
+            let bytes: u64 = files.values().sum();
+            Ok(StorageStats {
+                stored_bytes: bytes,
+                chunks: files.len() as u64,
+                chunk_bytes: bytes,
+                packs: 0,
+            })
+        })
+        .await
+    }
 }
 
 /// A failed change to the backups directory, in terms an operator can act
@@ -247,17 +272,22 @@ struct StagedFile {
     temp: TempFile,
     /// The backups directory, where its names are linked.
     dir: PathBuf,
+    /// Its size: the bytes its first name adds (later ones are links).
+    new_bytes: NewBytes,
 }
 
 #[async_trait]
 impl StagedCopy for StagedFile {
-    async fn publish(&self, name: &str) -> Result<()> {
+    async fn publish(&self, name: &str) -> Result<u64> {
         let (from, to, name) = (self.temp.path.clone(), self.dir.join(name), name.to_owned());
         blocking(move || match fs::hard_link(from, to) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(super::already_exists(&name)),
             linked => Ok(linked.map_err(|e| dir_error(e.into()))?),
         })
-        .await
+        .await?;
+        let added = self.new_bytes.pending();
+        self.new_bytes.claimed();
+        Ok(added)
     }
 }
 
@@ -287,8 +317,9 @@ fn stage_snapshot(
     let copy = StagedFile {
         temp,
         dir: dir.to_owned(),
+        new_bytes: NewBytes::new(facts.size_bytes as u64),
     };
-    Ok(Staged::new(taken_at, facts, Box::new(copy)))
+    Ok(Staged::new(taken_at, facts, None, Box::new(copy)))
 }
 
 /// Checks a backup in `dir` against what the catalog recorded when it was

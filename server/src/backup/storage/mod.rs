@@ -80,22 +80,51 @@ pub struct Staged {
     pub taken_at: DateTime<Utc>,
     /// Size and checksum, the same under every name it is published as.
     pub facts: ContentFacts,
+    /// BLAKE3 (hex) of the bytes, where the storage computes it.
+    pub blake3: Option<String>,
     /// The implementation's hold on the staged bytes.
     copy: Box<dyn StagedCopy>,
 }
 
 impl Staged {
-    pub fn new(taken_at: DateTime<Utc>, facts: ContentFacts, copy: Box<dyn StagedCopy>) -> Self {
+    pub fn new(
+        taken_at: DateTime<Utc>,
+        facts: ContentFacts,
+        blake3: Option<String>,
+        copy: Box<dyn StagedCopy>,
+    ) -> Self {
         Self {
             taken_at,
             facts,
+            blake3,
             copy,
         }
     }
 
     /// Publishes the snapshot under `name`; see [`StagedCopy::publish`].
-    pub async fn publish(&self, name: &str) -> Result<()> {
+    pub async fn publish(&self, name: &str) -> Result<u64> {
         self.copy.publish(name).await
+    }
+}
+
+/// The stored bytes a staged snapshot added, counted for its first
+/// published name alone (publishes of one snapshot are made one at a
+/// time, under the storage lock).
+pub struct NewBytes(std::sync::atomic::AtomicU64);
+
+impl NewBytes {
+    pub fn new(bytes: u64) -> Self {
+        Self(bytes.into())
+    }
+
+    /// What the next publish adds: the bytes until one succeeded, then 0.
+    pub fn pending(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A publish succeeded: later ones add nothing.
+    pub fn claimed(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -107,7 +136,9 @@ pub trait StagedCopy: Send + Sync {
     /// if `name` exists. May be called for several names (backups due
     /// together share one snapshot); each gets the same bytes. The name is
     /// visible at once and durable after the next [`BackupStorage::flush`].
-    async fn publish(&self, name: &str) -> Result<()>;
+    /// Returns the stored bytes the snapshot added: on its first publish,
+    /// 0 on later ones.
+    async fn publish(&self, name: &str) -> Result<u64>;
 }
 
 /// A backup's content after [`BackupStorage::verify`] found it whole,
@@ -173,6 +204,10 @@ pub struct Listing {
 #[derive(Clone, Debug)]
 pub struct Described {
     pub facts: ContentFacts,
+    /// BLAKE3 (hex), where the storage knows it.
+    pub blake3: Option<String>,
+    /// Stored bytes they take, as far as they are theirs alone.
+    pub stored_bytes: u64,
     /// When they were last modified: the creation time an adopted backup
     /// gets.
     pub modified: DateTime<Utc>,
@@ -202,6 +237,19 @@ pub struct Pruned {
     /// Backups whose chunks could not all be read: while there are any,
     /// every chunk is kept.
     pub unreadable: Vec<String>,
+}
+
+/// What the storage holds; see [`BackupStorage::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Bytes of every stored object.
+    pub stored_bytes: u64,
+    /// Distinct chunks (files, for full copies) and their bytes before
+    /// compression.
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    /// Pack files; 0 for full copies.
+    pub packs: u64,
 }
 
 /// Where backups' bytes are stored. Held as `Arc<dyn BackupStorage>`; see
@@ -304,4 +352,7 @@ pub trait BackupStorage: Send + Sync {
     /// meanwhile) may still read. Storage whose deletes free the bytes at
     /// once has nothing to do.
     async fn prune(&self) -> Result<Pruned>;
+
+    /// What is stored, counted from the storage itself.
+    async fn stats(&self) -> Result<StorageStats>;
 }

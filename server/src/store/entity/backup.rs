@@ -25,6 +25,10 @@ pub struct Model {
     pub damage: Option<String>,
     /// When the backup last passed or failed verification.
     pub last_verified_at: Option<DateTimeUtc>,
+    /// BLAKE3 (hex) of the standalone file, where it was computed.
+    pub blake3: Option<String>,
+    /// Stored bytes the backup added to the storage.
+    pub stored_bytes: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -41,8 +41,8 @@ use self::read::Rebuild;
 use super::checked::{self, Checker, size_mismatch};
 use super::local::{self, TempFile};
 use super::{
-    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, Pruned, Staged,
-    StagedCopy, StorageLock, Verified, VerifiedCopy,
+    BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, NewBytes, Pruned,
+    Staged, StagedCopy, StorageLock, StorageStats, Verified, VerifiedCopy,
 };
 use crate::backup::naming;
 use crate::backup::sqlite::Content;
@@ -59,6 +59,16 @@ pub struct Options<'a> {
     pub allow_unencrypted_remote: bool,
     /// The local directory for scratch files and the lock.
     pub local_dir: &'a Path,
+    /// The `AWS_*` variables (name, value) an `s3://` repository is
+    /// configured by: the process's environment, as `object_store` reads it.
+    pub aws_env: Vec<(String, String)>,
+}
+
+/// The process's `AWS_*` environment variables, for [`Options::aws_env`].
+pub fn aws_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .collect()
 }
 
 /// A content-addressed backup repository.
@@ -86,7 +96,7 @@ impl Repository {
     /// its key; an unencrypted one on a remote store needs
     /// `allow_unencrypted_remote`.
     pub async fn open(options: Options<'_>) -> Result<Self> {
-        let objects = Objects::open(options.url)?;
+        let objects = Objects::open(options.url, &options.aws_env)?;
         let key_file = options.key_file.map(KeyFile::read).transpose()?;
         let config = match objects.get("config").await? {
             Some(bytes) => serde_json::from_slice::<Config>(&bytes).map_err(|e| {
@@ -304,15 +314,18 @@ impl Inner {
 struct StagedManifest {
     inner: Arc<Inner>,
     manifest: Manifest,
+    /// What the snapshot's chunks added, for its first manifest.
+    new_bytes: NewBytes,
     /// Keeps a prune out until the last publish (see [`Inner::writes`]).
     _writes: OwnedRwLockReadGuard<()>,
 }
 
 #[async_trait]
 impl StagedCopy for StagedManifest {
-    async fn publish(&self, name: &str) -> Result<()> {
+    async fn publish(&self, name: &str) -> Result<u64> {
         let manifest = Manifest {
             name: name.to_owned(),
+            stored_bytes: self.new_bytes.pending(),
             ..self.manifest.clone()
         };
         let sealed = self.inner.keys.seal(&manifest_aad(name), manifest.encode());
@@ -322,10 +335,14 @@ impl StagedCopy for StagedManifest {
             .put_new(&manifest_path(name), sealed)
             .await;
         self.inner.names_changed();
-        published.map_err(|e| match e {
-            Error::AlreadyExists(_) => super::already_exists(name),
-            e => e,
-        })
+        match published {
+            Ok(()) => {
+                self.new_bytes.claimed();
+                Ok(manifest.stored_bytes)
+            }
+            Err(Error::AlreadyExists(_)) => Err(super::already_exists(name)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -357,12 +374,14 @@ impl BackupStorage for Repository {
             size_bytes: manifest.size_bytes,
             sha256: manifest.sha256.clone(),
         };
+        let blake3 = Some(manifest.blake3.clone());
         let copy = StagedManifest {
             inner: self.inner.clone(),
+            new_bytes: NewBytes::new(manifest.stored_bytes),
             manifest,
             _writes: writes,
         };
-        Ok(Staged::new(taken_at, facts, Box::new(copy)))
+        Ok(Staged::new(taken_at, facts, blake3, Box::new(copy)))
     }
 
     async fn flush(&self) -> Result<()> {
@@ -457,6 +476,8 @@ impl BackupStorage for Repository {
                 size_bytes: manifest.size_bytes,
                 sha256: manifest.sha256,
             },
+            blake3: Some(manifest.blake3),
+            stored_bytes: manifest.stored_bytes,
             modified: manifest.taken_at,
         })
     }
@@ -544,6 +565,21 @@ impl BackupStorage for Repository {
     async fn prune(&self) -> Result<Pruned> {
         self.inner.prune().await
     }
+
+    async fn stats(&self) -> Result<StorageStats> {
+        let mut stats = StorageStats::default();
+        for dir in ["data", "index", "manifests", "deleting", "keys"] {
+            let listed = self.inner.objects.list(dir).await?;
+            stats.stored_bytes += listed.iter().map(|l| l.size).sum::<u64>();
+            if dir == "data" {
+                stats.packs = listed.len() as u64;
+            }
+        }
+        let (index, _) = self.inner.load_index().await?;
+        stats.chunks = index.len() as u64;
+        stats.chunk_bytes = index.values().map(|at| u64::from(at.len)).sum();
+        Ok(stats)
+    }
 }
 
 /// A download's state: chunks rebuilt and checked, handed out in pieces of
@@ -587,6 +623,7 @@ mod tests {
             key_file,
             allow_unencrypted_remote: false,
             local_dir: &dir.join("backups"),
+            aws_env: Vec::new(),
         })
         .await
     }

@@ -58,15 +58,23 @@ pub struct Objects {
 impl Objects {
     /// The store at `url`: a path or `file://` URL (a directory, created
     /// if missing; writes are fsynced), or `s3://bucket/prefix`, configured
-    /// by the standard `AWS_*` environment variables.
-    pub fn open(url: &str) -> Result<Self> {
+    /// by `aws`, the standard `AWS_*` environment variables (endpoint,
+    /// region, keys, `AWS_ALLOW_HTTP`) as name and value.
+    pub fn open(url: &str, aws: &[(String, String)]) -> Result<Self> {
         let bad = |why: String| Error::FailedPrecondition(format!("--repository {url:?}: {why}"));
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("names no bucket (s3://bucket/prefix)".into()));
             }
-            let s3 = AmazonS3Builder::from_env()
+            let configured = aws.iter().filter_map(|(name, value)| {
+                let key = name.to_ascii_lowercase().parse().ok()?;
+                Some((key, value))
+            });
+            let s3 = configured
+                .fold(AmazonS3Builder::new(), |s3, (key, value)| {
+                    s3.with_config(key, value)
+                })
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
