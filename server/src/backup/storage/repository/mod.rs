@@ -239,17 +239,19 @@ impl Inner {
         format::decode_index(&plaintext, &what)
     }
 
-    /// Writes an index object for `entries`; returns its stored size.
-    async fn write_index(&self, entries: &[(Id, Location)]) -> Result<u64> {
+    /// Writes an index object for `entries`; returns its name and stored
+    /// size. Its name is its bytes' hash: writing what an existing index
+    /// holds returns that index's name.
+    async fn write_index(&self, entries: &[(Id, Location)]) -> Result<(String, u64)> {
         let plaintext = format::encode_index(entries);
         let compressed = zstd::bulk::compress(&plaintext, 3)?;
         let sealed = self.keys.seal(b"index", compressed);
         let size = sealed.len() as u64;
-        let id = Id(*blake3::hash(&sealed).as_bytes());
+        let name = Id(*blake3::hash(&sealed).as_bytes()).hex();
         self.objects
-            .put_content(&format!("index/{}", id.hex()), sealed)
+            .put_content(&format!("index/{name}"), sealed)
             .await?;
-        Ok(size)
+        Ok((name, size))
     }
 
     /// The manifest at `path` (`manifests/` or `deleting/`) for backup
@@ -671,18 +673,23 @@ mod tests {
             }
         };
         let after_first = stored(&storage).await;
-        backup(&storage, &source, "same.db").await;
+        // A user's backup: its name has a `~`, which object stores encode.
+        backup(&storage, &source, "u2~same.db").await;
         assert_eq!(
             stored(&storage).await,
             after_first,
             "an unchanged source adds no pack"
         );
+        let mut names = storage.list().await.unwrap().names;
+        names.sort();
+        assert_eq!(names, ["first.db", "u2~same.db"]);
+        storage.describe("u2~same.db").await.unwrap();
         db.execute_batch("UPDATE t SET x = x || ' changed' WHERE rowid % 7 = 0")
             .unwrap();
         let changed = backup(&storage, &source, "changed.db").await;
         assert!(stored(&storage).await > after_first);
 
-        for name in ["first.db", "same.db"] {
+        for name in ["first.db", "u2~same.db"] {
             assert!(storage.begin_delete(name).await.unwrap());
             storage.finish_delete(name).await.unwrap();
         }
@@ -700,6 +707,32 @@ mod tests {
             (0, 0),
             "nothing left to prune"
         );
+    }
+
+    #[tokio::test]
+    async fn a_prune_that_only_drops_leftovers_keeps_the_index() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = local(scratch.path(), None).await.unwrap();
+        let source = scratch.path().join("tiny.db");
+        rusqlite::Connection::open(&source)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let facts = backup(&storage, &source, "tiny.db").await;
+        // The index a prune writes for the same entries has the same name
+        // as the one it replaces; it must survive its own clean-up.
+        for leftover in 0..4u8 {
+            let dir = scratch.path().join("repo/data/ff");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("ff{}", format!("{leftover:02x}").repeat(31)));
+            let file = std::fs::File::create(&path).unwrap();
+            let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+            file.set_modified(hours_ago).unwrap();
+            let pruned = storage.prune().await.unwrap();
+            assert_eq!(pruned.packs_deleted, 1, "the leftover goes");
+            assert!(!path.exists());
+            storage.verify("tiny.db", &facts).await.unwrap();
+        }
     }
 
     #[tokio::test]

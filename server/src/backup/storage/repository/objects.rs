@@ -12,6 +12,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use percent_encoding::percent_decode_str;
 
 use crate::error::{Error, Result};
 
@@ -194,10 +195,16 @@ impl Objects {
         Ok(metas
             .into_iter()
             .filter_map(|meta| {
+                // Listed parts come percent-encoded (`~` as `%7E`); the
+                // paths given to the other calls are encoded by them.
                 let name = meta
                     .location
                     .prefix_match(&prefix_path)?
-                    .map(|part| part.as_ref().to_owned())
+                    .map(|part| {
+                        percent_decode_str(part.as_ref())
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
                     .collect::<Vec<_>>()
                     .join("/");
                 Some(Listed::new(name, meta))

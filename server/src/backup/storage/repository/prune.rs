@@ -59,7 +59,7 @@ impl Inner {
             else {
                 continue;
             };
-            let Some(chunks) = by_pack.get(&id) else {
+            let Some(chunks) = by_pack.remove(&id) else {
                 if Utc::now() - listed.modified > GRACE {
                     doomed.push(id);
                 }
@@ -91,6 +91,11 @@ impl Inner {
         if let Some(pack) = writer.finish() {
             written.push(pack);
         }
+        // Packs the index names that are gone: damage for a check to
+        // report. Their entries stay, so reads keep saying what is missing.
+        for chunks in by_pack.values() {
+            kept.extend(chunks.iter().filter(|(c, _)| referenced.contains(c)));
+        }
         for pack in written {
             report.packs_written += 1;
             self.objects
@@ -102,19 +107,17 @@ impl Inner {
             report.bytes_after = report.bytes_before;
             return Ok(report);
         }
-        // The new index first, then the old ones, then the packs.
-        if !kept.is_empty() {
-            self.write_index(&kept).await?;
-        }
-        let new_index: HashSet<String> = self
-            .objects
-            .list("index")
-            .await?
-            .into_iter()
-            .map(|l| l.name)
-            .filter(|n| !indexes.iter().any(|old| &old.name == n))
-            .collect();
-        for old in indexes.iter().filter(|old| !new_index.contains(&old.name)) {
+        // The new index first, then the old ones (never the new one: the
+        // same entries in the same order make the same name), then the
+        // packs.
+        let new_index = match kept.is_empty() {
+            true => None,
+            false => Some(self.write_index(&kept).await?.0),
+        };
+        for old in indexes
+            .iter()
+            .filter(|old| Some(&old.name) != new_index.as_ref())
+        {
             self.objects.delete(&format!("index/{}", old.name)).await?;
         }
         for id in &doomed {

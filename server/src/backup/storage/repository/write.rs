@@ -189,7 +189,7 @@ pub async fn store_file(
         return Err(e);
     }
     if !entries.is_empty() {
-        stored_bytes += inner.write_index(&entries).await?;
+        stored_bytes += inner.write_index(&entries).await?.1;
     }
     Ok(Manifest {
         version: format::VERSION,
