@@ -89,9 +89,13 @@ pub async fn open_storage(
     if config.repository.is_some() {
         return Ok(Arc::new(open_repository(config, paths).await?));
     }
-    let directory = Directory::create(&paths.backups_dir)
-        .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?;
-    Ok(Arc::new(directory))
+    Ok(Arc::new(directory(paths)?))
+}
+
+/// The backups directory as a storage of full copies.
+fn directory(paths: &config::Paths) -> Result<Directory> {
+    Directory::create(&paths.backups_dir)
+        .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))
 }
 
 /// The repository `--repository` names (created if there is none).
@@ -148,7 +152,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         "starting",
     );
     let audit = Recorder::new(db.clone());
-    let backups = Arc::new(Backups::new(
+    let mut backups = Backups::new(
         db.clone(),
         audit.clone(),
         paths.source_db.clone(),
@@ -158,7 +162,12 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
             allow_user_downloads: config.allow_user_downloads,
             max_manual_backups_per_user: config.max_manual_backups_per_user,
         },
-    ));
+    );
+    if config.repository.is_some() {
+        // Full copies in the backups directory move into the repository.
+        backups = backups.with_legacy(Arc::new(directory(&paths)?));
+    }
+    let backups = Arc::new(backups);
     let leftovers = backups.recover().await?;
     if !leftovers.is_empty() {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");

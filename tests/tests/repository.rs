@@ -479,3 +479,146 @@ async fn a_prune_reclaims_deleted_backups_and_races_no_backup() {
     let out = repo.repo(&["check", "--read-data"]);
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Full copies from before the repository, and files other tools drop in,
+/// with one damaged: what a server given `--repository` finds.
+struct Legacy {
+    created: Vec<proto::Backup>,
+    damaged: String,
+}
+
+async fn legacy_backups(data: &DataDir) -> Legacy {
+    let server = data.start(&["--no-scheduler"]);
+    create_users(data, [2]);
+    let mut admin = server.client(&data.token(1, true)).await.backups();
+    let mut user = server.client(&data.token(2, false)).await.backups();
+    let mut created = vec![admin.create(Some("old-admin")).await.unwrap()];
+    created.push(user.create(Some("old-user")).await.unwrap());
+    open(&data.source())
+        .execute_batch("CREATE TABLE marked (b BLOB); INSERT INTO marked VALUES (zeroblob(3000) || 'MARK-123456');")
+        .unwrap();
+    let damaged = admin.create(Some("old-damaged")).await.unwrap();
+    drop(server);
+    let path = data.backups_dir().join(&damaged.filename);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"MARK-123456").unwrap();
+    bytes[at + 5] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    // Dropped in by the application, and a file that is not SQLite.
+    std::fs::copy(
+        data.source(),
+        data.backups_dir().join("pre_migration_20261130T000000Z.db"),
+    )
+    .unwrap();
+    std::fs::write(data.backups_dir().join("notes.db"), "not a database").unwrap();
+    Legacy {
+        created,
+        damaged: damaged.filename,
+    }
+}
+
+#[tokio::test]
+async fn full_copies_in_the_backups_directory_are_imported_with_their_names_and_marks() {
+    let repo = Repo::new(true);
+    let legacy = legacy_backups(&repo.data).await;
+    let server = repo.start();
+    let mut admin = server.client(&repo.data.token(1, true)).await.backups();
+    let listed = admin.list_all().await.unwrap();
+    for old in &legacy.created {
+        let now = listed
+            .iter()
+            .find(|b| b.filename == old.filename && b.owner_user_id == old.owner_user_id);
+        let now = now.unwrap_or_else(|| panic!("{} is not listed", old.filename));
+        assert_eq!(
+            (now.created_at, now.kind, now.sha256.as_str()),
+            (old.created_at, old.kind, old.sha256.as_str())
+        );
+        assert!(!now.blake3.is_empty() && !now.damaged, "{now:?}");
+    }
+    let damaged = listed
+        .iter()
+        .find(|b| b.filename == legacy.damaged)
+        .unwrap();
+    assert!(
+        damaged.damaged,
+        "the damaged copy keeps its mark: {damaged:?}"
+    );
+    assert_eq!(
+        code_of(admin.verify(&legacy.damaged).await).0,
+        Code::DataLoss
+    );
+    let adopted = listed
+        .iter()
+        .find(|b| b.filename.starts_with("pre_migration_"))
+        .unwrap();
+    assert!(adopted.is_protected && adopted.owner_user_id == 0);
+
+    let mut user = server.client(&repo.data.token(2, false)).await.backups();
+    assert!(!user.verify("old-user.db").await.unwrap().damaged);
+    let old_user = &legacy.created[1];
+    let dest = repo.data.path().join("old-user.db");
+    let got = server
+        .client(&repo.data.token(1, true))
+        .await
+        .backups()
+        .owned_by(2)
+        .download_to(&old_user.filename, &dest, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(got.sha256, old_user.sha256);
+    assert_eq!(sha256_hex(&std::fs::read(&dest).unwrap()), old_user.sha256);
+
+    let left = file_names(&repo.data.backups_dir());
+    assert!(left.contains(&"notes.db".to_string()), "{left:?}");
+    assert!(
+        left.iter().all(|n| n == "notes.db" || n.starts_with('.')),
+        "every imported file is gone once its copy verified: {left:?}"
+    );
+    drop(server);
+    let out = repo.repo(&["check", "--read-data"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test]
+async fn an_import_killed_midway_resumes_and_loses_nothing() {
+    let repo = Repo::with_data(DataDir::with_rows(2_000), false);
+    grow_source(&repo.data, 3_000);
+    let server = repo.data.start(&["--no-scheduler"]);
+    let token = repo.data.token(1, true);
+    let mut backups = server.client(&token).await.backups();
+    let mut created = Vec::new();
+    for i in 0..3 {
+        append_text_rows(&repo.data, 500);
+        created.push(backups.create(Some(&format!("old-{i}"))).await.unwrap());
+    }
+    drop(server);
+    for delay_ms in [20, 150, 400, 900] {
+        let mut importing = repo
+            .data
+            .command()
+            .args(repo.flags())
+            .args(["--listen", "127.0.0.1:0", "--no-scheduler"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        importing.kill().unwrap();
+        importing.wait().unwrap();
+        let out = repo.repo(&["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {delay_ms} ms: {out:?}"
+        );
+    }
+    let server = repo.start();
+    let mut backups = server.client(&token).await.backups();
+    let listed = backups.list_all().await.unwrap();
+    for old in &created {
+        let now = listed.iter().find(|b| b.filename == old.filename).unwrap();
+        assert_eq!(now.sha256, old.sha256);
+        assert!(!backups.verify(&old.filename).await.unwrap().damaged);
+    }
+    let left = file_names(&repo.data.backups_dir());
+    assert!(left.iter().all(|n| n.starts_with('.')), "{left:?}");
+}

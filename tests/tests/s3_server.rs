@@ -10,6 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig
 /// A client of `server` signing with `secret`, retrying nothing (so a
 /// refusal is seen at once).
 fn store(server: &S3Server, secret: &str) -> AmazonS3 {
+    install_tls_provider();
     AmazonS3Builder::new()
         .with_endpoint(server.endpoint())
         .with_bucket_name(server.bucket())
@@ -25,6 +26,12 @@ fn store(server: &S3Server, secret: &str) -> AmazonS3 {
         })
         .build()
         .expect("build the S3 client")
+}
+
+/// The S3 client's rustls provider, ring, as the server installs it
+/// (object_store's client is built without a provider of its own).
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 async fn read(store: &AmazonS3, key: &Path) -> Vec<u8> {
@@ -87,6 +94,7 @@ async fn env_reaches_it_and_signatures_are_checked() {
     let server = S3Server::start();
     // What AmazonS3Builder::from_env makes of env(), without setting this
     // process's environment.
+    install_tls_provider();
     let mut builder = AmazonS3Builder::new().with_bucket_name(server.bucket());
     for (name, value) in server.env() {
         let key: AmazonS3ConfigKey = name.to_ascii_lowercase().parse().expect(&name);

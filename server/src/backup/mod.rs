@@ -17,6 +17,8 @@
 //! - [`prune`]: removing stored bytes no backup needs, and the storage's
 //!   statistics;
 //! - [`reconcile`]: bringing the catalog and the storage into agreement;
+//! - [`import`]: moving full copies in the backups directory (older
+//!   backups, files other tools drop in) into a repository;
 //! - [`verify`] and [`scrub`]: checking bytes against the catalog, on
 //!   demand and on a schedule;
 //! - [`naming`]: backup names and the file names they are stored under;
@@ -30,6 +32,7 @@
 pub mod admission;
 pub mod create;
 pub mod delete;
+pub mod import;
 pub mod naming;
 pub mod prune;
 pub mod read;
@@ -129,6 +132,9 @@ pub struct Backups {
     reconciled: std::sync::Mutex<Option<ChangeStamp>>,
     /// Prunes, one at a time, and when the last one finished.
     pruning: prune::Pruning,
+    /// The backups directory as full copies, when the storage is another
+    /// (a repository): what is found there is imported.
+    legacy: Option<Arc<dyn BackupStorage>>,
 }
 
 /// Held while the set of backups changes; see [`Backups::lock_dir`].
@@ -162,7 +168,15 @@ impl Backups {
             verifications: verify::Counts::default(),
             reconciled: std::sync::Mutex::new(None),
             pruning: prune::Pruning::default(),
+            legacy: None,
         }
+    }
+
+    /// Imports what `legacy` (full copies in the backups directory) holds
+    /// at every reconcile; see [`import`].
+    pub fn with_legacy(mut self, legacy: Arc<dyn BackupStorage>) -> Self {
+        self.legacy = Some(legacy);
+        self
     }
 
     /// Takes the lock on the set of backups: this process's mutex, then

@@ -49,6 +49,7 @@ impl Backups {
     }
 
     async fn reconcile_locked(&self) -> Result<()> {
+        self.import_legacy().await?;
         let listing = self.storage.list().await?;
         let known = catalog::all_filenames(self.db.reads()).await?;
         let mut restored = Vec::new();
@@ -62,7 +63,17 @@ impl Backups {
                 finished.push(name.clone());
             }
         }
-        let stored: HashSet<&String> = listing.names.iter().chain(restored.iter()).collect();
+        // A full copy not imported yet still holds its backup's bytes.
+        let legacy = match &self.legacy {
+            Some(legacy) => legacy.list().await?.names,
+            None => Vec::new(),
+        };
+        let stored: HashSet<&String> = listing
+            .names
+            .iter()
+            .chain(restored.iter())
+            .chain(legacy.iter())
+            .collect();
         let missing: Vec<String> = known
             .iter()
             .filter(|n| !stored.contains(n))

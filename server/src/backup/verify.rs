@@ -35,6 +35,8 @@ pub enum Trigger {
     Download,
     /// Retention choosing the newest intact backup.
     Retention,
+    /// Moving a full copy into the backup storage.
+    Import,
 }
 
 impl Trigger {
@@ -45,6 +47,7 @@ impl Trigger {
             Self::Restore => "restore",
             Self::Download => "download",
             Self::Retention => "retention",
+            Self::Import => "import",
         }
     }
 

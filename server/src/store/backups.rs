@@ -139,6 +139,26 @@ pub async fn least_recently_verified<C: ConnectionTrait>(
         .transpose()
 }
 
+/// Records what the storage knows of a backup's bytes: their BLAKE3 and
+/// the stored bytes they added.
+pub async fn set_storage_facts<C: ConnectionTrait>(
+    conn: &C,
+    filename: &str,
+    blake3: Option<&str>,
+    stored_bytes: i64,
+) -> Result<()> {
+    backup::Entity::update_many()
+        .col_expr(
+            backup::Column::Blake3,
+            Expr::value(blake3.map(str::to_owned)),
+        )
+        .col_expr(backup::Column::StoredBytes, Expr::value(stored_bytes))
+        .filter(backup::Column::Filename.eq(filename))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert<C: ConnectionTrait>(conn: &C, backup: Backup) -> Result<()> {
     to_row(backup)
         .into_active_model()

@@ -24,6 +24,7 @@ pub async fn check(storage: &dyn BackupStorage, scratch: &Path) {
     reads_are_checked(storage).await;
     deletes_are_begun_then_finished_or_undone(storage).await;
     cancelled_staging_keeps_nothing(storage, &source).await;
+    bytes_staged_from_a_stream_publish_as_they_came(storage).await;
     a_prune_keeps_what_names_reference(storage).await;
     a_names_stamp_changes_with_the_names(storage, &source).await;
     assert!(
@@ -174,4 +175,29 @@ async fn a_prune_keeps_what_names_reference(storage: &dyn BackupStorage) {
     let facts = storage.describe("b.db").await.unwrap().facts;
     storage.prune().await.unwrap();
     storage.verify("b.db", &facts).await.unwrap();
+}
+
+async fn bytes_staged_from_a_stream_publish_as_they_came(storage: &dyn BackupStorage) {
+    let facts = storage.describe("b.db").await.unwrap().facts;
+    let taken_at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+    let bytes = storage.open("b.db", &facts, 1000).await.unwrap();
+    let staged = storage.stage_bytes(bytes, taken_at, "copy").await.unwrap();
+    assert_eq!(
+        (staged.facts.clone(), staged.taken_at),
+        (facts.clone(), taken_at)
+    );
+    staged.publish("copy.db").await.unwrap();
+    storage.verify("copy.db", &facts).await.unwrap();
+    // A damaged stream stages nothing.
+    let wrong = ContentFacts {
+        sha256: "0".repeat(64),
+        ..facts
+    };
+    let bytes = storage.open("b.db", &wrong, 1000).await.unwrap();
+    assert!(matches!(
+        storage.stage_bytes(bytes, taken_at, "bad").await,
+        Err(Error::DataLoss(_))
+    ));
+    assert!(storage.begin_delete("copy.db").await.unwrap());
+    storage.finish_delete("copy.db").await.unwrap();
 }

@@ -13,6 +13,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::checked::{self, Checker, hash_file, size_mismatch};
@@ -77,6 +78,19 @@ impl BackupStorage for Directory {
         let (source, what, hint) = (source.to_owned(), what.to_owned(), hint.to_owned());
         let (dir, cancel) = (self.dir.clone(), cancel.clone());
         blocking(move || stage_snapshot(&source, &what, &dir, &hint, &cancel)).await
+    }
+
+    async fn stage_bytes(
+        &self,
+        bytes: ByteStream,
+        taken_at: DateTime<Utc>,
+        hint: &str,
+    ) -> Result<Staged> {
+        let temp = local::write_stream(&self.dir, hint, bytes)
+            .await
+            .map_err(dir_error)?;
+        let dir = self.dir.clone();
+        blocking(move || staged_file(temp, taken_at, &dir)).await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -303,6 +317,12 @@ fn stage_snapshot(
     cancel: &CancellationToken,
 ) -> Result<Staged> {
     let (taken_at, temp) = local::snapshot(source, what, dir, hint, cancel).map_err(dir_error)?;
+    staged_file(temp, taken_at, dir)
+}
+
+/// The scratch file `temp` (a snapshot taken at `taken_at`) fsynced and
+/// hashed, ready to be linked under names in `dir`.
+fn staged_file(temp: TempFile, taken_at: DateTime<Utc>, dir: &Path) -> Result<Staged> {
     let file = File::open(&temp.path)?;
     // Hash while the kernel writes the file out: both work from the page
     // cache, so the fsync's wait costs no extra time.

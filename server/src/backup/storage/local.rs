@@ -131,6 +131,29 @@ pub fn create_dir(dir: &Path) -> Result<PathBuf> {
     Ok(std::path::absolute(dir)?)
 }
 
+/// Writes `bytes` (a checked stream) into a new scratch file in `dir`
+/// named after `hint`, not yet synced. Any error in the stream is the
+/// error, and the file goes.
+pub async fn write_stream(
+    dir: &Path,
+    hint: &str,
+    mut bytes: super::ByteStream,
+) -> Result<TempFile> {
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+    let temp = TempFile::create(dir, hint)?;
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(&temp.path)
+        .await?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    while let Some(chunk) = bytes.next().await {
+        out.write_all(&chunk?).await?;
+    }
+    out.flush().await?;
+    Ok(temp)
+}
+
 /// Copies a consistent snapshot of the live database at `source` (named
 /// `what` in errors) into a new scratch file in `dir` named after `hint`,
 /// not yet synced; returns when the snapshot shows (microseconds) and the

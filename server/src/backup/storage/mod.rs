@@ -281,6 +281,17 @@ pub trait BackupStorage: Send + Sync {
         cancel: &CancellationToken,
     ) -> Result<Staged>;
 
+    /// Stages `bytes` (a checked stream, such as another storage's
+    /// [`Self::open`]) as a snapshot taken at `taken_at`, ready to be
+    /// published like one [`Self::stage`] took: for moving backups in. An
+    /// error in the stream is the error, and nothing is kept.
+    async fn stage_bytes(
+        &self,
+        bytes: ByteStream,
+        taken_at: DateTime<Utc>,
+        hint: &str,
+    ) -> Result<Staged>;
+
     /// Makes every name published before the call durable: it survives a
     /// crash or power loss. One call covers any number of publishes;
     /// storage whose publish is durable at once returns at once.

@@ -164,6 +164,12 @@ impl Manifest {
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self> {
         let manifest: Self = serde_json::from_slice(bytes)
             .map_err(|e| damaged(&format!("manifest {name:?}"), &e.to_string()))?;
+        if manifest.version != VERSION {
+            return Err(Error::FailedPrecondition(format!(
+                "manifest {name:?} is of format version {}, which this server does not read",
+                manifest.version
+            )));
+        }
         if manifest.name != name {
             return Err(damaged(
                 &format!("manifest {name:?}"),

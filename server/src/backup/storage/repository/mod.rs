@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
@@ -163,29 +164,60 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// A snapshot whose chunks are stored, as [`Staged`]: `manifest`, to be
+    /// published under each name.
+    fn staged(&self, manifest: Manifest, writes: OwnedRwLockReadGuard<()>) -> Staged {
+        let facts = ContentFacts {
+            size_bytes: manifest.size_bytes,
+            sha256: manifest.sha256.clone(),
+        };
+        let (taken_at, blake3) = (manifest.taken_at, Some(manifest.blake3.clone()));
+        let copy = StagedManifest {
+            inner: self.inner.clone(),
+            new_bytes: NewBytes::new(manifest.stored_bytes),
+            manifest,
+            _writes: writes,
+        };
+        Staged::new(taken_at, facts, blake3, Box::new(copy))
+    }
+}
+
 /// The master key a key file unwraps: from the first `keys/` object (by
-/// name) it opens, or a new one when the repository has no key yet (its
-/// creation stopped between the config and the key).
+/// name) it opens. A repository without a key yet (new, or its creation
+/// stopped between the config and the key) gets one, and the lookup runs
+/// again: processes creating it at once all settle on the first by name.
 async fn master_key(objects: &Objects, key_file: &KeyFile) -> Result<[u8; 32]> {
+    if let Some(master) = find_master_key(objects, key_file).await? {
+        return Ok(master);
+    }
+    let master: [u8; 32] = rand::random();
+    let name = format!("keys/{}", hex::encode(rand::random::<[u8; 8]>()));
+    objects.put_new(&name, key_file.wrap(&master)).await?;
+    find_master_key(objects, key_file)
+        .await?
+        .ok_or_else(|| Error::Unavailable("the new repository key vanished".into()))
+}
+
+/// The master key of the first `keys/` object (by name) `key_file` opens;
+/// `None` when there are no keys, an error when none opens.
+async fn find_master_key(objects: &Objects, key_file: &KeyFile) -> Result<Option<[u8; 32]>> {
     let mut listed = objects.list("keys").await?;
     listed.sort_by(|a, b| a.name.cmp(&b.name));
     for key in &listed {
         if let Some(wrapped) = objects.get(&format!("keys/{}", key.name)).await?
             && let Some(master) = key_file.unwrap(&wrapped)
         {
-            return Ok(master);
+            return Ok(Some(master));
         }
     }
-    if !listed.is_empty() {
-        return Err(Error::FailedPrecondition(format!(
-            "the key file opens none of the keys of the repository {}",
-            objects.url
-        )));
+    if listed.is_empty() {
+        return Ok(None);
     }
-    let master: [u8; 32] = rand::random();
-    let name = format!("keys/{}", hex::encode(rand::random::<[u8; 8]>()));
-    objects.put_new(&name, key_file.wrap(&master)).await?;
-    Ok(master)
+    Err(Error::FailedPrecondition(format!(
+        "the key file opens none of the keys of the repository {}",
+        objects.url
+    )))
 }
 
 fn manifest_path(name: &str) -> String {
@@ -371,19 +403,20 @@ impl BackupStorage for Repository {
         let (taken_at, temp) =
             blocking(move || local::snapshot(&source, &what, &dir, &hint, &token)).await?;
         let manifest = write::store_file(&self.inner, &temp.path, taken_at, cancel).await?;
-        drop(temp);
-        let facts = ContentFacts {
-            size_bytes: manifest.size_bytes,
-            sha256: manifest.sha256.clone(),
-        };
-        let blake3 = Some(manifest.blake3.clone());
-        let copy = StagedManifest {
-            inner: self.inner.clone(),
-            new_bytes: NewBytes::new(manifest.stored_bytes),
-            manifest,
-            _writes: writes,
-        };
-        Ok(Staged::new(taken_at, facts, blake3, Box::new(copy)))
+        Ok(self.staged(manifest, writes))
+    }
+
+    async fn stage_bytes(
+        &self,
+        bytes: ByteStream,
+        taken_at: DateTime<Utc>,
+        hint: &str,
+    ) -> Result<Staged> {
+        let writes = self.inner.writes.clone().read_owned().await;
+        let temp = local::write_stream(&self.inner.local_dir, hint, bytes).await?;
+        let manifest =
+            write::store_file(&self.inner, &temp.path, taken_at, &CancellationToken::new()).await?;
+        Ok(self.staged(manifest, writes))
     }
 
     async fn flush(&self) -> Result<()> {

@@ -68,6 +68,9 @@ impl Objects {
             if bucket.is_empty() {
                 return Err(bad("names no bucket (s3://bucket/prefix)".into()));
             }
+            // The S3 client's TLS uses the process's rustls provider: ring,
+            // as tonic's (an error means one is installed already).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let configured = aws.iter().filter_map(|(name, value)| {
                 let key = name.to_ascii_lowercase().parse().ok()?;
                 Some((key, value))
