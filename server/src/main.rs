@@ -63,6 +63,15 @@ enum RepoCommand {
         #[arg(long)]
         to: std::path::PathBuf,
     },
+    /// Replace the repository's key file (--repository-key-file) by a new
+    /// one (made with `repo init-key`): the old file no longer opens the
+    /// repository afterwards. Nothing is re-encrypted; safe to run again if
+    /// interrupted.
+    RotateKey {
+        /// The new key file.
+        #[arg(long)]
+        new_key_file: std::path::PathBuf,
+    },
     /// Check that every backup can be rebuilt; exit 1 on any damage,
     /// naming each backup it affects.
     Check {
@@ -209,6 +218,19 @@ async fn repo(config: &Config, command: RepoCommand) -> Result<(), Box<dyn std::
                 to.display(),
                 facts.size_bytes,
                 facts.sha256
+            );
+        }
+        RepoCommand::RotateKey { new_key_file } => {
+            let current = config
+                .repository_key_file
+                .as_deref()
+                .ok_or("give the current key with --repository-key-file")?;
+            let removed = repository
+                .rotate_key(&KeyFile::read(current)?, &KeyFile::read(&new_key_file)?)
+                .await?;
+            eprintln!(
+                "the repository now opens with {} ({removed} old key(s) removed)",
+                new_key_file.display()
             );
         }
         RepoCommand::Check { read_data } => {

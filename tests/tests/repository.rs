@@ -240,8 +240,34 @@ async fn backups_round_trip_through_the_service_and_the_offline_tools() {
             assert!(!without_key.status.success());
             let said = String::from_utf8_lossy(&without_key.stderr);
             assert!(said.contains("encrypted"), "{said}");
+            rotated_keys_open_it_and_old_ones_do_not(repo);
         }
     }
+}
+
+/// `repo rotate-key`: afterwards only the new key file opens `repo`.
+fn rotated_keys_open_it_and_old_ones_do_not(mut repo: Repo) {
+    let new_key = repo.data.path().join("new.key");
+    let made = repo
+        .data
+        .command()
+        .args(["repo", "init-key"])
+        .arg(&new_key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let rotated = repo.repo(&["rotate-key", "--new-key-file", new_key.to_str().unwrap()]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let old = repo.repo(&["list"]);
+    let said = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        !old.status.success() && said.contains("opens none"),
+        "{said}"
+    );
+    repo.key = Some(new_key);
+    let out = repo.repo(&["check", "--read-data"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!repo.listed().is_empty());
 }
 
 #[tokio::test]

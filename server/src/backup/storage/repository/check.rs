@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::format::{Id, Location, Manifest};
+use super::keys::KeyFile;
 use super::write::{TRAILER_AAD, pack_path};
 use super::{Inner, Repository, manifest_path};
 use crate::backup::storage::ContentFacts;
@@ -109,6 +110,40 @@ impl Repository {
             }
         }
         Ok(checked)
+    }
+
+    /// Replaces key file `current` by `new`: the master key is wrapped by
+    /// `new` (and read back) before every `keys/` object `current` opens
+    /// is deleted, so a rotation stopped anywhere leaves a key that works,
+    /// and running it again finishes it. Data is not rewritten. Returns the
+    /// keys removed.
+    pub async fn rotate_key(&self, current: &KeyFile, new: &KeyFile) -> Result<usize> {
+        let objects = &self.inner.objects;
+        let master = super::find_master_key(objects, current)
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition("the repository has no key".into()))?;
+        let name = format!("keys/{}", hex::encode(rand::random::<[u8; 8]>()));
+        objects.put_new(&name, new.wrap(&master)).await?;
+        let stored = objects.get(&name).await?.unwrap_or_default();
+        if new.unwrap(&stored) != Some(master) {
+            return Err(Error::Unavailable(
+                "the new key did not read back; the old one stays".into(),
+            ));
+        }
+        let mut removed = 0;
+        for key in objects.list("keys").await? {
+            let path = format!("keys/{}", key.name);
+            if path == name {
+                continue;
+            }
+            if let Some(wrapped) = objects.get(&path).await?
+                && current.unwrap(&wrapped) == Some(master)
+            {
+                objects.delete(&path).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Rebuilds backup `name` into a new file at `to` (never over an
