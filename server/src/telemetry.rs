@@ -45,6 +45,14 @@ pub const SCHEDULER_RESTARTS_TOTAL: &str = "backup_scheduler_restarts_total";
 pub const DAMAGED: &str = "backup_damaged";
 /// Counter: backup verifications, by `outcome` (`intact`, `damaged`).
 pub const VERIFICATIONS_TOTAL: &str = "backup_verifications_total";
+/// Stored bytes new backups added (after deduplication and compression).
+pub const STORED_BYTES_ADDED_TOTAL: &str = "backup_stored_bytes_added_total";
+/// Stored bytes prunes removed.
+pub const PRUNED_BYTES_TOTAL: &str = "backup_pruned_bytes_total";
+/// What the backup storage holds, and what full copies would take, as of
+/// the last prune or GetRepositoryStats.
+pub const STORAGE_STORED_BYTES: &str = "backup_storage_stored_bytes";
+pub const STORAGE_LOGICAL_BYTES: &str = "backup_storage_logical_bytes";
 
 /// Serves Prometheus metrics over HTTP on `addr` (any path), with every
 /// counter and gauge present from the start at 0, so `rate()` and alerts
@@ -102,6 +110,19 @@ fn describe_at_zero() {
     );
     describe_gauge!(DAMAGED, "Backups currently marked damaged");
     describe_counter!(VERIFICATIONS_TOTAL, "Backup verifications, by outcome");
+    describe_counter!(
+        STORED_BYTES_ADDED_TOTAL,
+        "Stored bytes new backups added, after deduplication and compression"
+    );
+    describe_counter!(PRUNED_BYTES_TOTAL, "Stored bytes prunes removed");
+    describe_gauge!(
+        STORAGE_STORED_BYTES,
+        "Bytes the backup storage holds, as of the last prune or GetRepositoryStats"
+    );
+    describe_gauge!(
+        STORAGE_LOGICAL_BYTES,
+        "What full copies of every backup would take, as of the last GetRepositoryStats"
+    );
 
     let ok = format!("{:?}", tonic::Code::Ok);
     for method in backup_proto::rpc_paths() {
@@ -115,6 +136,10 @@ fn describe_at_zero() {
         }
     }
     counter!(RETENTION_DELETED_TOTAL).absolute(0);
+    counter!(STORED_BYTES_ADDED_TOTAL).absolute(0);
+    counter!(PRUNED_BYTES_TOTAL).absolute(0);
+    gauge!(STORAGE_STORED_BYTES).set(0.0);
+    gauge!(STORAGE_LOGICAL_BYTES).set(0.0);
     counter!(SCHEDULER_RESTARTS_TOTAL).absolute(0);
     for outcome in ["intact", "damaged"] {
         counter!(VERIFICATIONS_TOTAL, "outcome" => outcome).absolute(0);

@@ -648,3 +648,79 @@ async fn an_import_killed_midway_resumes_and_loses_nothing() {
     let left = file_names(&repo.data.backups_dir());
     assert!(left.iter().all(|n| n.starts_with('.')), "{left:?}");
 }
+
+/// SIGKILLs the server `delays_ms` after `call` starts, each time on a
+/// fresh server, checking the repository whole after each kill.
+async fn kill_during<F, Fut>(repo: &Repo, token: &str, delays_ms: &[u64], call: F)
+where
+    F: Fn(backup_client::Backups) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    for &delay_ms in delays_ms {
+        let mut server = repo.start();
+        let backups = server.client(token).await.backups();
+        let running = tokio::spawn(call(backups));
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        server.kill();
+        let _ = running.await;
+        let out = repo.repo(&["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {delay_ms} ms: {out:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_prune_or_restore_killed_midway_leaves_every_backup_whole() {
+    let repo = Repo::with_data(DataDir::with_rows(2_000), true);
+    let token = repo.data.token(1, true);
+    let server = repo.start();
+    let mut backups = server.client(&token).await.backups();
+    grow_source(&repo.data, 2_000);
+    for day in 0..6 {
+        open(&repo.data.source())
+            .execute_batch(&format!(
+                "UPDATE blobs SET b = randomblob(4000) WHERE rowid % 6 = {day}"
+            ))
+            .unwrap();
+        backups.create(Some(&format!("day-{day}"))).await.unwrap();
+    }
+    for day in 0..5 {
+        backups
+            .delete(&format!("day-{day}.db"), false)
+            .await
+            .unwrap();
+    }
+    let kept = backups.get("day-5.db").await.unwrap();
+    drop(server);
+
+    kill_during(
+        &repo,
+        &token,
+        &[5, 40, 120, 300],
+        |mut backups| async move {
+            let _ = backups.prune_repository().await;
+        },
+    )
+    .await;
+    kill_during(
+        &repo,
+        &token,
+        &[5, 60, 200, 500],
+        |mut backups| async move {
+            let _ = backups.restore("day-5.db").await;
+        },
+    )
+    .await;
+
+    let server = repo.start();
+    let mut backups = server.client(&token).await.backups();
+    backups.prune_repository().await.unwrap();
+    for backup in backups.list_all().await.unwrap() {
+        let verified = backups.verify(&backup.filename).await.unwrap();
+        assert!(!verified.damaged, "{}", backup.filename);
+    }
+    assert_eq!(backups.get("day-5.db").await.unwrap().sha256, kept.sha256);
+    assert!(integrity_ok(&repo.data.source()), "the source is whole");
+}

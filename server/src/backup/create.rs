@@ -135,6 +135,8 @@ impl Backups {
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!(crate::telemetry::BACKUP_SIZE_BYTES, "kind" => kind)
                 .record(backup.size_bytes as f64);
+            metrics::counter!(crate::telemetry::STORED_BYTES_ADDED_TOTAL)
+                .increment(backup.stored_bytes.max(0) as u64);
         }
         result
     }

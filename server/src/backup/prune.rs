@@ -13,6 +13,7 @@ use crate::audit::NewEvent;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::store::backups as catalog;
+use crate::telemetry;
 
 /// Prunes run one at a time; see [`Backups::prune_soon`].
 #[derive(Default)]
@@ -90,6 +91,9 @@ impl Backups {
         let event = match &result {
             Ok(pruned) => {
                 *self.pruning.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Utc::now());
+                let reclaimed = pruned.bytes_before.saturating_sub(pruned.bytes_after);
+                metrics::counter!(telemetry::PRUNED_BYTES_TOTAL).increment(reclaimed);
+                metrics::gauge!(telemetry::STORAGE_STORED_BYTES).set(pruned.bytes_after as f64);
                 event.details(json!({
                     "trigger": trigger,
                     "bytes_before": pruned.bytes_before,
@@ -109,10 +113,13 @@ impl Backups {
     pub async fn repository_stats(&self, caller: Caller) -> Result<RepositoryStats> {
         admin_only(caller, "see the backup storage's statistics")?;
         let totals = catalog::totals(self.db.reads()).await?;
+        let storage = self.storage.stats().await?;
+        metrics::gauge!(telemetry::STORAGE_STORED_BYTES).set(storage.stored_bytes as f64);
+        metrics::gauge!(telemetry::STORAGE_LOGICAL_BYTES).set(totals.logical_bytes as f64);
         Ok(RepositoryStats {
             backups: totals.backups,
             logical_bytes: totals.logical_bytes,
-            storage: self.storage.stats().await?,
+            storage,
             last_prune_at: *self.pruning.last.lock().unwrap_or_else(|e| e.into_inner()),
             last_full_check_at: totals.all_verified_by,
         })
