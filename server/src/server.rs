@@ -168,6 +168,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
         backups = backups.with_legacy(Arc::new(directory(&paths)?));
     }
     let backups = Arc::new(backups);
+    backups.start_damage_sweeper();
     let leftovers = backups.recover().await?;
     if !leftovers.is_empty() {
         tracing::warn!(files = ?leftovers, "removed unfinished backup files left by a crash");

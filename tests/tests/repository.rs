@@ -724,3 +724,44 @@ async fn a_prune_or_restore_killed_midway_leaves_every_backup_whole() {
     assert_eq!(backups.get("day-5.db").await.unwrap().sha256, kept.sha256);
     assert!(integrity_ok(&repo.data.source()), "the source is whole");
 }
+
+#[tokio::test]
+async fn damage_found_in_one_backup_marks_every_backup_sharing_it() {
+    let repo = Repo::new(true);
+    let server = repo.start();
+    create_users(&repo.data, [2]);
+    let mut admin = server.client(&repo.data.token(1, true)).await.backups();
+    let mut user = server.client(&repo.data.token(2, false)).await.backups();
+    admin.create(Some("mine")).await.unwrap();
+    user.create(Some("theirs")).await.unwrap();
+    let packs = repo.objects("data");
+    assert_eq!(packs.len(), 1, "the second backup shares every chunk");
+    let pack = packs.into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[10] ^= 0x08;
+    std::fs::write(&pack, bytes).unwrap();
+
+    assert_eq!(code_of(admin.verify("mine.db").await).0, Code::DataLoss);
+    // Never verified by anyone: the sweep finds the shared chunk.
+    let mut owned = server
+        .client(&repo.data.token(1, true))
+        .await
+        .backups()
+        .owned_by(2);
+    let mut marked = false;
+    for _ in 0..100 {
+        if owned.get("theirs.db").await.unwrap().damaged {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(marked, "the backup sharing the damaged chunk is marked");
+    let shared = audit_events(&repo.data, "backup_files.verify");
+    assert!(
+        shared
+            .iter()
+            .any(|(_, ok, details)| !ok && details["trigger"] == "shared"),
+        "{shared:?}"
+    );
+}

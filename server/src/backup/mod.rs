@@ -20,7 +20,8 @@
 //! - [`import`]: moving full copies in the backups directory (older
 //!   backups, files other tools drop in) into a repository;
 //! - [`verify`] and [`scrub`]: checking bytes against the catalog, on
-//!   demand and on a schedule;
+//!   demand and on a schedule; [`shared_damage`]: damage found in one
+//!   backup looked for in every backup that shares its bytes;
 //! - [`naming`]: backup names and the file names they are stored under;
 //! - [`storage`]: the [`storage::BackupStorage`] trait, the only way to the
 //!   bytes, and its directory implementation;
@@ -38,6 +39,7 @@ pub mod prune;
 pub mod read;
 pub mod reconcile;
 pub mod scrub;
+pub mod shared_damage;
 pub mod source;
 pub mod sqlite;
 pub mod storage;
@@ -135,6 +137,8 @@ pub struct Backups {
     /// The backups directory as full copies, when the storage is another
     /// (a repository): what is found there is imported.
     legacy: Option<Arc<dyn BackupStorage>>,
+    /// Wakes the shared-damage sweep ([`shared_damage`]), once started.
+    sweeper: std::sync::OnceLock<tokio::sync::mpsc::Sender<()>>,
 }
 
 /// Held while the set of backups changes; see [`Backups::lock_dir`].
@@ -169,6 +173,7 @@ impl Backups {
             reconciled: std::sync::Mutex::new(None),
             pruning: prune::Pruning::default(),
             legacy: None,
+            sweeper: std::sync::OnceLock::new(),
         }
     }
 

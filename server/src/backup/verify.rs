@@ -37,6 +37,8 @@ pub enum Trigger {
     Retention,
     /// Moving a full copy into the backup storage.
     Import,
+    /// A sweep after damage found in another backup sharing its bytes.
+    Shared,
 }
 
 impl Trigger {
@@ -48,6 +50,7 @@ impl Trigger {
             Self::Download => "download",
             Self::Retention => "retention",
             Self::Import => "import",
+            Self::Shared => "shared",
         }
     }
 
@@ -253,6 +256,9 @@ impl Backups {
             Ok(_) => {}
         }
         tracing::error!(backup = %backup.name, file = %backup.filename, %damage, trigger = trigger.as_str(), "backup is damaged");
+        if trigger != Trigger::Shared {
+            self.sweep_soon();
+        }
         damaged(backup, &damage)
     }
 

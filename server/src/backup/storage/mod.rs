@@ -366,4 +366,10 @@ pub trait BackupStorage: Send + Sync {
 
     /// What is stored, counted from the storage itself.
     async fn stats(&self) -> Result<StorageStats>;
+
+    /// Every stored backup found damaged (name, what is wrong), each
+    /// stored object read once: for storage whose backups share bytes, so
+    /// damage found in one is looked for in all. `None` where backups share
+    /// nothing.
+    async fn damaged_backups(&self) -> Result<Option<Vec<(String, String)>>>;
 }

@@ -601,6 +601,10 @@ impl BackupStorage for Repository {
         self.inner.prune().await
     }
 
+    async fn damaged_backups(&self) -> Result<Option<Vec<(String, String)>>> {
+        Ok(Some(self.check(true).await?.damaged.into_iter().collect()))
+    }
+
     async fn stats(&self) -> Result<StorageStats> {
         let mut stats = StorageStats::default();
         for dir in ["data", "index", "manifests", "deleting", "keys"] {
