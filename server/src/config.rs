@@ -39,12 +39,17 @@ pub struct Config {
     #[arg(long, env = "BACKUP_BACKUPS_DIR", global = true)]
     pub backups_dir: Option<PathBuf>,
 
-    /// Keep backups in a content-addressed repository (deduplicated,
-    /// compressed, optionally encrypted): a path, a `file://` URL or
+    /// Where the backup repository is (deduplicated, compressed,
+    /// optionally encrypted): a path, a `file://` URL or
     /// `s3://bucket/prefix` (configured by the standard `AWS_*` environment
-    /// variables). Without it, backups are full copies in --backups-dir.
+    /// variables) [default: BACKUPS_DIR/repository].
     #[arg(long, env = "BACKUP_REPOSITORY", global = true)]
     pub repository: Option<String>,
+
+    /// Keep backups as full copies in --backups-dir instead of a
+    /// repository: plain SQLite files, each as large as the source.
+    #[arg(long, env = "BACKUP_FULL_COPIES", global = true)]
+    pub full_copies: bool,
 
     /// Encrypt and authenticate the repository with the key in this file
     /// (`backup-server repo init-key FILE` makes one; mode 0600).
@@ -220,6 +225,8 @@ pub struct Paths {
     pub database_url: String,
     pub source_db: PathBuf,
     pub backups_dir: PathBuf,
+    /// The repository's URL; `None` with `--full-copies`.
+    pub repository: Option<String>,
 }
 
 impl Config {
@@ -247,10 +254,22 @@ impl Config {
             .database_url
             .clone()
             .unwrap_or_else(|| default_database_url(&data_dir));
+        let repository = match (&self.repository, self.full_copies) {
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "full-copies",
+                    "keeps no repository: give --repository or --full-copies, not both",
+                ));
+            }
+            (None, true) => None,
+            (Some(url), false) => Some(url.clone()),
+            (None, false) => Some(backups_dir.join("repository").display().to_string()),
+        };
         Ok(Paths {
             database_url,
             source_db,
             backups_dir,
+            repository,
         })
     }
 

@@ -80,13 +80,14 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
     Ok((db, paths, storage))
 }
 
-/// The backup storage the flags name: the repository at `--repository`,
-/// or else the directory of full copies at `--backups-dir`.
+/// The backup storage the flags name: the repository (`--repository`, by
+/// default in `--backups-dir`), or with `--full-copies` the directory of
+/// full copies at `--backups-dir`.
 pub async fn open_storage(
     config: &Config,
     paths: &config::Paths,
 ) -> Result<Arc<dyn BackupStorage>> {
-    if config.repository.is_some() {
+    if paths.repository.is_some() {
         return Ok(Arc::new(open_repository(config, paths).await?));
     }
     Ok(Arc::new(directory(paths)?))
@@ -98,12 +99,13 @@ fn directory(paths: &config::Paths) -> Result<Directory> {
         .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))
 }
 
-/// The repository `--repository` names (created if there is none).
+/// The repository `--repository` names, or the default one (created if
+/// there is none).
 pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<Repository> {
-    let url = config
+    let url = paths
         .repository
         .as_deref()
-        .ok_or_else(|| Error::FailedPrecondition("give the repository with --repository".into()))?;
+        .ok_or_else(|| Error::FailedPrecondition("--full-copies keeps no repository".into()))?;
     Repository::open(repository::Options {
         url,
         key_file: config.repository_key_file.as_deref(),
@@ -163,7 +165,7 @@ pub async fn prepare(config: Config) -> Result<Prepared> {
             max_manual_backups_per_user: config.max_manual_backups_per_user,
         },
     );
-    if config.repository.is_some() {
+    if paths.repository.is_some() {
         // Full copies in the backups directory move into the repository.
         backups = backups.with_legacy(Arc::new(directory(&paths)?));
     }

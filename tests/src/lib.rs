@@ -68,12 +68,16 @@ impl DataDir {
         self.path().join("backups")
     }
 
-    /// `backup-server --data-dir DIR` ready for a subcommand.
+    /// `backup-server --data-dir DIR` ready for a subcommand, keeping full
+    /// copies: the tests written for them look into the backups directory.
+    /// The repository's own tests (`tests/repository.rs`) set
+    /// `BACKUP_FULL_COPIES=false` for the default storage.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("backup-server"));
         cmd.arg("--data-dir")
             .arg(self.path())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .env("BACKUP_FULL_COPIES", "true");
         cmd
     }
 

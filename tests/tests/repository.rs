@@ -66,9 +66,12 @@ impl Repo {
         }
     }
 
-    /// The environment reaching the S3 server, if any.
+    /// The environment of its processes: the repository, not full copies,
+    /// and what reaches the S3 server, if any.
     fn env(&self) -> Vec<(String, String)> {
-        self.s3.as_ref().map(s3::S3Server::env).unwrap_or_default()
+        let mut env = vec![("BACKUP_FULL_COPIES".to_owned(), "false".to_owned())];
+        env.extend(self.s3.as_ref().map(s3::S3Server::env).unwrap_or_default());
+        env
     }
 
     /// The flags naming the repository.
@@ -622,6 +625,7 @@ async fn an_import_killed_midway_resumes_and_loses_nothing() {
         let mut importing = repo
             .data
             .command()
+            .envs(repo.env())
             .args(repo.flags())
             .args(["--listen", "127.0.0.1:0", "--no-scheduler"])
             .stdout(std::process::Stdio::null())
@@ -763,5 +767,47 @@ async fn damage_found_in_one_backup_marks_every_backup_sharing_it() {
             .iter()
             .any(|(_, ok, details)| !ok && details["trigger"] == "shared"),
         "{shared:?}"
+    );
+}
+
+#[tokio::test]
+async fn by_default_backups_go_to_a_repository_in_the_backups_directory() {
+    let data = DataDir::new();
+    let legacy = data.start(&["--no-scheduler"]);
+    let token = data.token(1, true);
+    let old = legacy
+        .client(&token)
+        .await
+        .backups()
+        .create(Some("old"))
+        .await
+        .unwrap();
+    drop(legacy);
+    let default_storage = [("BACKUP_FULL_COPIES".to_owned(), "false".to_owned())];
+    let server = data
+        .try_start_with(&["--no-scheduler"], &default_storage)
+        .unwrap();
+    let mut backups = server.client(&token).await.backups();
+    let new = backups.create(Some("new")).await.unwrap();
+    assert!(!new.blake3.is_empty(), "a repository backup: {new:?}");
+    let moved = backups.get("old.db").await.unwrap();
+    assert_eq!(
+        (moved.sha256, moved.created_at),
+        (old.sha256, old.created_at)
+    );
+    assert!(data.backups_dir().join("repository/config").is_file());
+    let left = file_names(&data.backups_dir());
+    assert!(!left.iter().any(|n| n.ends_with(".db")), "{left:?}");
+    drop(server);
+    let both = data
+        .command()
+        .env("BACKUP_FULL_COPIES", "true")
+        .args(["--repository", "elsewhere", "repo", "list"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success() && said.contains("not both"),
+        "{said}"
     );
 }
