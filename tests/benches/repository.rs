@@ -798,11 +798,15 @@ async fn timeline(
         if day > 1 {
             workload.apply(&app, &mut rng, day);
         }
+        let (sample, b) = timed_create(&mut backups, &format!("day-{day:02}"), pid).await;
+        // Litestream syncs after the backup: a reader (the backup) between
+        // its sync and the next write makes SQLite restart the WAL, which
+        // Litestream takes for another process's overwrite and answers
+        // with a new full snapshot.
         match litestream {
             Some((bin, _)) => litestream_time += litestream_once(bin, &source, &replica),
             None => checkpoint(&app),
         }
-        let (sample, b) = timed_create(&mut backups, &format!("day-{day:02}"), pid).await;
         if day == 1 {
             first_stored = b.stored_bytes as u64;
         } else {

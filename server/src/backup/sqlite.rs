@@ -105,6 +105,45 @@ pub fn snapshot_into(
     Ok(())
 }
 
+/// Reads a consistent snapshot of the live database `src` (opened by
+/// [`open_source`], named `what` in errors) page by page, handing each to
+/// `page` in order, and closes `src`: the pages make a standalone file.
+///
+/// Like [`snapshot_into`] it runs in one read transaction, which writers on
+/// other connections neither block (WAL) nor restart, but it copies
+/// nothing to disk: the pages come straight from `sqlite_dbpage`. Page 1
+/// is marked as a rollback-journal database, as a copy made by the backup
+/// API is. `cancel` stops it between pages.
+pub fn read_pages(
+    src: Connection,
+    what: &str,
+    cancel: &CancellationToken,
+    page: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    src.execute_batch("BEGIN")?;
+    src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(|e| unreadable(what, e))?;
+    let mut pages = src.prepare("SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno")?;
+    let mut rows = pages.query([])?;
+    while let Some(row) = rows.next()? {
+        let number: i64 = row.get(0)?;
+        let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        if number == 1 && data.len() > 19 {
+            // Bytes 18 and 19, the read and write format: 1, not WAL's 2.
+            let mut first = data.to_vec();
+            first[18] = 1;
+            first[19] = 1;
+            page(&first)?;
+        } else {
+            page(data)?;
+        }
+        if number % i64::from(STEP_PAGES) == 0 {
+            check_cancelled(cancel)?;
+        }
+    }
+    Ok(())
+}
+
 /// One-step online backup from `src` into `dst`, waiting out locks held by
 /// other connections for up to [`LOCK_WAIT`].
 pub fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +45,8 @@ use super::{
     BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, NewBytes, Pruned,
     Staged, StagedCopy, StorageLock, StorageStats, Verified, VerifiedCopy,
 };
-use crate::backup::naming;
 use crate::backup::sqlite::Content;
+use crate::backup::{check_cancelled, naming, sqlite};
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 
@@ -397,12 +397,17 @@ impl BackupStorage for Repository {
         hint: &str,
         cancel: &CancellationToken,
     ) -> Result<Staged> {
+        // Chunked straight from the source: no copy on local disk.
+        let _ = hint;
         let writes = self.inner.writes.clone().read_owned().await;
-        let (source, what, hint) = (source.to_owned(), what.to_owned(), hint.to_owned());
-        let (dir, token) = (self.inner.local_dir.clone(), cancel.clone());
-        let (taken_at, temp) =
-            blocking(move || local::snapshot(&source, &what, &dir, &hint, &token)).await?;
-        let manifest = write::store_file(&self.inner, &temp.path, taken_at, cancel).await?;
+        let taken_at = Utc::now().trunc_subsecs(6);
+        let (source, what, token) = (source.to_owned(), what.to_owned(), cancel.clone());
+        let pages: write::Pages = Box::new(move |chunker| {
+            let src = sqlite::open_source(&source, &what)?;
+            check_cancelled(&token)?;
+            sqlite::read_pages(src, &what, &token, &mut |page| chunker.page(page))
+        });
+        let manifest = write::store(&self.inner, pages, taken_at, cancel).await?;
         Ok(self.staged(manifest, writes))
     }
 
@@ -414,8 +419,10 @@ impl BackupStorage for Repository {
     ) -> Result<Staged> {
         let writes = self.inner.writes.clone().read_owned().await;
         let temp = local::write_stream(&self.inner.local_dir, hint, bytes).await?;
+        let pages = write::file_pages(temp.path.clone());
         let manifest =
-            write::store_file(&self.inner, &temp.path, taken_at, &CancellationToken::new()).await?;
+            write::store(&self.inner, pages, taken_at, &CancellationToken::new()).await?;
+        drop(temp);
         Ok(self.staged(manifest, writes))
     }
 

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -140,7 +140,7 @@ impl<'k> PackWriter<'k> {
     }
 }
 
-/// What chunking a file found.
+/// What chunking a snapshot found.
 struct Chunked {
     size_bytes: i64,
     sha256: String,
@@ -149,23 +149,29 @@ struct Chunked {
     lists: Vec<Id>,
 }
 
-/// Stores the snapshot at `path` (taken at `taken_at`) in the repository
-/// and returns its manifest, named once published. Once `cancel` fires it
-/// stops; what it wrote is unreferenced, for a prune to take.
-pub async fn store_file(
+/// Where a snapshot's pages come from: run on a blocking thread, it hands
+/// each page in order to the chunker.
+pub type Pages = Box<dyn FnOnce(&mut Chunker) -> Result<()> + Send>;
+
+/// Stores the snapshot whose pages `pages` produces (taken at `taken_at`)
+/// in the repository and returns its manifest, named once published. Once
+/// `cancel` fires it stops; what it wrote is unreferenced, for a prune to
+/// take.
+pub async fn store(
     inner: &Arc<Inner>,
-    path: &Path,
+    pages: Pages,
     taken_at: DateTime<Utc>,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
     // Chunks only a damaged index knows are written again.
     let known: HashSet<Id> = inner.load_index().await?.0.into_keys().collect();
-    let file = File::open(path)?;
     let (packs_tx, mut packs_rx) = mpsc::channel::<Pack>(PACKS_AHEAD);
     let chunker = {
         let (inner, cancel) = (inner.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || {
-            chunk_file(file, &inner.keys, &known, &packs_tx, &cancel)
+            let mut chunker = Chunker::new(&inner.keys, &known, &packs_tx, &cancel);
+            pages(&mut chunker)?;
+            chunker.finish()
         })
     };
     let mut entries = Vec::new();
@@ -204,73 +210,119 @@ pub async fn store_file(
     })
 }
 
-/// Reads the file page by page: hashes it whole (SHA-256, BLAKE3), gives
-/// each page its id, and sends the pages the repository lacks to packs.
-/// Every [`LIST_IDS`] ids make a chunk list, itself a chunk.
-fn chunk_file(
-    mut file: File,
-    keys: &Keys,
-    known: &HashSet<Id>,
-    packs: &mpsc::Sender<Pack>,
-    cancel: &CancellationToken,
-) -> Result<Chunked> {
-    let chunk_bytes = page_size(&mut file)?;
-    let mut writer = PackWriter::new(keys);
-    let mut written: HashSet<Id> = HashSet::new();
-    let mut sha256 = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut whole = blake3::Hasher::new();
-    let mut size_bytes: i64 = 0;
-    let mut list: Vec<Id> = Vec::with_capacity(LIST_IDS);
-    let mut lists = Vec::new();
-    let mut page = vec![0u8; chunk_bytes as usize];
-    let send = |pack: Option<Pack>| -> Result<()> {
+/// Takes a snapshot's pages in order: hashes the whole (SHA-256, BLAKE3),
+/// gives each page its id, and sends the pages the repository lacks to
+/// packs. Every [`LIST_IDS`] ids make a chunk list, itself a chunk.
+pub struct Chunker<'a> {
+    keys: &'a Keys,
+    known: &'a HashSet<Id>,
+    packs: &'a mpsc::Sender<Pack>,
+    cancel: &'a CancellationToken,
+    writer: PackWriter<'a>,
+    /// Chunks this snapshot already sent.
+    written: HashSet<Id>,
+    sha256: ring::digest::Context,
+    whole: blake3::Hasher,
+    size_bytes: i64,
+    /// The size of every page but the last.
+    chunk_bytes: Option<u32>,
+    list: Vec<Id>,
+    lists: Vec<Id>,
+}
+
+impl<'a> Chunker<'a> {
+    fn new(
+        keys: &'a Keys,
+        known: &'a HashSet<Id>,
+        packs: &'a mpsc::Sender<Pack>,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        Self {
+            keys,
+            known,
+            packs,
+            cancel,
+            writer: PackWriter::new(keys),
+            written: HashSet::new(),
+            sha256: ring::digest::Context::new(&ring::digest::SHA256),
+            whole: blake3::Hasher::new(),
+            size_bytes: 0,
+            chunk_bytes: None,
+            list: Vec::with_capacity(LIST_IDS),
+            lists: Vec::new(),
+        }
+    }
+
+    /// The next page of the snapshot.
+    pub fn page(&mut self, bytes: &[u8]) -> Result<()> {
+        self.chunk_bytes.get_or_insert(bytes.len() as u32);
+        self.sha256.update(bytes);
+        self.whole.update(bytes);
+        self.size_bytes += bytes.len() as i64;
+        let id = self.keys.chunk_id(bytes);
+        self.store(id, bytes)?;
+        self.list.push(id);
+        if self.list.len() == LIST_IDS {
+            self.close_list()?;
+            check_cancelled(self.cancel)?;
+        }
+        Ok(())
+    }
+
+    fn close_list(&mut self) -> Result<()> {
+        let encoded = format::encode_list(&self.list);
+        let list_id = self.keys.chunk_id(&encoded);
+        self.store(list_id, &encoded)?;
+        self.lists.push(list_id);
+        self.list.clear();
+        Ok(())
+    }
+
+    fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
+        if !self.known.contains(&id) && self.written.insert(id) {
+            let pack = self.writer.add(id, bytes);
+            self.send(pack)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, pack: Option<Pack>) -> Result<()> {
         match pack {
-            Some(pack) => packs
+            Some(pack) => self
+                .packs
                 .blocking_send(pack)
                 .map_err(|_| Error::Cancelled("the upload stopped".into())),
             None => Ok(()),
         }
-    };
-    let mut store = |id: Id, bytes: &[u8], writer: &mut PackWriter| -> Result<()> {
-        if !known.contains(&id) && written.insert(id) {
-            send(writer.add(id, bytes))?;
-        }
-        Ok(())
-    };
-    loop {
-        let n = read_full(&mut file, &mut page)?;
-        if n == 0 {
-            break;
-        }
-        let bytes = &page[..n];
-        sha256.update(bytes);
-        whole.update(bytes);
-        size_bytes += n as i64;
-        let id = keys.chunk_id(bytes);
-        store(id, bytes, &mut writer)?;
-        list.push(id);
-        if list.len() == LIST_IDS {
-            let encoded = format::encode_list(&list);
-            let list_id = keys.chunk_id(&encoded);
-            store(list_id, &encoded, &mut writer)?;
-            lists.push(list_id);
-            list.clear();
-            check_cancelled(cancel)?;
-        }
     }
-    if !list.is_empty() {
-        let encoded = format::encode_list(&list);
-        let list_id = keys.chunk_id(&encoded);
-        store(list_id, &encoded, &mut writer)?;
-        lists.push(list_id);
+
+    fn finish(mut self) -> Result<Chunked> {
+        if !self.list.is_empty() {
+            self.close_list()?;
+        }
+        let last = std::mem::replace(&mut self.writer, PackWriter::new(self.keys)).finish();
+        self.send(last)?;
+        Ok(Chunked {
+            size_bytes: self.size_bytes,
+            sha256: hex::encode(self.sha256.finish()),
+            blake3: self.whole.finalize().to_hex().to_string(),
+            chunk_bytes: self.chunk_bytes.unwrap_or(4096),
+            lists: self.lists,
+        })
     }
-    send(writer.finish())?;
-    Ok(Chunked {
-        size_bytes,
-        sha256: hex::encode(sha256.finish()),
-        blake3: whole.finalize().to_hex().to_string(),
-        chunk_bytes,
-        lists,
+}
+
+/// The pages of the standalone SQLite file at `path`, as they are.
+pub fn file_pages(path: PathBuf) -> Pages {
+    Box::new(move |chunker| {
+        let mut file = File::open(path)?;
+        let mut page = vec![0u8; page_size(&mut file)? as usize];
+        loop {
+            match read_full(&mut file, &mut page)? {
+                0 => return Ok(()),
+                n => chunker.page(&page[..n])?,
+            }
+        }
     })
 }
 
