@@ -170,7 +170,7 @@ async fn main() {
 
     // CreateBackup while another process keeps writing to the source.
     warm_cache(&source);
-    let mut writer = backup_tests::start_wal_writer(&source);
+    let writer = backup_tests::start_wal_writer(&source);
     std::thread::sleep(Duration::from_millis(500));
     let mut create_writer = Vec::new();
     for i in 0..runs {
@@ -178,8 +178,7 @@ async fn main() {
         println!("CreateBackup under writer #{i}: {}", show(s));
         create_writer.push(s);
     }
-    let _ = writer.kill();
-    let _ = writer.wait();
+    drop(writer);
     let written = ledger_rows(&source);
     let after_rss_kb = proc_status_kb(pid, "VmRSS");
     let peak_rss_kb = proc_status_kb(pid, "VmHWM");

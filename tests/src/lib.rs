@@ -513,9 +513,20 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
+/// A child process, SIGKILLed and reaped when dropped: a test that fails
+/// never leaves it running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A separate process that appends to `ledger` in transactions of 10 rows
-/// (WAL) until killed.
-pub fn start_wal_writer(source: &Path) -> std::process::Child {
+/// (WAL) until dropped.
+pub fn start_wal_writer(source: &Path) -> Killed {
     let script = r#"
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
@@ -528,7 +539,7 @@ while True:
         conn.execute("INSERT INTO ledger (payload) VALUES (hex(randomblob(64)))")
     conn.execute("COMMIT")
 "#;
-    start_python(script, source)
+    Killed(start_python(script, source))
 }
 
 /// Runs a python3 script with `source` as its argument and waits for its

@@ -193,15 +193,6 @@ async fn a_deleted_backups_directory_is_reported_and_the_server_keeps_serving() 
 }
 
 /// Kills a helper process on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_wal_source_under_a_steady_writer_is_backed_up_consistently() {
     let data = DataDir::new();
@@ -209,7 +200,7 @@ async fn a_wal_source_under_a_steady_writer_is_backed_up_consistently() {
     grow_source(&data, 6000);
     let server = data.start(&[]);
     let mut backups = server.client(&data.token(1, true)).await.backups();
-    let writer = Killed(start_wal_writer(&data.source()));
+    let writer = start_wal_writer(&data.source());
     let mut counts = Vec::new();
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
