@@ -7,7 +7,7 @@
 //! they fail, never skip, when mounting is refused.
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use backup_tests::*;
