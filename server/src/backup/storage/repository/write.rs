@@ -32,8 +32,35 @@ const PACK_BYTES: usize = 16 << 20;
 /// zstd's level for frames: its default, which the benchmarks measured.
 const ZSTD_LEVEL: i32 = 3;
 
-/// Packs the chunker may finish ahead of their upload.
+/// Packs the packer may finish ahead of their upload.
 const PACKS_AHEAD: usize = 2;
+
+/// New chunks the chunker may hash ahead of the packer (4 MiB of pages).
+const CHUNKS_AHEAD: usize = 1024;
+
+/// A new chunk on its way to the packer.
+type NewChunk = (Id, Vec<u8>);
+
+/// Writes the chunks `chunks` brings into packs, each sent to `packs` once
+/// full, the last one at the end.
+fn pack_all(
+    keys: &Keys,
+    chunks: std::sync::mpsc::Receiver<NewChunk>,
+    packs: &mpsc::Sender<Pack>,
+) -> Result<()> {
+    let send = |pack: Pack| {
+        packs
+            .blocking_send(pack)
+            .map_err(|_| Error::Cancelled("the upload stopped".into()))
+    };
+    let mut writer = PackWriter::new(keys);
+    for (id, bytes) in chunks {
+        if let Some(pack) = writer.add(id, &bytes) {
+            send(pack)?;
+        }
+    }
+    writer.finish().map_or(Ok(()), send)
+}
 
 /// What a pack's trailer is sealed with.
 pub const TRAILER_AAD: &[u8] = b"pack trailer";
@@ -169,9 +196,19 @@ pub async fn store(
     let chunker = {
         let (inner, cancel) = (inner.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || {
-            let mut chunker = Chunker::new(&inner.keys, &known, &packs_tx, &cancel);
-            pages(&mut chunker)?;
-            chunker.finish()
+            // Hashing on this thread, compressing and sealing on another:
+            // the two halves of the work run on two cores.
+            std::thread::scope(|scope| {
+                let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+                let packer = scope.spawn(|| pack_all(&inner.keys, chunks_rx, &packs_tx));
+                let mut chunker = Chunker::new(&inner.keys, &known, chunks_tx, &cancel);
+                let chunked = pages(&mut chunker).and_then(|()| chunker.finish());
+                let packed = packer
+                    .join()
+                    .map_err(|_| Error::Internal("the packer panicked".into()))?;
+                // The packer's error says why the chunker could not go on.
+                packed.and(chunked)
+            })
         })
     };
     let mut entries = Vec::new();
@@ -216,9 +253,9 @@ pub async fn store(
 pub struct Chunker<'a> {
     keys: &'a Keys,
     known: &'a HashSet<Id>,
-    packs: &'a mpsc::Sender<Pack>,
+    /// Where new chunks go: the packer.
+    chunks: std::sync::mpsc::SyncSender<NewChunk>,
     cancel: &'a CancellationToken,
-    writer: PackWriter<'a>,
     /// Chunks this snapshot already sent.
     written: HashSet<Id>,
     sha256: ring::digest::Context,
@@ -234,15 +271,14 @@ impl<'a> Chunker<'a> {
     fn new(
         keys: &'a Keys,
         known: &'a HashSet<Id>,
-        packs: &'a mpsc::Sender<Pack>,
+        chunks: std::sync::mpsc::SyncSender<NewChunk>,
         cancel: &'a CancellationToken,
     ) -> Self {
         Self {
             keys,
             known,
-            packs,
+            chunks,
             cancel,
-            writer: PackWriter::new(keys),
             written: HashSet::new(),
             sha256: ring::digest::Context::new(&ring::digest::SHA256),
             whole: blake3::Hasher::new(),
@@ -280,28 +316,18 @@ impl<'a> Chunker<'a> {
 
     fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
         if !self.known.contains(&id) && self.written.insert(id) {
-            let pack = self.writer.add(id, bytes);
-            self.send(pack)?;
+            self.chunks
+                .send((id, bytes.to_vec()))
+                .map_err(|_| Error::Cancelled("the packer stopped".into()))?;
         }
         Ok(())
     }
 
-    fn send(&self, pack: Option<Pack>) -> Result<()> {
-        match pack {
-            Some(pack) => self
-                .packs
-                .blocking_send(pack)
-                .map_err(|_| Error::Cancelled("the upload stopped".into())),
-            None => Ok(()),
-        }
-    }
-
+    /// The snapshot's facts; dropping the sender ends the packer's input.
     fn finish(mut self) -> Result<Chunked> {
         if !self.list.is_empty() {
             self.close_list()?;
         }
-        let last = std::mem::replace(&mut self.writer, PackWriter::new(self.keys)).finish();
-        self.send(last)?;
         Ok(Chunked {
             size_bytes: self.size_bytes,
             sha256: hex::encode(self.sha256.finish()),
