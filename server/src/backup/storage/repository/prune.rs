@@ -139,7 +139,7 @@ impl Inner {
     /// nothing else keeps them). A manifest being deleted still counts: its
     /// delete may be undone.
     async fn referenced(
-        &self,
+        self: &Arc<Self>,
         index: &HashMap<Id, Location>,
     ) -> Result<(HashSet<Id>, Vec<String>)> {
         let mut manifests = Vec::new();

@@ -10,6 +10,13 @@ use super::format::{self, Id, Location, Manifest};
 use super::write::pack_path;
 use crate::error::{Error, Result};
 
+/// Frames read ahead of the one being handed out: their reads and
+/// decoding overlap with the checks and the sending of the chunks before.
+const READ_AHEAD: usize = 4;
+
+/// A frame: its pack and its offset there.
+type FrameKey = (Id, u64);
+
 /// The chunks of one backup, in order, read one at a time.
 pub struct Rebuild {
     inner: Arc<Inner>,
@@ -20,9 +27,14 @@ pub struct Rebuild {
     lists: VecDeque<Id>,
     /// Chunk ids of the current list not yet read.
     chunks: VecDeque<Id>,
-    /// The last frame read (its pack and offset) and its plaintext: chunks
-    /// written together are read together.
-    frame: Option<((Id, u64), Vec<u8>)>,
+    /// The current list's frames not yet asked for, in the order its
+    /// chunks need them.
+    frames: VecDeque<Location>,
+    /// Frames being read ahead, in that order.
+    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<Vec<u8>>>)>,
+    /// The last frame read and its plaintext: chunks written together are
+    /// read together.
+    frame: Option<(FrameKey, Vec<u8>)>,
 }
 
 impl Rebuild {
@@ -37,6 +49,8 @@ impl Rebuild {
             name: manifest.name.clone(),
             lists: manifest.list_ids()?.into(),
             chunks: VecDeque::new(),
+            frames: VecDeque::new(),
+            ahead: VecDeque::new(),
             frame: None,
         })
     }
@@ -50,11 +64,53 @@ impl Rebuild {
             let bytes = self.chunk(list).await?;
             let what = format!("a chunk list of backup {:?}", self.name);
             self.chunks = format::decode_list(&bytes, &what)?.into();
+            self.plan_frames();
         }
         match self.chunks.pop_front() {
             Some(id) => self.chunk(id).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Lists the current list's frames in the order its chunks need them,
+    /// and starts reading the first few.
+    fn plan_frames(&mut self) {
+        self.frames.clear();
+        let mut last = None;
+        for at in self.chunks.iter().filter_map(|id| self.index.get(id)) {
+            let key = (at.pack, at.frame_offset);
+            if last != Some(key) {
+                self.frames.push_back(*at);
+                last = Some(key);
+            }
+        }
+        self.read_ahead();
+    }
+
+    fn read_ahead(&mut self) {
+        while self.ahead.len() < READ_AHEAD {
+            let Some(at) = self.frames.pop_front() else {
+                return;
+            };
+            let inner = self.inner.clone();
+            let read = tokio::spawn(async move { inner.read_frame(&at).await });
+            self.ahead.push_back(((at.pack, at.frame_offset), read));
+        }
+    }
+
+    /// The plaintext of the frame at `at`: the one read ahead for it, or
+    /// read now.
+    async fn frame_at(&mut self, at: &Location) -> Result<Vec<u8>> {
+        let key = (at.pack, at.frame_offset);
+        if self.ahead.front().is_some_and(|(ahead, _)| *ahead == key)
+            && let Some((_, read)) = self.ahead.pop_front()
+        {
+            self.read_ahead();
+            return read
+                .await
+                .map_err(|e| Error::Internal(format!("a frame read failed: {e}")))?;
+        }
+        self.inner.read_frame(at).await
     }
 
     /// Chunk `id`'s plaintext, from its frame, checked against `id`.
@@ -68,11 +124,7 @@ impl Rebuild {
         })?;
         let key = (at.pack, at.frame_offset);
         if self.frame.as_ref().map(|(k, _)| *k) != Some(key) {
-            let plaintext = self
-                .inner
-                .read_frame(&at)
-                .await
-                .map_err(|e| self.of_backup(e))?;
+            let plaintext = self.frame_at(&at).await.map_err(|e| self.of_backup(e))?;
             self.frame = Some((key, plaintext));
         }
         let frame = self
@@ -97,15 +149,17 @@ impl Rebuild {
 }
 
 impl Inner {
-    /// The plaintext of the frame at `at`: read, opened and decompressed.
-    pub async fn read_frame(&self, at: &Location) -> Result<Vec<u8>> {
+    /// The plaintext of the frame at `at`: read, then opened and
+    /// decompressed on the blocking pool.
+    pub async fn read_frame(self: &Arc<Self>, at: &Location) -> Result<Vec<u8>> {
         let what = format!("pack {}", &at.pack.hex()[..12]);
         let range = at.frame_offset..at.frame_offset + u64::from(at.frame_len);
         let sealed = self
             .objects
             .get_range(&pack_path(&at.pack), range, &what)
             .await?;
-        self.open_frame(sealed, &what)
+        let inner = self.clone();
+        crate::blocking::blocking(move || inner.open_frame(sealed, &what)).await
     }
 
     /// A frame's plaintext from its stored bytes, in pack `what`.
@@ -138,7 +192,7 @@ impl Inner {
 
     /// A manifest's chunk lists and the chunks they list.
     pub async fn chunks_of(
-        &self,
+        self: &Arc<Self>,
         manifest: &Manifest,
         index: &HashMap<Id, Location>,
     ) -> Result<Vec<Id>> {
