@@ -853,3 +853,49 @@ async fn snapshots_of_a_wal_source_under_a_steady_writer_are_consistent() {
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
     assert!(*counts.last().unwrap() > 0, "the writer never wrote");
 }
+
+#[tokio::test]
+async fn retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest() {
+    let repo = Repo::with_data(DataDir::with_rows(3_000), true);
+    let server = repo.start();
+    let client = server.client(&repo.data.token(1, true)).await;
+    let mut backups = client.backups();
+    for day in 0..5 {
+        open(&repo.data.source())
+            .execute_batch(&format!(
+                "UPDATE orders SET amount_cents = amount_cents + {day} + 1"
+            ))
+            .unwrap();
+        backups.create(Some(&format!("day-{day}"))).await.unwrap();
+    }
+    let before = backups.repository_stats().await.unwrap();
+    let deleted = client
+        .retention()
+        .apply(1, backup_client::Owners::Caller)
+        .await
+        .unwrap();
+    assert_eq!(deleted.len(), 4, "{deleted:?}");
+    // The prune after retention runs in the background.
+    let mut after = backups.repository_stats().await.unwrap();
+    for _ in 0..100 {
+        if after.last_prune_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = backups.repository_stats().await.unwrap();
+    }
+    assert!(after.last_prune_at.is_some(), "a prune followed retention");
+    assert!(
+        after.stored_bytes < before.stored_bytes,
+        "{before:?} then {after:?}"
+    );
+    assert_eq!(after.backups, 1);
+    assert!(!backups.verify("day-4.db").await.unwrap().damaged);
+    let pruned = audit_events(&repo.data, "backup_files.prune");
+    assert!(
+        pruned
+            .iter()
+            .any(|(_, ok, details)| *ok && details["trigger"] == "retention"),
+        "{pruned:?}"
+    );
+}
