@@ -899,3 +899,43 @@ async fn retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest() {
         "{pruned:?}"
     );
 }
+
+#[tokio::test]
+async fn the_scrub_verifies_every_backup_when_backups_share_their_content() {
+    let repo = Repo::new(false);
+    let mut args = repo.flags();
+    args.extend([
+        "--no-scheduler".into(),
+        "--verify-interval".into(),
+        "2s".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = repo.data.try_start_with(&args, &repo.env()).unwrap();
+    let mut backups = server.client(&repo.data.token(1, true)).await.backups();
+    for i in 0..3 {
+        backups.create(Some(&format!("same-{i}"))).await.unwrap();
+    }
+    let mut verified = Vec::new();
+    for _ in 0..100 {
+        verified = backups.list_all().await.unwrap();
+        if verified.iter().all(|b| b.last_verified_at.is_some()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        verified
+            .iter()
+            .all(|b| b.last_verified_at.is_some() && !b.damaged),
+        "{verified:?}"
+    );
+    let scrubbed = audit_events(&repo.data, "backup_files.verify");
+    assert!(
+        scrubbed
+            .iter()
+            .filter(|(_, ok, d)| *ok && d["trigger"] == "scrub")
+            .count()
+            >= 3,
+        "{scrubbed:?}"
+    );
+}

@@ -129,6 +129,9 @@ pub struct Backups {
     verified: verify::VerifiedFiles,
     /// Verification outcomes since start, for GetSchedulerStats.
     verifications: verify::Counts,
+    /// Stored contents the scrub found intact, vouching for backups that
+    /// share them.
+    vouched: verify::Vouched,
     /// The storage's names as of the last reconcile: a listing whose
     /// storage still shows them needs no reconcile first.
     reconciled: std::sync::Mutex<Option<ChangeStamp>>,
@@ -170,6 +173,7 @@ impl Backups {
             limits,
             verified: verify::VerifiedFiles::default(),
             verifications: verify::Counts::default(),
+            vouched: verify::Vouched::default(),
             reconciled: std::sync::Mutex::new(None),
             pruning: prune::Pruning::default(),
             legacy: None,

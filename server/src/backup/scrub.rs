@@ -50,7 +50,7 @@ pub async fn run(backups: Arc<Backups>, every: Duration, stop: CancellationToken
                 match (due - Utc::now()).to_std() {
                     // Due (the difference is negative): verify it now.
                     Err(_) => {
-                        if let Err(e) = backups.scrub_one(&backup).await {
+                        if let Err(e) = backups.scrub_one(&backup, interval).await {
                             tracing::warn!(file = %backup.filename, error = %e, "cannot verify a backup; trying the others first");
                             deferred.insert(backup.filename, Instant::now() + RETRY_AFTER);
                         }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
 
 use super::Backups;
@@ -58,6 +58,30 @@ impl Trigger {
     /// point of the call. Otherwise only damage is.
     fn audits_intact(self) -> bool {
         matches!(self, Self::Request | Self::Scrub)
+    }
+}
+
+/// Stored contents the scrub found intact, and when: see
+/// [`Backups::scrub_one`].
+#[derive(Default)]
+pub struct Vouched(Mutex<HashMap<String, (ContentFacts, DateTime<Utc>)>>);
+
+impl Vouched {
+    /// Whether content `key`, recorded as `backup`'s facts, was verified
+    /// intact less than `every` ago.
+    fn vouches(&self, key: &str, backup: &Backup, every: chrono::Duration) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .is_some_and(|(facts, at)| *facts == recorded_facts(backup) && Utc::now() - *at < every)
+    }
+
+    /// Content `key` (recorded as `backup`'s facts) was just verified
+    /// intact; entries older than `every` go.
+    fn remember(&self, key: String, backup: &Backup, every: chrono::Duration) {
+        let now = Utc::now();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, at)| now - *at < every);
+        map.insert(key, (recorded_facts(backup), now));
     }
 }
 
@@ -223,13 +247,34 @@ impl Backups {
     /// Verifies one backup for the scrub, within the bound on concurrent
     /// copies. Damage is an outcome, recorded; an error means the backup
     /// could not be verified.
-    pub async fn scrub_one(&self, backup: &Backup) -> Result<()> {
+    ///
+    /// Backups whose stored bytes are the same (a repository stores
+    /// identical snapshots once) are read once per `every`: one verified
+    /// intact within it vouches for the others recorded with the same
+    /// size and SHA-256, which are then recorded as verified. Damage to
+    /// shared bytes is marked on every backup holding them by the sweep.
+    pub async fn scrub_one(&self, backup: &Backup, every: chrono::Duration) -> Result<()> {
+        let content = self.storage.content_key(&backup.filename).await?;
+        if let Some(key) = &content
+            && backup.damage.is_none()
+            && self.vouched.vouches(key, backup, every)
+        {
+            self.record(backup, None, Trigger::Scrub, super::SYSTEM_OWNER)
+                .await?;
+            return Ok(());
+        }
         let _permit = self.queued_permit().await?;
         match self
             .verify(backup, Trigger::Scrub, super::SYSTEM_OWNER)
             .await
         {
-            Ok(_) | Err(Error::DataLoss(_)) => Ok(()),
+            Ok(_) => {
+                if let Some(key) = content {
+                    self.vouched.remember(key, backup, every);
+                }
+                Ok(())
+            }
+            Err(Error::DataLoss(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -330,5 +375,44 @@ impl Backups {
             Ok(n) => metrics::gauge!(crate::telemetry::DAMAGED).set(n as f64),
             Err(e) => tracing::warn!(error = %e, "cannot count damaged backups"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::backup::BackupKind;
+
+    fn backup(sha256: &str) -> Backup {
+        Backup {
+            filename: "a.db".into(),
+            name: "a.db".into(),
+            owner_user_id: 1,
+            kind: BackupKind::Manual,
+            size_bytes: 4096,
+            sha256: sha256.into(),
+            is_protected: false,
+            created_at: Utc::now(),
+            damage: None,
+            last_verified_at: None,
+            blake3: None,
+            stored_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn verified_content_vouches_only_for_the_same_facts_within_the_interval() {
+        let vouched = Vouched::default();
+        let hour = chrono::Duration::hours(1);
+        let (a, other) = (backup(&"a".repeat(64)), backup(&"b".repeat(64)));
+        assert!(!vouched.vouches("k", &a, hour));
+        vouched.remember("k".into(), &a, hour);
+        assert!(vouched.vouches("k", &a, hour));
+        assert!(!vouched.vouches("k", &other, hour), "other recorded facts");
+        assert!(!vouched.vouches("j", &a, hour), "other content");
+        assert!(
+            !vouched.vouches("k", &a, chrono::Duration::zero()),
+            "too old"
+        );
     }
 }

@@ -226,6 +226,10 @@ impl BackupStorage for Directory {
         Ok(Pruned::default())
     }
 
+    async fn content_key(&self, _name: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     async fn damaged_backups(&self) -> Result<Option<Vec<(String, String)>>> {
         // Names of one snapshot share a file, and were checked as one.
         Ok(None)

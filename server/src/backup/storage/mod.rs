@@ -372,4 +372,9 @@ pub trait BackupStorage: Send + Sync {
     /// damage found in one is looked for in all. `None` where backups share
     /// nothing.
     async fn damaged_backups(&self) -> Result<Option<Vec<(String, String)>>>;
+
+    /// What identifies the stored bytes under `name` across names: names
+    /// with the same key share every stored byte, so verifying one vouches
+    /// for the others. `None` where names share nothing.
+    async fn content_key(&self, name: &str) -> Result<Option<String>>;
 }

@@ -608,6 +608,17 @@ impl BackupStorage for Repository {
         self.inner.prune().await
     }
 
+    async fn content_key(&self, name: &str) -> Result<Option<String>> {
+        // The chunk lists name every chunk, in order: the same lists, the
+        // same stored bytes.
+        let manifest = self.inner.manifest(name).await?;
+        Ok(Some(
+            blake3::hash(manifest.lists.concat().as_bytes())
+                .to_hex()
+                .to_string(),
+        ))
+    }
+
     async fn damaged_backups(&self) -> Result<Option<Vec<(String, String)>>> {
         Ok(Some(self.check(true).await?.damaged.into_iter().collect()))
     }
