@@ -939,3 +939,25 @@ async fn the_scrub_verifies_every_backup_when_backups_share_their_content() {
         "{scrubbed:?}"
     );
 }
+
+#[tokio::test]
+async fn an_s3_store_that_is_down_fails_in_seconds_and_names_the_repository() {
+    let mut repo = Repo::on_s3(true);
+    let server = repo.start();
+    let mut backups = server.client(&repo.data.token(1, true)).await.backups();
+    backups.create(Some("before")).await.unwrap();
+    repo.s3.as_mut().unwrap().kill();
+    let started = std::time::Instant::now();
+    let (code, message) = code_of(backups.create(Some("during")).await);
+    assert_eq!(code, Code::Unavailable, "{message}");
+    assert!(message.contains("s3://"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(server);
+    let out = repo.repo(&["list"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("s3://"), "{said}");
+}

@@ -11,7 +11,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 use percent_encoding::percent_decode_str;
 
 use crate::error::{Error, Result};
@@ -20,6 +20,12 @@ use crate::error::{Error, Result};
 /// not retry a conditional put (it is not idempotent), so a connection
 /// error is retried here, and a retry that finds the object reads it back.
 const PUT_ATTEMPTS: usize = 3;
+
+/// How long one request to S3 is retried before its error is returned:
+/// long enough to ride out a dropped connection, short enough that a
+/// store that is down fails a backup (or the server's start) in seconds,
+/// not the 3 minutes `object_store` would wait by default.
+const S3_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An object listed: its name below the listed prefix, size and time.
 #[derive(Debug, Clone)]
@@ -80,6 +86,11 @@ impl Objects {
                     s3.with_config(key, value)
                 })
                 .with_bucket_name(bucket)
+                .with_retry(RetryConfig {
+                    max_retries: 4,
+                    retry_timeout: S3_RETRY_TIMEOUT,
+                    ..RetryConfig::default()
+                })
                 .build()
                 .map_err(|e| bad(e.to_string()))?;
             let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
