@@ -46,6 +46,14 @@ impl Inner {
         for (id, at) in &index {
             by_pack.entry(at.pack).or_default().push((*id, *at));
         }
+        // Live chunks move in the order they were written (oldest pack
+        // first, then by place in the pack), so pages written together
+        // stay in the same frames and reads stay sequential.
+        for chunks in by_pack.values_mut() {
+            chunks.sort_by_key(|(_, at)| (at.frame_offset, at.offset));
+        }
+        let mut packs = packs;
+        packs.sort_by_key(|p| p.modified);
         let mut kept = Vec::new();
         let mut doomed = Vec::new();
         let mut writer = PackWriter::new(&self.keys);

