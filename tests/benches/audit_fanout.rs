@@ -21,14 +21,8 @@ use backup_server::audit::subscription::Hub;
 use backup_server::audit::{NewEvent, Recorder};
 use backup_server::model::audit::Filter;
 use backup_server::store;
+use backup_tests::bench::knob;
 use tokio_util::sync::CancellationToken;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Latency histogram resolution and range: 0.1 ms buckets up to 2 s (the
 /// last bucket holds anything slower; the maximum is kept exactly).

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use backup_server::backup::storage::checked::hash_file;
 use backup_tests::DataDir;
+use backup_tests::bench::{Sample, proc_status_kb, sqlite3_backup};
 
 /// Rows of `randomblob(4000)` each take about one 4 KiB page.
 const ROW_BYTES: u64 = 4096;
@@ -33,15 +34,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
         Err(_) => default,
     }
-}
-
-/// One measurement: wall-clock time and the CPU time (user + system) of
-/// the process doing the work. The machine is shared, so CPU time is the
-/// figure other load does not distort.
-#[derive(Clone, Copy)]
-struct Sample {
-    wall: Duration,
-    cpu: f64,
 }
 
 #[tokio::main]
@@ -329,42 +321,6 @@ async fn timed_create(
     Sample { wall, cpu }
 }
 
-/// `sqlite3 SRC '.backup DST'`, run by bash so its `times` builtin reports
-/// the child's CPU time (bash adds a few milliseconds of wall time).
-fn sqlite3_backup(source: &Path, dst: &Path) -> Sample {
-    let t = Instant::now();
-    let out = Command::new("bash")
-        .args(["-c", r#"sqlite3 "$1" "$2" && times"#, "bash"])
-        .arg(source)
-        .arg(format!(".backup '{}'", dst.display()))
-        .output()
-        .expect("run bash -c sqlite3");
-    let wall = t.elapsed();
-    assert!(
-        out.status.success(),
-        "sqlite3 .backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // `times` prints the shell's user/system times, then its children's:
-    // "0m3.100s 0m0.500s".
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let children = stdout
-        .lines()
-        .rfind(|l| l.contains("m") && l.ends_with('s'))
-        .unwrap_or_else(|| panic!("no `times` output in {stdout:?}"));
-    let cpu = children
-        .split_whitespace()
-        .map(|t| {
-            let (m, s) = t
-                .trim_end_matches('s')
-                .split_once('m')
-                .unwrap_or_else(|| panic!("bad `times` field {t:?}"));
-            m.parse::<f64>().expect("minutes") * 60.0 + s.parse::<f64>().expect("seconds")
-        })
-        .sum();
-    Sample { wall, cpu }
-}
-
 /// Runs `work` in this process, measuring its wall and CPU time (the rest
 /// of this process is idle meanwhile).
 fn in_process(work: impl FnOnce()) -> Sample {
@@ -440,17 +396,6 @@ fn sqlite3_version() -> Option<String> {
             .unwrap_or("?")
             .to_owned()
     })
-}
-
-/// A `kB` field of /proc/PID/status, such as VmRSS.
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn file_size(path: &Path) -> u64 {

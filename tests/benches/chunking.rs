@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
+use backup_tests::bench::{WORDS, knob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, params};
@@ -30,20 +31,6 @@ const RUNS: [usize; 3] = [1, 4, 16];
 
 /// New chunks compressed together in one zstd frame, in the frames column.
 const FRAME_CHUNKS: usize = 16;
-
-const WORDS: [&str; 32] = [
-    "invoice", "customer", "shipped", "pending", "order", "payment", "refund", "address", "street",
-    "city", "berlin", "paris", "lisbon", "total", "amount", "euro", "note", "delivery", "express",
-    "standard", "returned", "item", "quantity", "price", "discount", "account", "active", "closed",
-    "review", "rating", "comment", "support",
-];
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number"))
-    })
-}
 
 /// A line of `words` words, like a note or an address a user typed.
 fn text(rng: &mut StdRng, words: usize) -> String {

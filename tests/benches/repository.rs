@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use backup_tests::bench::{Sample, WORDS, knob, proc_status_kb};
 use backup_tests::s3::S3Server;
 use backup_tests::{DataDir, Server, create_users, db_time, sha256_hex, state_store};
 use rand::rngs::StdRng;
@@ -68,27 +69,12 @@ use rusqlite::{Connection, params};
 
 const PAGE: usize = 4096;
 
-/// The words of the text-like rows (the chunking bench's).
-const WORDS: [&str; 32] = [
-    "invoice", "customer", "shipped", "pending", "order", "payment", "refund", "address", "street",
-    "city", "berlin", "paris", "lisbon", "total", "amount", "euro", "note", "delivery", "express",
-    "standard", "returned", "item", "quantity", "price", "discount", "account", "active", "closed",
-    "review", "rating", "comment", "support",
-];
-
 /// Bumped whenever the generator changes, so a cached source is rebuilt.
 const SOURCE_VERSION: u32 = 2;
 
 const PARTS: [&str; 7] = [
     "storage", "prune", "users", "rss", "create", "s3", "restore",
 ];
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number"))
-    })
-}
 
 struct Knobs {
     mib: u64,
@@ -201,15 +187,6 @@ fn at_least(value: f64, limit: f64) -> String {
     } else {
         format!("**missed** by {:.0}%", 100.0 * (1.0 - value / limit))
     }
-}
-
-/// One measurement: wall time and the CPU time (user + system) of the
-/// process doing the work. The machine is shared, so CPU time is the
-/// figure other load distorts least.
-#[derive(Clone, Copy)]
-struct Sample {
-    wall: Duration,
-    cpu: f64,
 }
 
 fn median(samples: &[Sample]) -> Sample {
@@ -618,17 +595,6 @@ async fn timed_create(
     (Sample { wall, cpu }, b)
 }
 
-/// A `kB` field of /proc/PID/status, such as VmRSS.
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 // ---------------------------------------------------------------------------
 // The baselines.
 
@@ -666,36 +632,7 @@ fn dot_backup(source: &Path, dst: &Path, cli: bool) -> Sample {
             cpu: backup_tests::cpu_seconds("self") - cpu0,
         };
     }
-    let t = Instant::now();
-    let out = Command::new("bash")
-        .args(["-c", r#"sqlite3 "$1" "$2" && times"#, "bash"])
-        .arg(source)
-        .arg(format!(".backup '{}'", dst.display()))
-        .output()
-        .expect("run bash -c sqlite3");
-    let wall = t.elapsed();
-    assert!(
-        out.status.success(),
-        "sqlite3 .backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // `times` prints the shell's user/system times, then its children's.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let children = stdout
-        .lines()
-        .rfind(|l| l.contains('m') && l.ends_with('s'))
-        .unwrap_or_else(|| panic!("no `times` output in {stdout:?}"));
-    let cpu = children
-        .split_whitespace()
-        .map(|t| {
-            let (m, s) = t
-                .trim_end_matches('s')
-                .split_once('m')
-                .unwrap_or_else(|| panic!("bad `times` field {t:?}"));
-            m.parse::<f64>().expect("minutes") * 60.0 + s.parse::<f64>().expect("seconds")
-        })
-        .sum();
-    Sample { wall, cpu }
+    backup_tests::bench::sqlite3_backup(source, dst)
 }
 
 /// `PRAGMA integrity_check` of `path` in this process (bundled SQLite, as

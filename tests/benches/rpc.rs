@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backup_client::{Backups, Client, Scheduler, SettingsUpdate};
+use backup_tests::bench::knob;
 use backup_tests::proto::{self as pb, backup_scheduler_server as sched};
 use backup_tests::{DataDir, Server, clock_ticks, cpu_ticks};
 use tonic::{Request, Response, Status};
@@ -40,13 +41,6 @@ const BARE_SERVER_ENV: &str = "RPC_BENCH_BARE_SERVER";
 
 /// The user whose settings are read and whose backups are listed.
 const USER: i64 = 1;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number"))
-    })
-}
 
 fn main() {
     // The bench harness passes flags such as --bench; none apply here.

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use backup_client::{Client, Code, Error, proto};
 use rusqlite::Connection;
 
+pub mod bench;
 pub mod s3;
 
 /// A workspace binary next to the running test's `deps/` directory.
@@ -540,6 +541,29 @@ while True:
     conn.execute("COMMIT")
 "#;
     Killed(start_python(script, source))
+}
+
+/// Checks a backup taken while [`start_wal_writer`] wrote to its source:
+/// a standalone file (rollback-journal format, header bytes 18 and 19 are
+/// 1, although the source is in WAL mode) that passes `integrity_check`,
+/// holds `blobs` rows in `blobs`, and only whole ledger transactions
+/// without gaps. Returns how many ledger rows it holds.
+pub fn consistent_ledger(path: &Path, blobs: i64) -> i64 {
+    let name = path.display();
+    let header = std::fs::read(path).expect("read the backup");
+    assert_eq!(header[18..20], [1, 1], "{name} keeps the WAL format");
+    assert!(integrity_ok(path), "{name} fails integrity_check");
+    let (n, max, found): (i64, i64, i64) = open(path)
+        .query_row(
+            "SELECT count(*), coalesce(max(id), 0), (SELECT count(*) FROM blobs) FROM ledger",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("read the ledger");
+    assert_eq!(n, max, "{name}: ids have a gap");
+    assert_eq!(n % 10, 0, "{name}: a transaction was torn");
+    assert_eq!(found, blobs, "{name}: blobs");
+    n
 }
 
 /// Runs a python3 script with `source` as its argument and waits for its

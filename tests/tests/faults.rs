@@ -205,27 +205,7 @@ async fn a_wal_source_under_a_steady_writer_is_backed_up_consistently() {
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let b = backups.create(Some(&format!("live-{i}"))).await.unwrap();
-        let path = data.backups_dir().join(&b.filename);
-        // A backup stands alone: rollback-journal format (header bytes 18
-        // and 19 are 1) although the source is in WAL mode.
-        let header = std::fs::read(&path).unwrap();
-        assert_eq!(
-            header[18..20],
-            [1, 1],
-            "{} keeps the WAL format",
-            b.filename
-        );
-        assert!(integrity_ok(&path), "{} fails integrity_check", b.filename);
-        let (n, max, blobs): (i64, i64, i64) = open(&path)
-            .query_row(
-                "SELECT count(*), coalesce(max(id), 0), (SELECT count(*) FROM blobs) FROM ledger",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap();
-        assert_eq!(n, max, "{}: ids have a gap", b.filename);
-        assert_eq!(n % 10, 0, "{}: a transaction was torn", b.filename);
-        assert_eq!(blobs, 6000);
+        let n = consistent_ledger(&data.backups_dir().join(&b.filename), 6000);
         counts.push(n);
     }
     drop(writer);
