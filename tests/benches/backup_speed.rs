@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use backup_server::backup::storage::checked::hash_file;
 use backup_tests::DataDir;
-use backup_tests::bench::{Sample, proc_status_kb, sqlite3_backup};
+use backup_tests::bench::{Sample, median, median_cpu, proc_status_kb, sqlite3_backup};
 
 /// Rows of `randomblob(4000)` each take about one 4 KiB page.
 const ROW_BYTES: u64 = 4096;
@@ -406,20 +406,6 @@ fn file_size(path: &Path) -> u64 {
 
 fn remove(path: &Path) {
     std::fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
-}
-
-/// The sample with the median wall time.
-fn median(samples: &[Sample]) -> Sample {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by_key(|s| s.wall);
-    sorted[sorted.len() / 2]
-}
-
-/// The median CPU time, on its own.
-fn median_cpu(samples: &[Sample]) -> f64 {
-    let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
-    cpu.sort_by(f64::total_cmp);
-    cpu[cpu.len() / 2]
 }
 
 fn secs(d: Duration) -> f64 {

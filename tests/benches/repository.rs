@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use backup_tests::bench::{Sample, WORDS, knob, proc_status_kb};
+use backup_tests::bench::{Sample, WORDS, knob, median, median_cpu, proc_status_kb};
 use backup_tests::s3::S3Server;
 use backup_tests::{DataDir, Server, create_users, db_time, sha256_hex, state_store};
 use rand::rngs::StdRng;
@@ -187,18 +187,6 @@ fn at_least(value: f64, limit: f64) -> String {
     } else {
         format!("**missed** by {:.0}%", 100.0 * (1.0 - value / limit))
     }
-}
-
-fn median(samples: &[Sample]) -> Sample {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by_key(|s| s.wall);
-    sorted[sorted.len() / 2]
-}
-
-fn median_cpu(samples: &[Sample]) -> f64 {
-    let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
-    cpu.sort_by(f64::total_cmp);
-    cpu[cpu.len() / 2]
 }
 
 fn secs(d: Duration) -> f64 {

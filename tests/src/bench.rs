@@ -22,6 +22,20 @@ pub struct Sample {
     pub cpu: f64,
 }
 
+/// The sample with the median wall time.
+pub fn median(samples: &[Sample]) -> Sample {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by_key(|s| s.wall);
+    sorted[sorted.len() / 2]
+}
+
+/// The median CPU time, on its own.
+pub fn median_cpu(samples: &[Sample]) -> f64 {
+    let mut cpu: Vec<f64> = samples.iter().map(|s| s.cpu).collect();
+    cpu.sort_by(f64::total_cmp);
+    cpu[cpu.len() / 2]
+}
+
 /// `sqlite3 SRC '.backup DST'`, run by bash so its `times` builtin reports
 /// the child's CPU time (bash adds a few milliseconds of wall time).
 pub fn sqlite3_backup(source: &Path, dst: &Path) -> Sample {
