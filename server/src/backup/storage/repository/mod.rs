@@ -394,11 +394,11 @@ impl BackupStorage for Repository {
         &self,
         source: &Path,
         what: &str,
-        hint: &str,
+        _hint: &str,
         cancel: &CancellationToken,
     ) -> Result<Staged> {
-        // Chunked straight from the source: no copy on local disk.
-        let _ = hint;
+        // Chunked straight from the source: no copy on local disk, so no
+        // scratch file to name after the hint.
         let writes = self.inner.writes.clone().read_owned().await;
         let taken_at = Utc::now().trunc_subsecs(6);
         let (source, what, token) = (source.to_owned(), what.to_owned(), cancel.clone());
