@@ -31,11 +31,12 @@ enum Outcome {
 
 impl Backups {
     /// Imports every file in the legacy directory; audited as
-    /// `backup_files.imported` when anything was found. The caller holds
-    /// the lock on the set of backups.
-    pub(super) async fn import_legacy(&self) -> Result<()> {
+    /// `backup_files.imported` when anything was found. Returns the names
+    /// whose files stay (their bytes are still only there). The caller
+    /// holds the lock on the set of backups.
+    pub(super) async fn import_legacy(&self) -> Result<Vec<String>> {
         let Some(legacy) = &self.legacy else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let listing = legacy.list().await?;
         // Removals a crash interrupted: finished once the copy is there.
@@ -50,18 +51,23 @@ impl Backups {
             false => legacy.list().await?.names,
         };
         if names.is_empty() {
-            return Ok(());
+            return Ok(names);
         }
-        let (mut moved, mut kept) = (Vec::new(), Vec::new());
+        let (mut moved, mut kept, mut staying) = (Vec::new(), Vec::new(), Vec::new());
         for name in names {
-            match self.import_one(legacy.as_ref(), &name).await {
-                Ok(Outcome::Moved) => moved.push(name),
-                Ok(Outcome::Kept(why)) => kept.push(json!({ "file": name, "why": why })),
+            let why = match self.import_one(legacy.as_ref(), &name).await {
+                Ok(Outcome::Moved) => {
+                    moved.push(name);
+                    continue;
+                }
+                Ok(Outcome::Kept(why)) => why,
                 Err(e) => {
                     tracing::warn!(file = %name, error = %e, "cannot import a backup file yet");
-                    kept.push(json!({ "file": name, "why": e.to_string() }));
+                    e.to_string()
                 }
-            }
+            };
+            kept.push(json!({ "file": name, "why": why }));
+            staying.push(name);
         }
         tracing::info!(imported = ?moved, kept = kept.len(), "imported backup files into the backup storage");
         let mut change = self.audit.begin().await?;
@@ -77,7 +83,7 @@ impl Backups {
                 .details(json!({ "imported": moved, "kept": kept })),
         );
         change.commit().await?;
-        Ok(())
+        Ok(staying)
     }
 
     async fn import_one(&self, legacy: &dyn BackupStorage, name: &str) -> Result<Outcome> {

@@ -49,7 +49,8 @@ impl Backups {
     }
 
     async fn reconcile_locked(&self) -> Result<()> {
-        self.import_legacy().await?;
+        // A full copy not imported yet still holds its backup's bytes.
+        let legacy = self.import_legacy().await?;
         let listing = self.storage.list().await?;
         let known = catalog::all_filenames(self.db.reads()).await?;
         let mut restored = Vec::new();
@@ -63,11 +64,6 @@ impl Backups {
                 finished.push(name.clone());
             }
         }
-        // A full copy not imported yet still holds its backup's bytes.
-        let legacy = match &self.legacy {
-            Some(legacy) => legacy.list().await?.names,
-            None => Vec::new(),
-        };
         let stored: HashSet<&String> = listing
             .names
             .iter()

@@ -162,9 +162,7 @@ impl Repository {
             }),
         })
     }
-}
 
-impl Repository {
     /// A snapshot whose chunks are stored, as [`Staged`]: `manifest`, to be
     /// published under each name.
     fn staged(&self, manifest: Manifest, writes: OwnedRwLockReadGuard<()>) -> Staged {
@@ -276,7 +274,7 @@ impl Inner {
     /// holds returns that index's name.
     async fn write_index(&self, entries: &[(Id, Location)]) -> Result<(String, u64)> {
         let plaintext = format::encode_index(entries);
-        let compressed = zstd::bulk::compress(&plaintext, 3)?;
+        let compressed = zstd::bulk::compress(&plaintext, write::ZSTD_LEVEL)?;
         let sealed = self.keys.seal(b"index", compressed);
         let size = sealed.len() as u64;
         let name = Id(*blake3::hash(&sealed).as_bytes()).hex();
@@ -525,15 +523,17 @@ impl BackupStorage for Repository {
     }
 
     async fn sniff(&self, names: Vec<String>) -> Result<Vec<Result<Content>>> {
-        let mut contents = Vec::with_capacity(names.len());
-        for name in names {
-            // A manifest is only ever written for a SQLite snapshot.
-            contents.push(match self.contains(&name).await? {
+        // A manifest is only ever written for a SQLite snapshot: one
+        // listing answers for every name.
+        let stored: std::collections::HashSet<String> =
+            self.list().await?.names.into_iter().collect();
+        Ok(names
+            .into_iter()
+            .map(|name| match stored.contains(&name) {
                 true => Ok(Content::Sqlite),
                 false => Err(Error::NotFound(format!("nothing is stored under {name:?}"))),
-            });
-        }
-        Ok(contents)
+            })
+            .collect())
     }
 
     async fn list(&self) -> Result<Listing> {

@@ -53,6 +53,16 @@ impl Listed {
     }
 }
 
+/// What a create-if-absent put found.
+enum Created {
+    Written,
+    /// Something was there; `retried`: found by a retry, so perhaps
+    /// written by an earlier attempt.
+    Existed {
+        retried: bool,
+    },
+}
+
 /// The repository's object store.
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
@@ -136,62 +146,63 @@ impl Objects {
     /// missing or shorter (DATA_LOSS: the repository's index said they are
     /// there).
     pub async fn get_range(&self, path: &str, range: Range<u64>, what: &str) -> Result<Vec<u8>> {
-        let want = range.end - range.start;
-        match self.store.get_range(&Path::from(path), range).await {
-            Ok(bytes) if bytes.len() as u64 == want => Ok(bytes.into()),
-            Ok(_) => Err(Error::DataLoss(format!("{what} is cut short"))),
-            Err(object_store::Error::NotFound { .. }) => {
-                Err(Error::DataLoss(format!("{what} is missing")))
-            }
-            // A range past the end of a truncated object.
-            Err(object_store::Error::Generic { source, .. })
-                if source.to_string().contains("out of bounds")
-                    || source.to_string().contains("Range") =>
-            {
+        let (want, end) = (range.end - range.start, range.end);
+        let failed = match self.store.get_range(&Path::from(path), range).await {
+            Ok(bytes) if bytes.len() as u64 == want => return Ok(bytes.into()),
+            Ok(_) => return Err(Error::DataLoss(format!("{what} is cut short"))),
+            Err(e) => e,
+        };
+        // A missing object, or a range past the end of a truncated one,
+        // fails differently on each store: its size tells.
+        match self.head(path).await? {
+            None => Err(Error::DataLoss(format!("{what} is missing"))),
+            Some(listed) if listed.size < end => {
                 Err(Error::DataLoss(format!("{what} is cut short")))
             }
-            Err(e) => Err(self.error(e)),
+            Some(_) => Err(self.error(failed)),
         }
     }
 
     /// Writes `bytes` under `path` only if nothing is there:
     /// [`Error::AlreadyExists`] when other bytes are.
     pub async fn put_new(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
-        let location = Path::from(path);
-        let payload = PutPayload::from(bytes.clone());
-        let mut attempt = 1;
-        loop {
-            let opts = PutOptions::from(PutMode::Create);
-            match self.store.put_opts(&location, payload.clone(), opts).await {
-                Ok(_) => return Ok(()),
-                // On a retry, ours if an earlier attempt got through before
-                // its connection failed.
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    return match attempt > 1 && self.get(path).await?.as_ref() == Some(&bytes) {
-                        true => Ok(()),
-                        false => Err(Error::AlreadyExists(format!("{path} already exists"))),
-                    };
-                }
-                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => {
-                    tracing::warn!(object = %path, error = %e, "retrying a put");
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.error(e)),
+        match self.create(path, PutPayload::from(bytes.clone())).await? {
+            Created::Written => Ok(()),
+            // Ours if an earlier attempt got through before its connection
+            // failed.
+            Created::Existed { retried: true }
+                if self.get(path).await?.as_ref() == Some(&bytes) =>
+            {
+                Ok(())
             }
+            Created::Existed { .. } => Err(Error::AlreadyExists(format!("{path} already exists"))),
         }
     }
 
     /// Writes content-addressed `bytes` under `path`: what is already there
     /// holds the same bytes, so it is kept.
     pub async fn put_content(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.create(path, PutPayload::from(bytes)).await.map(|_| ())
+    }
+
+    /// A create-if-absent put of `payload` under `path`, retried after a
+    /// connection error.
+    async fn create(&self, path: &str, payload: PutPayload) -> Result<Created> {
         let location = Path::from(path);
-        let payload = PutPayload::from(bytes);
         let mut attempt = 1;
         loop {
             let opts = PutOptions::from(PutMode::Create);
             match self.store.put_opts(&location, payload.clone(), opts).await {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => return Ok(()),
-                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => attempt += 1,
+                Ok(_) => return Ok(Created::Written),
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    return Ok(Created::Existed {
+                        retried: attempt > 1,
+                    });
+                }
+                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => {
+                    tracing::warn!(object = %path, error = %e, "retrying a put");
+                    attempt += 1;
+                }
                 Err(e) => return Err(self.error(e)),
             }
         }

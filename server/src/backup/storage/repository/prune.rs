@@ -56,7 +56,7 @@ impl Inner {
         packs.sort_by_key(|p| p.modified);
         let mut kept = Vec::new();
         let mut doomed = Vec::new();
-        let mut writer = PackWriter::new(&self.keys);
+        let mut writer = PackWriter::new(&self.keys)?;
         let mut written = Vec::new();
         for listed in &packs {
             let Some(id) = listed
@@ -90,13 +90,13 @@ impl Inner {
                 };
                 // Damage stops the prune before anything is deleted.
                 let bytes = self.chunk_in(frame, *chunk, at)?;
-                if let Some(pack) = writer.add(*chunk, bytes) {
+                if let Some(pack) = writer.add(*chunk, bytes)? {
                     written.push(pack);
                 }
             }
             doomed.push(id);
         }
-        if let Some(pack) = writer.finish() {
+        if let Some(pack) = writer.finish()? {
             written.push(pack);
         }
         // Packs the index names that are gone: damage for a check to

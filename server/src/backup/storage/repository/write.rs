@@ -30,7 +30,7 @@ const FRAME_BYTES: usize = 64 << 10;
 const PACK_BYTES: usize = 16 << 20;
 
 /// zstd's level for frames: its default, which the benchmarks measured.
-const ZSTD_LEVEL: i32 = 3;
+pub const ZSTD_LEVEL: i32 = 3;
 
 /// Packs the packer may finish ahead of their upload.
 const PACKS_AHEAD: usize = 2;
@@ -53,13 +53,13 @@ fn pack_all(
             .blocking_send(pack)
             .map_err(|_| Error::Cancelled("the upload stopped".into()))
     };
-    let mut writer = PackWriter::new(keys);
+    let mut writer = PackWriter::new(keys)?;
     for (id, bytes) in chunks {
-        if let Some(pack) = writer.add(id, &bytes) {
+        if let Some(pack) = writer.add(id, &bytes)? {
             send(pack)?;
         }
     }
-    writer.finish().map_or(Ok(()), send)
+    writer.finish()?.map_or(Ok(()), send)
 }
 
 /// What a pack's trailer is sealed with.
@@ -89,48 +89,50 @@ pub struct PackWriter<'k> {
     pack_chunks: Vec<(Id, u64, u32, u32, u32)>,
     /// One compression context for every frame: making one per frame
     /// cost about 2% of a backup.
-    compressor: Option<zstd::bulk::Compressor<'static>>,
+    compressor: zstd::bulk::Compressor<'static>,
 }
 
 impl<'k> PackWriter<'k> {
-    pub fn new(keys: &'k Keys) -> Self {
-        Self {
+    pub fn new(keys: &'k Keys) -> Result<Self> {
+        Ok(Self {
             keys,
             frame: Vec::with_capacity(FRAME_BYTES * 2),
             frame_chunks: Vec::new(),
             pack: Vec::new(),
             pack_chunks: Vec::new(),
-            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
-        }
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+        })
     }
 
     /// Adds a chunk; returns a pack once one is full.
-    pub fn add(&mut self, id: Id, plaintext: &[u8]) -> Option<Pack> {
+    pub fn add(&mut self, id: Id, plaintext: &[u8]) -> Result<Option<Pack>> {
         let offset = self.frame.len() as u32;
         self.frame.extend_from_slice(plaintext);
         self.frame_chunks.push((id, offset, plaintext.len() as u32));
         if self.frame.len() < FRAME_BYTES {
-            return None;
+            return Ok(None);
         }
-        self.close_frame();
-        (self.pack.len() >= PACK_BYTES).then(|| self.take_pack())
+        self.close_frame()?;
+        match self.pack.len() >= PACK_BYTES {
+            true => self.take_pack().map(Some),
+            false => Ok(None),
+        }
     }
 
     /// The last pack, if anything is left in it.
-    pub fn finish(mut self) -> Option<Pack> {
-        self.close_frame();
-        (!self.pack.is_empty()).then(|| self.take_pack())
+    pub fn finish(mut self) -> Result<Option<Pack>> {
+        self.close_frame()?;
+        match self.pack.is_empty() {
+            true => Ok(None),
+            false => self.take_pack().map(Some),
+        }
     }
 
-    fn close_frame(&mut self) {
+    fn close_frame(&mut self) -> Result<()> {
         if self.frame_chunks.is_empty() {
-            return;
+            return Ok(());
         }
-        // Compressing bytes in memory fails only on allocation failure.
-        let compressed = match &mut self.compressor {
-            Some(compressor) => compressor.compress(&self.frame).unwrap_or_default(),
-            None => zstd::bulk::compress(&self.frame, ZSTD_LEVEL).unwrap_or_default(),
-        };
+        let compressed = self.compressor.compress(&self.frame)?;
         let sealed = self.keys.seal(b"frame", compressed);
         let frame_offset = self.pack.len() as u64;
         let frame_len = sealed.len() as u32;
@@ -140,12 +142,13 @@ impl<'k> PackWriter<'k> {
                 .push((id, frame_offset, frame_len, offset, len));
         }
         self.frame.clear();
+        Ok(())
     }
 
     /// The open pack, closed by its trailer: its own entries (with a zero
     /// pack id, since the id hashes the trailer too), sealed, then their
     /// sealed length, so a pack describes itself without any index.
-    fn take_pack(&mut self) -> Pack {
+    fn take_pack(&mut self) -> Result<Pack> {
         let mut bytes = std::mem::take(&mut self.pack);
         let located = |pack: Id, chunks: &[(Id, u64, u32, u32, u32)]| -> Vec<(Id, Location)> {
             chunks
@@ -163,14 +166,14 @@ impl<'k> PackWriter<'k> {
                 .collect()
         };
         let trailer = format::encode_index(&located(Id([0; 32]), &self.pack_chunks));
-        let compressed = zstd::bulk::compress(&trailer, ZSTD_LEVEL).unwrap_or_default();
+        let compressed = self.compressor.compress(&trailer)?;
         let sealed = self.keys.seal(TRAILER_AAD, compressed);
         bytes.extend_from_slice(&sealed);
         bytes.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         let id = Id(*blake3::hash(&bytes).as_bytes());
         let entries = located(id, &self.pack_chunks);
         self.pack_chunks.clear();
-        Pack { id, bytes, entries }
+        Ok(Pack { id, bytes, entries })
     }
 }
 
