@@ -232,53 +232,92 @@ impl Backups {
     }
 }
 
+/// The digest a download is checked with: the backup's `blake3` where it
+/// has one (the faster of the two), else SHA-256, against the backup's
+/// `sha256` and the one the server sends with the last message.
+enum Digest {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(Box<ring::digest::Context>),
+}
+
+impl Digest {
+    fn for_backup(backup: &proto::Backup) -> Self {
+        match backup.blake3.is_empty() {
+            false => Self::Blake3(Box::default()),
+            true => Self::Sha256(Box::new(ring::digest::Context::new(&ring::digest::SHA256))),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
+            Self::Sha256(hasher) => hasher.update(bytes),
+        }
+    }
+}
+
 /// The one path every download takes: each chunk is hashed and written,
-/// the writer flushed, and the digest compared with the backup's sha256.
+/// the writer flushed, and the digest compared with the backup's.
 async fn write_verified<W: AsyncWrite + Unpin>(
     mut stream: Streaming<proto::DownloadBackupResponse>,
     filename: &str,
     writer: &mut W,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<proto::Backup> {
-    let mut sha256 = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut blake3 = blake3::Hasher::new();
+    let mut digest: Option<Digest> = None;
     let mut meta: Option<proto::Backup> = None;
     let mut streamed_sha256 = String::new();
     let mut received = 0u64;
     while let Some(message) = stream.message().await? {
         if let Some(backup) = message.backup {
+            digest.get_or_insert_with(|| Digest::for_backup(&backup));
             meta = Some(backup);
         }
         if !message.sha256.is_empty() {
             streamed_sha256 = message.sha256;
         }
         let total = meta.as_ref().map_or(0, |b| b.size_bytes.max(0) as u64);
-        sha256.update(&message.chunk);
-        blake3.update(&message.chunk);
+        let digest = present(digest.as_mut(), "the backup's metadata")?;
+        digest.update(&message.chunk);
         writer.write_all(&message.chunk).await?;
         received += message.chunk.len() as u64;
         progress(received, total);
     }
     writer.flush().await?;
     let backup = present(meta, "the backup's metadata")?;
-    let actual = hex::encode(sha256.finish());
     let mismatch = |digest, expected: &str, actual: &str| Error::ChecksumMismatch {
         filename: filename.to_owned(),
         digest,
         expected: expected.to_owned(),
         actual: actual.to_owned(),
     };
-    if actual != backup.sha256 {
-        return Err(mismatch("sha256", &backup.sha256, &actual));
-    }
-    // The server's own digest of what it streamed, from servers that send it.
-    if !streamed_sha256.is_empty() && streamed_sha256 != actual {
-        return Err(mismatch("streamed sha256", &streamed_sha256, &actual));
-    }
-    // Empty where the server's storage does not compute it.
-    let actual_blake3 = blake3.finalize().to_hex().to_string();
-    if !backup.blake3.is_empty() && actual_blake3 != backup.blake3 {
-        return Err(mismatch("blake3", &backup.blake3, &actual_blake3));
+    match digest.unwrap_or_else(|| Digest::for_backup(&backup)) {
+        Digest::Blake3(hasher) => {
+            let actual = hasher.finalize().to_hex().to_string();
+            if actual != backup.blake3 {
+                return Err(mismatch("blake3", &backup.blake3, &actual));
+            }
+        }
+        Digest::Sha256(hasher) => {
+            let actual = hex::encode(hasher.finish());
+            // The recorded one (empty where the server's storage did not
+            // compute it) and the server's own of what it streamed (empty
+            // from older servers): at least one, and each must match.
+            let known = [
+                ("sha256", &backup.sha256),
+                ("streamed sha256", &streamed_sha256),
+            ];
+            let mut checked = known.iter().filter(|(_, expected)| !expected.is_empty());
+            match checked.find(|(_, expected)| **expected != actual) {
+                Some((digest, expected)) => return Err(mismatch(digest, expected, &actual)),
+                None if known.iter().all(|(_, expected)| expected.is_empty()) => {
+                    return Err(mismatch("sha256", "", &actual));
+                }
+                None => {}
+            }
+        }
     }
     Ok(backup)
 }

@@ -214,10 +214,10 @@ async fn repo(config: &Config, command: RepoCommand) -> Result<(), Box<dyn std::
         RepoCommand::Restore { name, to } => {
             let facts = repository.restore_to(&name, &to).await?;
             eprintln!(
-                "restored {name} to {} ({} bytes, sha256 {} verified, integrity_check ok)",
+                "restored {name} to {} ({} bytes, blake3 {} verified, integrity_check ok)",
                 to.display(),
                 facts.size_bytes,
-                facts.sha256
+                facts.blake3.unwrap_or_default()
             );
         }
         RepoCommand::RotateKey { new_key_file } => {

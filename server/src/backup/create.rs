@@ -183,13 +183,13 @@ impl Backups {
             owner_user_id: new.owner_user_id,
             kind: new.kind,
             size_bytes: staged.facts.size_bytes,
-            sha256: staged.facts.sha256.clone(),
+            sha256: staged.facts.sha256.clone().unwrap_or_default(),
             is_protected: new.kind.is_protected(),
             // Microseconds, the precision page cursors carry.
             created_at: staged.taken_at,
             damage: None,
             last_verified_at: None,
-            blake3: staged.blake3.clone(),
+            blake3: staged.facts.blake3.clone(),
             stored_bytes: stored_bytes as i64,
         };
         let committed = async {

@@ -76,7 +76,15 @@ impl Backups {
             // are adopted by the reconcile that follows.
             let described = self.storage.describe(name).await?;
             let stored = i64::try_from(described.stored_bytes).unwrap_or(i64::MAX);
-            catalog::set_storage_facts(&*change, name, described.blake3.as_deref(), stored).await?;
+            let (sha256, blake3) = (described.facts.sha256, described.facts.blake3);
+            catalog::set_storage_facts(
+                &*change,
+                name,
+                sha256.as_deref().unwrap_or_default(),
+                blake3.as_deref().unwrap_or_default(),
+                stored,
+            )
+            .await?;
         }
         change.record(
             NewEvent::new("backup_files.imported", SYSTEM_OWNER)

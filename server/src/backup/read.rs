@@ -26,7 +26,8 @@ use crate::store::backups as catalog;
 pub enum DownloadPart {
     /// The next bytes, in order.
     Bytes(Vec<u8>),
-    /// The end: every byte streamed matched this SHA-256 (lowercase hex).
+    /// The end: the SHA-256 (lowercase hex) of every byte streamed, all of
+    /// them checked against the recorded digest.
     End { sha256: String },
 }
 
@@ -148,9 +149,9 @@ impl Backups {
         Ok((backup, Box::pin(ReceiverStream::new(rx))))
     }
 
-    /// Sends a download's chunks to `tx` until the end (with the digest
-    /// every byte matched), a damage found (recorded, sent as the last
-    /// item), or the client leaving.
+    /// Sends a download's chunks to `tx` until the end (with the bytes'
+    /// SHA-256), a damage found (recorded, sent as the last item), or the
+    /// client leaving.
     async fn stream(
         self: Arc<Self>,
         backup: Backup,
@@ -158,14 +159,27 @@ impl Backups {
         caller: Caller,
         tx: mpsc::Sender<Result<DownloadPart>>,
     ) {
+        // The storage checks every byte against the recorded digest; a
+        // SHA-256 not recorded (the repository's backups) is computed here.
+        let mut sha256 = backup
+            .sha256
+            .is_empty()
+            .then(|| ring::digest::Context::new(&ring::digest::SHA256));
         loop {
             let (message, last) = match chunks.next().await {
-                // The end: the storage checked every byte against this.
                 None => {
-                    let sha256 = backup.sha256.clone();
+                    let sha256 = match sha256.take() {
+                        Some(computed) => hex::encode(computed.finish()),
+                        None => backup.sha256.clone(),
+                    };
                     (Ok(DownloadPart::End { sha256 }), true)
                 }
-                Some(Ok(chunk)) => (Ok(DownloadPart::Bytes(chunk)), false),
+                Some(Ok(chunk)) => {
+                    if let Some(hasher) = &mut sha256 {
+                        hasher.update(&chunk);
+                    }
+                    (Ok(DownloadPart::Bytes(chunk)), false)
+                }
                 Some(Err(e)) => {
                     let e = self
                         .found_damaged(&backup, e, Trigger::Download, caller.user_id)

@@ -103,12 +103,12 @@ impl Backups {
                 owner_user_id: owner,
                 kind,
                 size_bytes: found.facts.size_bytes,
-                sha256: found.facts.sha256,
+                sha256: found.facts.sha256.unwrap_or_default(),
                 is_protected: kind.is_protected(),
                 created_at: found.modified.trunc_subsecs(6),
                 damage: None,
                 last_verified_at: None,
-                blake3: found.blake3,
+                blake3: found.facts.blake3,
                 stored_bytes: found.stored_bytes as i64,
             });
         }

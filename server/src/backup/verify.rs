@@ -89,7 +89,8 @@ impl Vouched {
 pub fn recorded_facts(backup: &Backup) -> ContentFacts {
     ContentFacts {
         size_bytes: backup.size_bytes,
-        sha256: backup.sha256.clone(),
+        sha256: Some(backup.sha256.clone()).filter(|d| !d.is_empty()),
+        blake3: backup.blake3.clone(),
     }
 }
 

@@ -61,7 +61,9 @@ pub struct Backup {
     pub owner_user_id: i64,
     pub kind: BackupKind,
     /// Size and SHA-256 (hex) of the bytes when they were written: every
-    /// read is checked against them.
+    /// read is checked against the size and BLAKE3 where it is set, else
+    /// SHA-256. SHA-256 is empty where the storage did not compute it (the
+    /// repository, which computes BLAKE3 alone).
     pub size_bytes: i64,
     pub sha256: String,
     /// Never deleted by retention; only by an admin with force.

@@ -139,21 +139,27 @@ pub async fn least_recently_verified<C: ConnectionTrait>(
         .transpose()
 }
 
-/// Records what the storage knows of a backup's bytes: their BLAKE3 and
-/// the stored bytes they added.
+/// Records what the storage knows of a backup's bytes moved into it: the
+/// stored bytes they added, and their BLAKE3 (`blake3`) if their SHA-256
+/// (`sha256`) is the one recorded. Bytes that changed (a damaged backup
+/// moved as it is) keep being checked against the SHA-256 of the bytes
+/// first written, and so stay damaged.
 pub async fn set_storage_facts<C: ConnectionTrait>(
     conn: &C,
     filename: &str,
-    blake3: Option<&str>,
+    sha256: &str,
+    blake3: &str,
     stored_bytes: i64,
 ) -> Result<()> {
     backup::Entity::update_many()
-        .col_expr(
-            backup::Column::Blake3,
-            Expr::value(blake3.map(str::to_owned)),
-        )
         .col_expr(backup::Column::StoredBytes, Expr::value(stored_bytes))
         .filter(backup::Column::Filename.eq(filename))
+        .exec(conn)
+        .await?;
+    backup::Entity::update_many()
+        .col_expr(backup::Column::Blake3, Expr::value(blake3.to_owned()))
+        .filter(backup::Column::Filename.eq(filename))
+        .filter(backup::Column::Sha256.eq(sha256))
         .exec(conn)
         .await?;
     Ok(())

@@ -117,9 +117,10 @@ def start_server(data, extra_flags=()):
 
 @pytest.fixture(scope="session")
 def server(stubs, tmp_path_factory):
-    """A real backup-server with the default storage (full copies in a
-    directory): yields (address, admin token)."""
-    with start_server(tmp_path_factory.mktemp("data")) as running:
+    """A real backup-server keeping full copies in a directory
+    (`--full-copies`, the storage that fills `Backup.sha256`): yields
+    (address, admin token)."""
+    with start_server(tmp_path_factory.mktemp("data"), ["--full-copies"]) as running:
         yield running.address, running.token
 
 
@@ -127,7 +128,7 @@ def server(stubs, tmp_path_factory):
 def repo_server(stubs, tmp_path_factory):
     """A real backup-server keeping its backups in a repository
     (`--repository DATA/repository`, a local path), the storage that fills
-    `Backup.blake3`: yields a Server."""
+    `Backup.blake3` alone: yields a Server."""
     data = tmp_path_factory.mktemp("repo-data")
     with start_server(data, ["--repository", str(data / "repository")]) as running:
         yield running
@@ -138,11 +139,11 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def download_checked(backups, filename, metadata):
     """Downloads a backup and checks every digest a client can: the SHA-256
-    of the bytes received against the first message's `backup.sha256` and
-    the last message's `sha256` (always sent, on the last message only, whose
-    chunk is empty), and their BLAKE3 against `backup.blake3` when the server
-    filled it (an empty one means the storage does not compute it). Returns
-    (the first message's backup, the bytes)."""
+    of the bytes received against the last message's `sha256` (always sent,
+    on the last message only, whose chunk is empty) and the first message's
+    `backup.sha256`, and their BLAKE3 against `backup.blake3`, each where the
+    server filled it (full copies fill `sha256`, a repository `blake3`).
+    Returns (the first message's backup, the bytes)."""
     from backup.v1 import backup_files_pb2 as files
 
     sha256 = hashlib.sha256()
@@ -172,8 +173,10 @@ def download_checked(backups, filename, metadata):
     assert len(data) == backup.size_bytes
 
     received = sha256.hexdigest()
-    assert HEX64.fullmatch(backup.sha256), f"backup.sha256 {backup.sha256!r}"
-    assert received == backup.sha256, "the bytes received do not match backup.sha256"
+    assert backup.sha256 or backup.blake3, "the backup has no digest to check"
+    if backup.sha256:
+        assert HEX64.fullmatch(backup.sha256), f"backup.sha256 {backup.sha256!r}"
+        assert received == backup.sha256, "the bytes received do not match backup.sha256"
     assert last.sha256, f"the last of {messages} messages carries no sha256"
     assert last.chunk == b"", "the message carrying the streamed sha256 has no chunk"
     assert received == last.sha256, "the bytes received do not match the streamed sha256"
@@ -203,14 +206,15 @@ def test_readme_snippet(server, capsys):
     print("created", created.backup.filename, created.backup.size_bytes, "bytes")
 
     for backup in backups.ListBackups(files.ListBackupsRequest(), metadata=auth).backups:
-        print(backup.filename, backup.size_bytes, backup.sha256)
+        print(backup.filename, backup.size_bytes, backup.blake3 or backup.sha256)
     # end README snippet
 
     channel.close()
     out = capsys.readouterr().out
     assert created.backup.filename == "from-python.db"
     assert "created from-python.db" in out
-    assert f"from-python.db {created.backup.size_bytes} {created.backup.sha256}" in out
+    digest = created.backup.blake3 or created.backup.sha256
+    assert f"from-python.db {created.backup.size_bytes} {digest}" in out
 
 
 def test_call_without_token_is_unauthenticated(server):
@@ -379,7 +383,7 @@ def test_flow(server):
 
 def test_repository_download_blake3_and_stats(repo_server):
     """On the repository storage a backup has a BLAKE3 digest: a download
-    matches it (and both SHA-256s), and GetRepositoryStats (admin only)
+    matches it (and the SHA-256 its last message carries), and GetRepositoryStats (admin only)
     counts what the repository holds."""
     from backup.v1 import backup_files_pb2 as files
     from backup.v1 import backup_files_pb2_grpc as files_grpc
@@ -396,7 +400,7 @@ def test_repository_download_blake3_and_stats(repo_server):
         ).backup
         assert created.filename == name
         assert created.size_bytes > 0
-        assert HEX64.fullmatch(created.sha256), created.sha256
+        assert created.sha256 == "", "the repository computes BLAKE3 alone"
         assert HEX64.fullmatch(created.blake3), (
             f"the repository storage left blake3 {created.blake3!r}"
         )

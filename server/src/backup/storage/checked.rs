@@ -1,5 +1,5 @@
 //! Checking a backup's bytes against what the catalog recorded (size and
-//! SHA-256) as they are read, and checking a standalone copy as SQLite:
+//! digest) as they are read, and checking a standalone copy as SQLite:
 //! the checks every storage makes before it hands bytes out as whole.
 
 use std::fs::File;
@@ -13,19 +13,35 @@ use crate::backup::sqlite::{self, Content};
 use crate::error::{Error, Result};
 
 /// Counts and hashes bytes as they are read, against the recorded size
-/// and digest: more bytes than recorded fail at once, a short count or
-/// another digest at [`Self::finish`].
+/// and digest (BLAKE3 where recorded, else SHA-256): more bytes than
+/// recorded fail at once, a short count or another digest at
+/// [`Self::finish`].
 pub struct Checker {
     expected: ContentFacts,
-    hasher: ring::digest::Context,
+    hasher: Hasher,
     read: u64,
+}
+
+/// The digest a [`Checker`] computes.
+enum Hasher {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(Box<ring::digest::Context>),
+    /// Nothing recorded to check against.
+    None,
 }
 
 impl Checker {
     pub fn new(expected: ContentFacts) -> Self {
+        let hasher = match (&expected.blake3, &expected.sha256) {
+            (Some(_), _) => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+            (None, Some(_)) => {
+                Hasher::Sha256(Box::new(ring::digest::Context::new(&ring::digest::SHA256)))
+            }
+            (None, None) => Hasher::None,
+        };
         Self {
             expected,
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            hasher,
             read: 0,
         }
     }
@@ -33,7 +49,13 @@ impl Checker {
     /// Takes in the next bytes read.
     pub fn update(&mut self, bytes: &[u8]) -> Result<()> {
         self.read += bytes.len() as u64;
-        self.hasher.update(bytes);
+        match &mut self.hasher {
+            Hasher::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
+            Hasher::Sha256(hasher) => hasher.update(bytes),
+            Hasher::None => {}
+        }
         if i64::try_from(self.read).ok() > Some(self.expected.size_bytes) {
             return Err(size_mismatch(self.read, &self.expected));
         }
@@ -46,12 +68,29 @@ impl Checker {
         if i64::try_from(self.read).ok() != Some(self.expected.size_bytes) {
             return Err(size_mismatch(self.read, &self.expected));
         }
-        let digest = hex::encode(self.hasher.clone().finish());
-        if digest != self.expected.sha256 {
+        let (algorithm, digest, recorded) = match &self.hasher {
+            Hasher::Blake3(hasher) => (
+                "BLAKE3",
+                hasher.finalize().to_hex().to_string(),
+                &self.expected.blake3,
+            ),
+            Hasher::Sha256(hasher) => (
+                "SHA-256",
+                hex::encode(hasher.as_ref().clone().finish()),
+                &self.expected.sha256,
+            ),
+            Hasher::None => {
+                return Err(Error::DataLoss(
+                    "digest: the catalog recorded none to check the bytes against".into(),
+                ));
+            }
+        };
+        let recorded = recorded.as_deref().unwrap_or_default();
+        if digest != recorded {
             return Err(Error::DataLoss(format!(
-                "digest: the bytes' SHA-256 is {}…, the catalog recorded {}…",
+                "digest: the bytes' {algorithm} is {}…, the catalog recorded {}…",
                 prefix(&digest),
-                prefix(&self.expected.sha256)
+                prefix(recorded)
             )));
         }
         Ok(())
@@ -93,7 +132,8 @@ pub fn hash_file(mut file: &File) -> Result<ContentFacts> {
     }
     Ok(ContentFacts {
         size_bytes: size,
-        sha256: hex::encode(hasher.finish()),
+        sha256: Some(hex::encode(hasher.finish())),
+        blake3: None,
     })
 }
 

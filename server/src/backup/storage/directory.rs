@@ -152,7 +152,6 @@ impl BackupStorage for Directory {
             Ok(Described {
                 stored_bytes: facts.size_bytes as u64,
                 facts,
-                blake3: None,
                 modified: modified.into(),
             })
         })
@@ -348,7 +347,7 @@ fn staged_file(temp: TempFile, taken_at: DateTime<Utc>, dir: &Path) -> Result<St
         dir: dir.to_owned(),
         new_bytes: NewBytes::new(facts.size_bytes as u64),
     };
-    Ok(Staged::new(taken_at, facts, None, Box::new(copy)))
+    Ok(Staged::new(taken_at, facts, Box::new(copy)))
 }
 
 /// Checks a backup in `dir` against what the catalog recorded when it was

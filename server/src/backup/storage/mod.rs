@@ -19,7 +19,7 @@
 //!   again once published, so the names one staged snapshot was published
 //!   under cannot drift apart.
 //! - **Reads are checked**: bytes are handed out only against the size and
-//!   SHA-256 the catalog recorded, and any difference is
+//!   digest the catalog recorded (see [`ContentFacts`]), and any difference is
 //!   [`Error::DataLoss`], before the first byte when it can be known then,
 //!   else in place of the end. Damaged bytes never pass as whole.
 //! - **Deletes are crash-safe** in three steps, begin (the name is gone),
@@ -61,11 +61,16 @@ fn already_exists(name: &str) -> crate::error::Error {
     ))
 }
 
-/// Size and SHA-256 (lowercase hex) of a backup's bytes.
+/// Size and digests (lowercase hex) of a backup's bytes, as the storage
+/// that wrote them computed them: full copies have SHA-256, a repository
+/// BLAKE3 (SHA-256 too for backups written before it stopped computing
+/// one). Reads are checked against BLAKE3 where it is known, the cheaper
+/// of the two, else SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContentFacts {
     pub size_bytes: i64,
-    pub sha256: String,
+    pub sha256: Option<String>,
+    pub blake3: Option<String>,
 }
 
 /// A stored backup's bytes as a stream of chunks, each checked as it is
@@ -78,25 +83,17 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>>> + Send>>;
 pub struct Staged {
     /// When the copy began: the moment the snapshot shows (microseconds).
     pub taken_at: DateTime<Utc>,
-    /// Size and checksum, the same under every name it is published as.
+    /// Size and digests, the same under every name it is published as.
     pub facts: ContentFacts,
-    /// BLAKE3 (hex) of the bytes, where the storage computes it.
-    pub blake3: Option<String>,
     /// The implementation's hold on the staged bytes.
     copy: Box<dyn StagedCopy>,
 }
 
 impl Staged {
-    pub fn new(
-        taken_at: DateTime<Utc>,
-        facts: ContentFacts,
-        blake3: Option<String>,
-        copy: Box<dyn StagedCopy>,
-    ) -> Self {
+    pub fn new(taken_at: DateTime<Utc>, facts: ContentFacts, copy: Box<dyn StagedCopy>) -> Self {
         Self {
             taken_at,
             facts,
-            blake3,
             copy,
         }
     }
@@ -204,8 +201,6 @@ pub struct Listing {
 #[derive(Clone, Debug)]
 pub struct Described {
     pub facts: ContentFacts,
-    /// BLAKE3 (hex), where the storage knows it.
-    pub blake3: Option<String>,
     /// Stored bytes they take, as far as they are theirs alone.
     pub stored_bytes: u64,
     /// When they were last modified: the creation time an adopted backup
@@ -314,7 +309,7 @@ pub trait BackupStorage: Send + Sync {
         chunk_bytes: usize,
     ) -> Result<ByteStream>;
 
-    /// Checks the bytes under `name` against `expected` (size, SHA-256),
+    /// Checks the bytes under `name` against `expected` (size, digest),
     /// that they are a non-empty SQLite database, and `PRAGMA
     /// integrity_check`; and that they did not change meanwhile
     /// (UNAVAILABLE: verify again). Damage is DATA_LOSS saying what is
@@ -326,7 +321,7 @@ pub trait BackupStorage: Send + Sync {
     /// The stamp of the bytes under `name`, cheaply (no read of them).
     async fn stamp(&self, name: &str) -> Result<ChangeStamp>;
 
-    /// Size, SHA-256 and modification time of the bytes under `name`, read
+    /// Size, digests and modification time of the bytes under `name`, read
     /// whole: for adopting bytes another tool stored.
     async fn describe(&self, name: &str) -> Result<Described>;
 

@@ -148,13 +148,10 @@ impl Repository {
 
     /// Rebuilds backup `name` into a new file at `to` (never over an
     /// existing one), checked chunk by chunk, against the manifest's size
-    /// and SHA-256, and as SQLite (`integrity_check`) before it appears.
+    /// and BLAKE3, and as SQLite (`integrity_check`) before it appears.
     pub async fn restore_to(&self, name: &str, to: &Path) -> Result<ContentFacts> {
         let manifest = self.inner.manifest(name).await?;
-        let facts = ContentFacts {
-            size_bytes: manifest.size_bytes,
-            sha256: manifest.sha256.clone(),
-        };
+        let facts = manifest.facts();
         let temp = self
             .inner
             .materialize_in(dir_of(to), &manifest, &facts)

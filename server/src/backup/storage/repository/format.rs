@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::backup::storage::ContentFacts;
 use crate::error::{Error, Result};
 
 /// Format version written in the config, and every manifest.
@@ -143,8 +144,11 @@ pub struct Manifest {
     pub taken_at: DateTime<Utc>,
     /// The standalone file's size in bytes.
     pub size_bytes: i64,
-    /// Its SHA-256 and BLAKE3 (lowercase hex).
-    pub sha256: String,
+    /// Its BLAKE3 (lowercase hex), and its SHA-256 where it is known: a
+    /// backup moved in from a full copy, or written by a server before
+    /// this one (which computed it for every backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub blake3: String,
     /// The size of each chunk but the last (the SQLite page size).
     pub chunk_bytes: u32,
@@ -177,6 +181,15 @@ impl Manifest {
             ));
         }
         Ok(manifest)
+    }
+
+    /// What the rebuilt file is checked against.
+    pub fn facts(&self) -> ContentFacts {
+        ContentFacts {
+            size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+            blake3: Some(self.blake3.clone()),
+        }
     }
 
     pub fn list_ids(&self) -> Result<Vec<Id>> {
@@ -222,7 +235,7 @@ mod tests {
             name: "a.db".into(),
             taken_at: Utc::now(),
             size_bytes: 8192,
-            sha256: "0".repeat(64),
+            sha256: Some("0".repeat(64)),
             blake3: "1".repeat(64),
             chunk_bytes: 4096,
             stored_bytes: 100,

@@ -16,6 +16,7 @@
 //! directory (`--backups-dir`) keeps scratch files and the lock.
 
 mod check;
+mod digest;
 mod format;
 pub mod keys;
 mod objects;
@@ -30,10 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
 pub use self::check::Checked;
+use self::digest::PageMemo;
 pub use self::format::Manifest;
 use self::format::{Config, Id, Location};
 use self::keys::{KeyFile, Keys};
@@ -89,6 +91,17 @@ pub struct Inner {
     writes: Arc<RwLock<()>>,
     /// Counts this process's changes to the set of names.
     names_changed: AtomicU64,
+    /// Taken by each snapshot of a live source, one at a time: the next
+    /// finds the chunks of the one before stored instead of writing them
+    /// again, and its unchanged pages in the memo.
+    live: Mutex<LiveSource>,
+}
+
+/// The source the last live snapshot was taken of, and its pages.
+#[derive(Default)]
+struct LiveSource {
+    path: PathBuf,
+    memo: PageMemo,
 }
 
 impl Repository {
@@ -159,6 +172,7 @@ impl Repository {
                 local_dir: local::create_dir(options.local_dir)?,
                 writes: Arc::new(RwLock::new(())),
                 names_changed: AtomicU64::new(0),
+                live: Mutex::default(),
             }),
         })
     }
@@ -166,18 +180,14 @@ impl Repository {
     /// A snapshot whose chunks are stored, as [`Staged`]: `manifest`, to be
     /// published under each name.
     fn staged(&self, manifest: Manifest, writes: OwnedRwLockReadGuard<()>) -> Staged {
-        let facts = ContentFacts {
-            size_bytes: manifest.size_bytes,
-            sha256: manifest.sha256.clone(),
-        };
-        let (taken_at, blake3) = (manifest.taken_at, Some(manifest.blake3.clone()));
+        let (taken_at, facts) = (manifest.taken_at, manifest.facts());
         let copy = StagedManifest {
             inner: self.inner.clone(),
             new_bytes: NewBytes::new(manifest.stored_bytes),
             manifest,
             _writes: writes,
         };
-        Staged::new(taken_at, facts, blake3, Box::new(copy))
+        Staged::new(taken_at, facts, Box::new(copy))
     }
 }
 
@@ -398,6 +408,13 @@ impl BackupStorage for Repository {
         // Chunked straight from the source: no copy on local disk, so no
         // scratch file to name after the hint.
         let writes = self.inner.writes.clone().read_owned().await;
+        let mut live = self.inner.live.lock().await;
+        if live.path != source {
+            *live = LiveSource {
+                path: source.to_owned(),
+                memo: PageMemo::default(),
+            };
+        }
         let taken_at = Utc::now().trunc_subsecs(6);
         let (source, what, token) = (source.to_owned(), what.to_owned(), cancel.clone());
         let pages: write::Pages = Box::new(move |chunker| {
@@ -405,7 +422,10 @@ impl BackupStorage for Repository {
             check_cancelled(&token)?;
             sqlite::read_pages(src, &what, &token, &mut |page| chunker.page(page))
         });
-        let manifest = write::store(&self.inner, pages, taken_at, cancel).await?;
+        let memo = std::mem::take(&mut live.memo);
+        let (manifest, memo) =
+            write::store(&self.inner, pages, Some(memo), taken_at, cancel).await?;
+        live.memo = memo.unwrap_or_default();
         Ok(self.staged(manifest, writes))
     }
 
@@ -417,9 +437,19 @@ impl BackupStorage for Repository {
     ) -> Result<Staged> {
         let writes = self.inner.writes.clone().read_owned().await;
         let temp = local::write_stream(&self.inner.local_dir, hint, bytes).await?;
+        // Bytes moved in keep the SHA-256 they were known by.
+        let path = temp.path.clone();
+        let hashed = blocking(move || checked::hash_file(&std::fs::File::open(path)?)).await?;
         let pages = write::file_pages(temp.path.clone());
-        let manifest =
-            write::store(&self.inner, pages, taken_at, &CancellationToken::new()).await?;
+        let (mut manifest, _) = write::store(
+            &self.inner,
+            pages,
+            None,
+            taken_at,
+            &CancellationToken::new(),
+        )
+        .await?;
+        manifest.sha256 = hashed.sha256;
         drop(temp);
         Ok(self.staged(manifest, writes))
     }
@@ -512,11 +542,7 @@ impl BackupStorage for Repository {
     async fn describe(&self, name: &str) -> Result<Described> {
         let manifest = self.inner.manifest(name).await?;
         Ok(Described {
-            facts: ContentFacts {
-                size_bytes: manifest.size_bytes,
-                sha256: manifest.sha256,
-            },
-            blake3: Some(manifest.blake3),
+            facts: manifest.facts(),
             stored_bytes: manifest.stored_bytes,
             modified: manifest.taken_at,
         })

@@ -9,12 +9,14 @@ use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+use super::digest::PageMemo;
 use super::format::{self, Id, LIST_IDS, Location, Manifest};
 use super::keys::Keys;
 use crate::backup::check_cancelled;
@@ -32,30 +34,52 @@ const PACK_BYTES: usize = 16 << 20;
 /// zstd's level for frames: its default, which the benchmarks measured.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// Packs the packer may finish ahead of their upload.
+/// Threads compressing and sealing frames. Compression is most of a first
+/// backup's work (about 1.8 s of one core per GiB of text-like pages,
+/// whatever the level): two packers beside the chunker keep both cores of
+/// a small server busy.
+const PACKERS: usize = 2;
+
+/// Packs the packers may finish ahead of their upload.
 const PACKS_AHEAD: usize = 2;
 
-/// New chunks the chunker may hash ahead of the packer (4 MiB of pages).
-const CHUNKS_AHEAD: usize = 1024;
+/// Frames the chunker may fill ahead of each packer (4 MiB of pages).
+const FRAMES_AHEAD: usize = 64;
 
-/// A new chunk on its way to the packer.
-type NewChunk = (Id, Vec<u8>);
+/// The new chunks of one frame, before compression: their bytes end to
+/// end, and each one's id, offset and length there.
+#[derive(Default)]
+pub struct Frame {
+    bytes: Vec<u8>,
+    chunks: Vec<(Id, u32, u32)>,
+}
 
-/// Writes the chunks `chunks` brings into packs, each sent to `packs` once
+impl Frame {
+    fn push(&mut self, id: Id, plaintext: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve(FRAME_BYTES * 2);
+        }
+        let offset = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(plaintext);
+        self.chunks.push((id, offset, plaintext.len() as u32));
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes.len() >= FRAME_BYTES
+    }
+}
+
+/// Writes the frames `frames` brings into packs, each sent to `packs` once
 /// full, the last one at the end.
-fn pack_all(
-    keys: &Keys,
-    chunks: std::sync::mpsc::Receiver<NewChunk>,
-    packs: &mpsc::Sender<Pack>,
-) -> Result<()> {
+fn pack_all(keys: &Keys, frames: Receiver<Frame>, packs: &mpsc::Sender<Pack>) -> Result<()> {
     let send = |pack: Pack| {
         packs
             .blocking_send(pack)
             .map_err(|_| Error::Cancelled("the upload stopped".into()))
     };
     let mut writer = PackWriter::new(keys)?;
-    for (id, bytes) in chunks {
-        if let Some(pack) = writer.add(id, &bytes)? {
+    for frame in frames {
+        if let Some(pack) = writer.add_frame(frame)? {
             send(pack)?;
         }
     }
@@ -78,12 +102,12 @@ pub fn pack_path(id: &Id) -> String {
     format!("data/{}/{hex}", &hex[..2])
 }
 
-/// Collects new chunks into frames, and frames into packs.
+/// Collects frames into packs: chunk by chunk ([`Self::add`]) or a frame
+/// at a time ([`Self::add_frame`]).
 pub struct PackWriter<'k> {
     keys: &'k Keys,
-    frame: Vec<u8>,
-    /// The chunks of the open frame: id, offset and length in it.
-    frame_chunks: Vec<(Id, u32, u32)>,
+    /// The frame [`Self::add`] fills.
+    frame: Frame,
     pack: Vec<u8>,
     /// Finished entries of the open pack, its id still unknown.
     pack_chunks: Vec<(Id, u64, u32, u32, u32)>,
@@ -96,8 +120,7 @@ impl<'k> PackWriter<'k> {
     pub fn new(keys: &'k Keys) -> Result<Self> {
         Ok(Self {
             keys,
-            frame: Vec::with_capacity(FRAME_BYTES * 2),
-            frame_chunks: Vec::new(),
+            frame: Frame::default(),
             pack: Vec::new(),
             pack_chunks: Vec::new(),
             compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
@@ -106,13 +129,19 @@ impl<'k> PackWriter<'k> {
 
     /// Adds a chunk; returns a pack once one is full.
     pub fn add(&mut self, id: Id, plaintext: &[u8]) -> Result<Option<Pack>> {
-        let offset = self.frame.len() as u32;
-        self.frame.extend_from_slice(plaintext);
-        self.frame_chunks.push((id, offset, plaintext.len() as u32));
-        if self.frame.len() < FRAME_BYTES {
-            return Ok(None);
+        self.frame.push(id, plaintext);
+        match self.frame.is_full() {
+            true => {
+                let frame = std::mem::take(&mut self.frame);
+                self.add_frame(frame)
+            }
+            false => Ok(None),
         }
-        self.close_frame()?;
+    }
+
+    /// Adds a whole frame; returns a pack once one is full.
+    pub fn add_frame(&mut self, frame: Frame) -> Result<Option<Pack>> {
+        self.write_frame(frame)?;
         match self.pack.len() >= PACK_BYTES {
             true => self.take_pack().map(Some),
             false => Ok(None),
@@ -121,27 +150,27 @@ impl<'k> PackWriter<'k> {
 
     /// The last pack, if anything is left in it.
     pub fn finish(mut self) -> Result<Option<Pack>> {
-        self.close_frame()?;
+        let frame = std::mem::take(&mut self.frame);
+        self.write_frame(frame)?;
         match self.pack.is_empty() {
             true => Ok(None),
             false => self.take_pack().map(Some),
         }
     }
 
-    fn close_frame(&mut self) -> Result<()> {
-        if self.frame_chunks.is_empty() {
+    fn write_frame(&mut self, frame: Frame) -> Result<()> {
+        if frame.chunks.is_empty() {
             return Ok(());
         }
-        let compressed = self.compressor.compress(&self.frame)?;
+        let compressed = self.compressor.compress(&frame.bytes)?;
         let sealed = self.keys.seal(b"frame", compressed);
         let frame_offset = self.pack.len() as u64;
         let frame_len = sealed.len() as u32;
         self.pack.extend_from_slice(&sealed);
-        for (id, offset, len) in self.frame_chunks.drain(..) {
+        for (id, offset, len) in frame.chunks {
             self.pack_chunks
                 .push((id, frame_offset, frame_len, offset, len));
         }
-        self.frame.clear();
         Ok(())
     }
 
@@ -180,7 +209,6 @@ impl<'k> PackWriter<'k> {
 /// What chunking a snapshot found.
 struct Chunked {
     size_bytes: i64,
-    sha256: String,
     blake3: String,
     chunk_bytes: u32,
     lists: Vec<Id>,
@@ -191,33 +219,50 @@ struct Chunked {
 pub type Pages = Box<dyn FnOnce(&mut Chunker) -> Result<()> + Send>;
 
 /// Stores the snapshot whose pages `pages` produces (taken at `taken_at`)
-/// in the repository and returns its manifest, named once published. Once
-/// `cancel` fires it stops; what it wrote is unreferenced, for a prune to
-/// take.
+/// in the repository and returns its manifest, named once published, with
+/// `memo` (the pages of the source's last snapshot, see [`PageMemo`])
+/// brought up to this one. Once `cancel` fires it stops; what it wrote is
+/// unreferenced, for a prune to take.
 pub async fn store(
     inner: &Arc<Inner>,
     pages: Pages,
+    memo: Option<PageMemo>,
     taken_at: DateTime<Utc>,
     cancel: &CancellationToken,
-) -> Result<Manifest> {
+) -> Result<(Manifest, Option<PageMemo>)> {
     // Chunks only a damaged index knows are written again.
     let known: HashSet<Id> = inner.load_index().await?.0.into_keys().collect();
     let (packs_tx, mut packs_rx) = mpsc::channel::<Pack>(PACKS_AHEAD);
     let chunker = {
         let (inner, cancel) = (inner.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || {
-            // Hashing on this thread, compressing and sealing on another:
-            // the two halves of the work run on two cores.
+            // Reading and hashing on this thread, compressing and sealing
+            // on the packers'.
             std::thread::scope(|scope| {
-                let (chunks_tx, chunks_rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
-                let packer = scope.spawn(|| pack_all(&inner.keys, chunks_rx, &packs_tx));
-                let mut chunker = Chunker::new(&inner.keys, &known, chunks_tx, &cancel);
+                let (senders, packers): (Vec<_>, Vec<_>) = (0..PACKERS)
+                    .map(|_| {
+                        let (frames_tx, frames_rx) = sync_channel(FRAMES_AHEAD);
+                        let packs_tx = &packs_tx;
+                        let keys = &inner.keys;
+                        (
+                            frames_tx,
+                            scope.spawn(move || pack_all(keys, frames_rx, packs_tx)),
+                        )
+                    })
+                    .unzip();
+                let mut memo = memo;
+                let mut chunker =
+                    Chunker::new(&inner.keys, &known, senders, memo.as_mut(), &cancel);
                 let chunked = pages(&mut chunker).and_then(|()| chunker.finish());
-                let packed = packer
-                    .join()
-                    .map_err(|_| Error::Internal("the packer panicked".into()))?;
-                // The packer's error says why the chunker could not go on.
-                packed.and(chunked)
+                let mut packed = Ok(());
+                for packer in packers {
+                    let joined = packer
+                        .join()
+                        .map_err(|_| Error::Internal("a packer panicked".into()))?;
+                    packed = packed.and(joined);
+                }
+                // A packer's error says why the chunker could not go on.
+                packed.and(chunked).map(|chunked| (chunked, memo))
             })
         })
     };
@@ -235,7 +280,7 @@ pub async fn store(
             Err(e) => upload_error = Some(e),
         }
     }
-    let chunked = chunker
+    let (chunked, memo) = chunker
         .await
         .map_err(|e| Error::Internal(format!("the chunker failed: {e}")))??;
     if let Some(e) = upload_error {
@@ -244,32 +289,46 @@ pub async fn store(
     if !entries.is_empty() {
         stored_bytes += inner.write_index(&entries).await?.1;
     }
-    Ok(Manifest {
+    let manifest = Manifest {
         version: format::VERSION,
         name: String::new(),
         taken_at,
         size_bytes: chunked.size_bytes,
-        sha256: chunked.sha256,
+        sha256: None,
         blake3: chunked.blake3,
         chunk_bytes: chunked.chunk_bytes,
         stored_bytes,
         lists: chunked.lists.iter().map(Id::hex).collect(),
-    })
+    };
+    Ok((manifest, memo))
 }
 
-/// Takes a snapshot's pages in order: hashes the whole (SHA-256, BLAKE3),
-/// gives each page its id, and sends the pages the repository lacks to
-/// packs. Every [`LIST_IDS`] ids make a chunk list, itself a chunk.
+/// How the chunker computes the file's BLAKE3.
+enum Whole<'a> {
+    /// Before the first page, which tells whether the memo fits.
+    Unstarted(Option<&'a mut PageMemo>),
+    /// From the pages' chaining values, reusing unchanged pages'.
+    Memo(&'a mut PageMemo),
+    /// Over every byte.
+    Stream(Box<blake3::Hasher>),
+}
+
+/// Takes a snapshot's pages in order: hashes the whole (BLAKE3), gives
+/// each page its id, and sends the pages the repository lacks to the
+/// packers, a frame at a time. Every [`LIST_IDS`] ids make a chunk list,
+/// itself a chunk.
 pub struct Chunker<'a> {
     keys: &'a Keys,
     known: &'a HashSet<Id>,
-    /// Where new chunks go: the packer.
-    chunks: std::sync::mpsc::SyncSender<NewChunk>,
+    /// Where full frames go, in turn: the packers.
+    packers: Vec<SyncSender<Frame>>,
+    frames_sent: usize,
     cancel: &'a CancellationToken,
     /// Chunks this snapshot already sent.
     written: HashSet<Id>,
-    sha256: ring::digest::Context,
-    whole: blake3::Hasher,
+    frame: Frame,
+    whole: Whole<'a>,
+    pages: usize,
     size_bytes: i64,
     /// The size of every page but the last.
     chunk_bytes: Option<u32>,
@@ -281,17 +340,20 @@ impl<'a> Chunker<'a> {
     fn new(
         keys: &'a Keys,
         known: &'a HashSet<Id>,
-        chunks: std::sync::mpsc::SyncSender<NewChunk>,
+        packers: Vec<SyncSender<Frame>>,
+        memo: Option<&'a mut PageMemo>,
         cancel: &'a CancellationToken,
     ) -> Self {
         Self {
             keys,
             known,
-            chunks,
+            packers,
+            frames_sent: 0,
             cancel,
             written: HashSet::new(),
-            sha256: ring::digest::Context::new(&ring::digest::SHA256),
-            whole: blake3::Hasher::new(),
+            frame: Frame::default(),
+            whole: Whole::Unstarted(memo),
+            pages: 0,
             size_bytes: 0,
             chunk_bytes: None,
             list: Vec::with_capacity(LIST_IDS),
@@ -301,11 +363,32 @@ impl<'a> Chunker<'a> {
 
     /// The next page of the snapshot.
     pub fn page(&mut self, bytes: &[u8]) -> Result<()> {
-        self.chunk_bytes.get_or_insert(bytes.len() as u32);
-        self.sha256.update(bytes);
-        self.whole.update(bytes);
+        let page_bytes = *self.chunk_bytes.get_or_insert(bytes.len() as u32) as usize;
+        if let Whole::Unstarted(memo) = &mut self.whole {
+            self.whole = match memo.take() {
+                Some(memo) if PageMemo::fits(page_bytes) => {
+                    memo.start(page_bytes);
+                    Whole::Memo(memo)
+                }
+                _ => Whole::Stream(Box::default()),
+            };
+        }
+        let id = match &mut self.whole {
+            Whole::Memo(memo) if bytes.len() == page_bytes => {
+                memo.page(self.keys, self.pages, bytes)
+            }
+            Whole::Stream(hasher) => {
+                hasher.update(bytes);
+                self.keys.chunk_id(bytes)
+            }
+            _ => {
+                return Err(Error::Internal(
+                    "a live snapshot's pages differ in size".into(),
+                ));
+            }
+        };
+        self.pages += 1;
         self.size_bytes += bytes.len() as i64;
-        let id = self.keys.chunk_id(bytes);
         self.store(id, bytes)?;
         self.list.push(id);
         if self.list.len() == LIST_IDS {
@@ -326,22 +409,39 @@ impl<'a> Chunker<'a> {
 
     fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
         if !self.known.contains(&id) && self.written.insert(id) {
-            self.chunks
-                .send((id, bytes.to_vec()))
-                .map_err(|_| Error::Cancelled("the packer stopped".into()))?;
+            self.frame.push(id, bytes);
+            if self.frame.is_full() {
+                self.send_frame()?;
+            }
         }
         Ok(())
     }
 
-    /// The snapshot's facts; dropping the sender ends the packer's input.
+    fn send_frame(&mut self) -> Result<()> {
+        let frame = std::mem::take(&mut self.frame);
+        let packer = &self.packers[self.frames_sent % self.packers.len()];
+        self.frames_sent += 1;
+        packer
+            .send(frame)
+            .map_err(|_| Error::Cancelled("the packer stopped".into()))
+    }
+
+    /// The snapshot's facts; dropping the senders ends the packers' input.
     fn finish(mut self) -> Result<Chunked> {
         if !self.list.is_empty() {
             self.close_list()?;
         }
+        if !self.frame.chunks.is_empty() {
+            self.send_frame()?;
+        }
+        let blake3 = match self.whole {
+            Whole::Memo(memo) => memo.finish(self.pages),
+            Whole::Stream(hasher) => hasher.finalize().to_hex().to_string(),
+            Whole::Unstarted(_) => blake3::hash(b"").to_hex().to_string(),
+        };
         Ok(Chunked {
             size_bytes: self.size_bytes,
-            sha256: hex::encode(self.sha256.finish()),
-            blake3: self.whole.finalize().to_hex().to_string(),
+            blake3,
             chunk_bytes: self.chunk_bytes.unwrap_or(4096),
             lists: self.lists,
         })
