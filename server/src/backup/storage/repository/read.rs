@@ -26,6 +26,13 @@ thread_local! {
 /// A frame: its pack and its offset there.
 type FrameKey = (Id, u64);
 
+/// A frame's plaintext, with the chunks already checked against their ids
+/// in it (in the order the backup needs them).
+struct CheckedFrame {
+    plaintext: Vec<u8>,
+    checked: Vec<Id>,
+}
+
 /// The chunks of one backup, in order, read one at a time.
 pub struct Rebuild {
     inner: Arc<Inner>,
@@ -37,13 +44,13 @@ pub struct Rebuild {
     /// Chunk ids of the current list not yet read.
     chunks: VecDeque<Id>,
     /// The current list's frames not yet asked for, in the order its
-    /// chunks need them.
-    frames: VecDeque<Location>,
-    /// Frames being read ahead, in that order.
-    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<Vec<u8>>>)>,
-    /// The last frame read and its plaintext: chunks written together are
-    /// read together.
-    frame: Option<(FrameKey, Vec<u8>)>,
+    /// chunks need them, each with the chunks it is needed for.
+    frames: VecDeque<(Location, Vec<(Id, Location)>)>,
+    /// Frames being read ahead, in that order: read, opened and their
+    /// chunks checked on the blocking pool.
+    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<CheckedFrame>>)>,
+    /// The last frame read: chunks written together are read together.
+    frame: Option<(FrameKey, CheckedFrame)>,
 }
 
 impl Rebuild {
@@ -86,11 +93,17 @@ impl Rebuild {
     fn plan_frames(&mut self) {
         self.frames.clear();
         let mut last = None;
-        for at in self.chunks.iter().filter_map(|id| self.index.get(id)) {
+        for id in &self.chunks {
+            let Some(at) = self.index.get(id) else {
+                continue;
+            };
             let key = (at.pack, at.frame_offset);
             if last != Some(key) {
-                self.frames.push_back(*at);
+                self.frames.push_back((*at, Vec::new()));
                 last = Some(key);
+            }
+            if let Some((_, needed)) = self.frames.back_mut() {
+                needed.push((*id, *at));
             }
         }
         self.read_ahead();
@@ -98,18 +111,17 @@ impl Rebuild {
 
     fn read_ahead(&mut self) {
         while self.ahead.len() < READ_AHEAD {
-            let Some(at) = self.frames.pop_front() else {
+            let Some((at, needed)) = self.frames.pop_front() else {
                 return;
             };
             let inner = self.inner.clone();
-            let read = tokio::spawn(async move { inner.read_frame(&at).await });
+            let read = tokio::spawn(async move { inner.read_checked_frame(&at, needed).await });
             self.ahead.push_back(((at.pack, at.frame_offset), read));
         }
     }
 
-    /// The plaintext of the frame at `at`: the one read ahead for it, or
-    /// read now.
-    async fn frame_at(&mut self, at: &Location) -> Result<Vec<u8>> {
+    /// The frame at `at`: the one read ahead for it, or read now.
+    async fn frame_at(&mut self, at: &Location) -> Result<CheckedFrame> {
         let key = (at.pack, at.frame_offset);
         if self.ahead.front().is_some_and(|(ahead, _)| *ahead == key)
             && let Some((_, read)) = self.ahead.pop_front()
@@ -119,7 +131,11 @@ impl Rebuild {
                 .await
                 .map_err(|e| Error::Internal(format!("a frame read failed: {e}")))?;
         }
-        self.inner.read_frame(at).await
+        let plaintext = self.inner.read_frame(at).await?;
+        Ok(CheckedFrame {
+            plaintext,
+            checked: Vec::new(),
+        })
     }
 
     /// Chunk `id`'s plaintext, from its frame, checked against `id`.
@@ -133,18 +149,22 @@ impl Rebuild {
         })?;
         let key = (at.pack, at.frame_offset);
         if self.frame.as_ref().map(|(k, _)| *k) != Some(key) {
-            let plaintext = self.frame_at(&at).await.map_err(|e| self.of_backup(e))?;
-            self.frame = Some((key, plaintext));
+            let frame = self.frame_at(&at).await.map_err(|e| self.of_backup(e))?;
+            self.frame = Some((key, frame));
         }
-        let frame = self
-            .frame
-            .as_ref()
-            .map(|(_, f)| f.as_slice())
-            .unwrap_or_default();
-        let bytes = self
-            .inner
-            .chunk_in(frame, id, &at)
-            .map_err(|e| self.of_backup(e))?;
+        let Some((_, frame)) = &self.frame else {
+            return Err(Error::Internal("no frame was read".into()));
+        };
+        let bytes = match frame.checked.contains(&id) {
+            true => frame
+                .plaintext
+                .get(at.offset as usize..(at.offset + at.len) as usize)
+                .unwrap_or_default(),
+            false => self
+                .inner
+                .chunk_in(&frame.plaintext, id, &at)
+                .map_err(|e| self.of_backup(e))?,
+        };
         Ok(bytes.to_vec())
     }
 
@@ -161,6 +181,16 @@ impl Inner {
     /// The plaintext of the frame at `at`: read, then opened and
     /// decompressed on the blocking pool.
     pub async fn read_frame(self: &Arc<Self>, at: &Location) -> Result<Vec<u8>> {
+        Ok(self.read_checked_frame(at, Vec::new()).await?.plaintext)
+    }
+
+    /// The frame at `at`, with the chunks `needed` from it checked, on the
+    /// blocking pool.
+    async fn read_checked_frame(
+        self: &Arc<Self>,
+        at: &Location,
+        needed: Vec<(Id, Location)>,
+    ) -> Result<CheckedFrame> {
         let what = format!("pack {}", &at.pack.hex()[..12]);
         let range = at.frame_offset..at.frame_offset + u64::from(at.frame_len);
         let sealed = self
@@ -168,7 +198,15 @@ impl Inner {
             .get_range(&pack_path(&at.pack), range, &what)
             .await?;
         let inner = self.clone();
-        crate::blocking::blocking(move || inner.open_frame(sealed, &what)).await
+        crate::blocking::blocking(move || {
+            let plaintext = inner.open_frame(sealed, &what)?;
+            for (id, at) in &needed {
+                inner.chunk_in(&plaintext, *id, at)?;
+            }
+            let checked = needed.into_iter().map(|(id, _)| id).collect();
+            Ok(CheckedFrame { plaintext, checked })
+        })
+        .await
     }
 
     /// A frame's plaintext from its stored bytes, in pack `what`.
