@@ -83,7 +83,7 @@ impl Backups {
         let event = move |b: &Backup| {
             NewEvent::new("backup_files.create", caller.user_id)
                 .resource("backup", &b.name)
-                .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind }))
+                .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "blake3": b.blake3, "kind": b.kind }))
         };
         // A caller that stops waiting (a client deadline, a dropped
         // connection) cancels the backup: nothing is kept and the task

@@ -336,6 +336,7 @@ impl Backups {
                     "owner": backup.owner_user_id,
                     "size": backup.size_bytes,
                     "sha256": backup.sha256,
+                    "blake3": backup.blake3,
                 }));
             match damage {
                 None => event,

@@ -387,7 +387,7 @@ impl Scheduler {
                 NewEvent::new("backup_files.create", user_id)
                     .subject(user_id)
                     .resource("backup", &b.name)
-                    .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "kind": b.kind, "scheduled_for": slot }))
+                    .details(json!({ "size": b.size_bytes, "sha256": b.sha256, "blake3": b.blake3, "kind": b.kind, "scheduled_for": slot }))
             })
             .await;
         match backup {

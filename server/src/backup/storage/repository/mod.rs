@@ -769,6 +769,9 @@ mod tests {
             .unwrap();
         let changed = backup(&storage, &source, "changed.db").await;
         assert!(stored(&storage).await > after_first);
+        // Its pages alternate between the first backup's frames and new
+        // ones: each old frame serves pages on both sides of a new one.
+        storage.verify("changed.db", &changed).await.unwrap();
 
         for name in ["first.db", "u2~same.db"] {
             assert!(storage.begin_delete(name).await.unwrap());

@@ -14,6 +14,11 @@ use crate::error::{Error, Result};
 /// decoding overlap with the checks and the sending of the chunks before.
 const READ_AHEAD: usize = 4;
 
+/// Frames a rebuild keeps open for later chunks of the list being read
+/// (4 MiB of pages): a page written again later sits in a newer frame
+/// between pages of an older one, which is then needed again after it.
+const MAX_OPEN_FRAMES: usize = 64;
+
 /// The largest frame a writer makes: a frame's worth of pages, then one
 /// chunk of up to a chunk list's 128 KiB.
 const MAX_FRAME_BYTES: u64 = 1 << 20;
@@ -43,14 +48,16 @@ pub struct Rebuild {
     lists: VecDeque<Id>,
     /// Chunk ids of the current list not yet read.
     chunks: VecDeque<Id>,
-    /// The current list's frames not yet asked for, in the order its
-    /// chunks need them, each with the chunks it is needed for.
+    /// The current list's frames not yet asked for, each once, in the
+    /// order its chunks first need them, with the chunks it is needed for.
     frames: VecDeque<(Location, Vec<(Id, Location)>)>,
     /// Frames being read ahead, in that order: read, opened and their
     /// chunks checked on the blocking pool.
     ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<CheckedFrame>>)>,
-    /// The last frame read: chunks written together are read together.
-    frame: Option<(FrameKey, CheckedFrame)>,
+    /// How many chunks of the current list each frame still serves.
+    uses: HashMap<FrameKey, usize>,
+    /// Frames read that later chunks of the list still need.
+    open: HashMap<FrameKey, CheckedFrame>,
 }
 
 impl Rebuild {
@@ -67,7 +74,8 @@ impl Rebuild {
             chunks: VecDeque::new(),
             frames: VecDeque::new(),
             ahead: VecDeque::new(),
-            frame: None,
+            uses: HashMap::new(),
+            open: HashMap::new(),
         })
     }
 
@@ -88,23 +96,24 @@ impl Rebuild {
         }
     }
 
-    /// Lists the current list's frames in the order its chunks need them,
-    /// and starts reading the first few.
+    /// Lists the current list's frames in the order its chunks first need
+    /// them, and starts reading the first few.
     fn plan_frames(&mut self) {
         self.frames.clear();
-        let mut last = None;
+        self.uses.clear();
+        self.open.clear();
+        let mut planned: HashMap<FrameKey, usize> = HashMap::new();
         for id in &self.chunks {
             let Some(at) = self.index.get(id) else {
                 continue;
             };
             let key = (at.pack, at.frame_offset);
-            if last != Some(key) {
+            let slot = *planned.entry(key).or_insert_with(|| {
                 self.frames.push_back((*at, Vec::new()));
-                last = Some(key);
-            }
-            if let Some((_, needed)) = self.frames.back_mut() {
-                needed.push((*id, *at));
-            }
+                self.frames.len() - 1
+            });
+            self.frames[slot].1.push((*id, *at));
+            *self.uses.entry(key).or_default() += 1;
         }
         self.read_ahead();
     }
@@ -148,12 +157,9 @@ impl Rebuild {
             ))
         })?;
         let key = (at.pack, at.frame_offset);
-        if self.frame.as_ref().map(|(k, _)| *k) != Some(key) {
-            let frame = self.frame_at(&at).await.map_err(|e| self.of_backup(e))?;
-            self.frame = Some((key, frame));
-        }
-        let Some((_, frame)) = &self.frame else {
-            return Err(Error::Internal("no frame was read".into()));
+        let frame = match self.open.remove(&key) {
+            Some(frame) => frame,
+            None => self.frame_at(&at).await.map_err(|e| self.of_backup(e))?,
         };
         let bytes = match frame.checked.contains(&id) {
             true => frame
@@ -164,8 +170,18 @@ impl Rebuild {
                 .inner
                 .chunk_in(&frame.plaintext, id, &at)
                 .map_err(|e| self.of_backup(e))?,
-        };
-        Ok(bytes.to_vec())
+        }
+        .to_vec();
+        // Kept while later chunks of the list need it, within the bound
+        // (past it, a frame needed again is read again).
+        let left = self.uses.get_mut(&key).map_or(0, |left| {
+            *left = left.saturating_sub(1);
+            *left
+        });
+        if left > 0 && self.open.len() < MAX_OPEN_FRAMES {
+            self.open.insert(key, frame);
+        }
+        Ok(bytes)
     }
 
     /// Damage found while reading, naming this backup.
