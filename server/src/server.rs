@@ -57,9 +57,13 @@ pub struct App {
 }
 
 /// Opens the state store and applies pending migrations (snapshotting a
-/// store that already holds data first).
+/// store that already holds data first). The backup storage is opened only
+/// for that snapshot: a command run before the server's first start (`token
+/// create`) never creates a repository with whatever key flags it had.
 pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
-    let (db, paths, _) = open(config).await?;
+    let paths = config.prepare()?;
+    let db = open_db(&paths).await?;
+    migrate(&db, || open_storage(config, &paths)).await?;
     Ok((db, paths))
 }
 
@@ -67,17 +71,19 @@ pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
 async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupStorage>)> {
     let paths = config.prepare()?;
     let storage = open_storage(config, &paths).await?;
-    let db =
-        store::Store::open(&paths.database_url).await.map_err(|e| {
-            match store::sqlite_path(&paths.database_url) {
-                Some(path) => config::at("--database-url", &path, e),
-                None => e,
-            }
-        })?;
-    if let Some(snapshot) = migrate(&db, storage.as_ref()).await? {
-        tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is a protected backup");
-    }
+    let db = open_db(&paths).await?;
+    migrate(&db, || async { Ok(storage.clone()) }).await?;
     Ok((db, paths, storage))
+}
+
+/// The state store `--database-url` names, as it is.
+async fn open_db(paths: &config::Paths) -> Result<Store> {
+    store::Store::open(&paths.database_url).await.map_err(|e| {
+        match store::sqlite_path(&paths.database_url) {
+            Some(path) => config::at("--database-url", &path, e),
+            None => e,
+        }
+    })
 }
 
 /// The backup storage the flags name: the repository (`--repository`, by
@@ -117,21 +123,25 @@ pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<R
 }
 
 /// Applies pending migrations. When the store already holds data, it is
-/// first snapshotted into `storage` as a `pre_migration_*` backup (its name
-/// returned; reconcile catalogs it as protected), so a bad migration can be
-/// undone.
-async fn migrate(db: &Store, storage: &dyn BackupStorage) -> Result<Option<String>> {
+/// first snapshotted into the backup storage `storage` opens as a
+/// `pre_migration_*` backup (its name returned; reconcile catalogs it as
+/// protected), so a bad migration can be undone.
+async fn migrate<S, F>(db: &Store, storage: S) -> Result<Option<String>>
+where
+    S: FnOnce() -> F,
+    F: Future<Output = Result<Arc<dyn BackupStorage>>>,
+{
     let migrations = store::pending_migrations(db).await?;
-    let snapshot = match migrations.snapshot_first() {
-        Some(state_store) => {
-            let name = backup::create::pre_migration_snapshot(storage, state_store).await?;
-            tracing::info!(backup = %name, pending = migrations.pending(), "state store snapshotted before migrating");
-            Some(name)
-        }
-        None => None,
-    };
+    if let Some(state_store) = migrations.snapshot_first() {
+        let storage = storage().await?;
+        let name = backup::create::pre_migration_snapshot(storage.as_ref(), state_store).await?;
+        tracing::info!(backup = %name, pending = migrations.pending(), "state store snapshotted before migrating");
+        migrations.apply().await?;
+        tracing::warn!(snapshot = %name, "migrated the state store; the pre-migration snapshot is a protected backup");
+        return Ok(Some(name));
+    }
     migrations.apply().await?;
-    Ok(snapshot)
+    Ok(None)
 }
 
 /// A server that has opened its store, applied migrations and reconciled
@@ -369,8 +379,11 @@ mod tests {
         old.close().await.unwrap();
         let db = store::Store::open(&url).await.unwrap();
 
-        let storage = Directory::create(&backups).unwrap();
-        let snapshot = migrate(&db, &storage).await.unwrap().expect("a snapshot");
+        let storage: Arc<dyn BackupStorage> = Arc::new(Directory::create(&backups).unwrap());
+        let snapshot = migrate(&db, || async { Ok(storage.clone()) })
+            .await
+            .unwrap()
+            .expect("a snapshot");
         assert!(snapshot.starts_with("pre_migration_"), "{snapshot}");
         let old = rusqlite::Connection::open(backups.join(&snapshot)).unwrap();
         let users: i64 = old
@@ -392,7 +405,8 @@ mod tests {
                 .is_empty()
         );
 
-        // Nothing pending: nothing to snapshot.
-        assert_eq!(migrate(&db, &storage).await.unwrap(), None);
+        // Nothing pending: nothing to snapshot, and no storage opened.
+        let unopenable = || async { Err(Error::Internal("the storage was opened".into())) };
+        assert_eq!(migrate(&db, unopenable).await.unwrap(), None);
     }
 }

@@ -974,3 +974,28 @@ async fn an_s3_store_that_is_down_fails_in_seconds_and_names_the_repository() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("s3://"), "{said}");
 }
+
+#[tokio::test]
+async fn a_token_minted_before_the_first_start_leaves_the_repository_to_the_server() {
+    // An operator's first command, before the server ever ran with its key.
+    let repo = Repo::new(true);
+    let out = repo
+        .data
+        .command()
+        .envs(repo.env())
+        .args(["token", "create", "--user-id", "1", "--admin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let default = repo.data.backups_dir().join("repository");
+    assert!(
+        !default.exists() && !repo.dir().exists(),
+        "token create created a repository"
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let server = repo.start();
+    let mut backups = server.client(&token).await.backups();
+    backups.create(Some("first")).await.unwrap();
+    let config = std::fs::read_to_string(repo.dir().join("config")).unwrap();
+    assert!(config.contains("\"encrypted\": true"), "{config}");
+}
