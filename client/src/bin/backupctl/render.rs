@@ -193,13 +193,23 @@ impl Output {
         } else {
             dest.display().to_string()
         };
+        // The digest the download was checked with (see the client's).
+        let (digest, value) = match backup.blake3.is_empty() {
+            false => ("blake3", &backup.blake3),
+            true => ("sha256", &backup.sha256),
+        };
         let summary = if self.json {
-            json!({ "filename": backup.filename, "path": dest, "sha256": backup.sha256 })
-                .to_string()
+            json!({
+                "filename": backup.filename,
+                "path": dest,
+                "sha256": backup.sha256,
+                "blake3": backup.blake3,
+            })
+            .to_string()
         } else {
             format!(
-                "downloaded {} to {place} (sha256 {} verified)",
-                backup.filename, backup.sha256
+                "downloaded {} to {place} ({digest} {value} verified)",
+                backup.filename
             )
         };
         if to_stdout {

@@ -10,9 +10,13 @@ use super::format::{self, Id, Location, Manifest};
 use super::write::pack_path;
 use crate::error::{Error, Result};
 
-/// Frames read ahead of the one being handed out: their reads and
+/// Runs of frames read ahead of the one being handed out: their reads and
 /// decoding overlap with the checks and the sending of the chunks before.
 const READ_AHEAD: usize = 4;
+
+/// Stored bytes one read may span: frames adjacent in a pack are read and
+/// opened together (about 64 frames), one read and one task for them all.
+const READ_BYTES: u64 = 1 << 20;
 
 /// Frames a rebuild keeps open for later chunks of the list being read
 /// (4 MiB of pages): a page written again later sits in a newer frame
@@ -30,6 +34,13 @@ thread_local! {
 
 /// A frame: its pack and its offset there.
 type FrameKey = (Id, u64);
+
+/// Frames adjacent in one pack, read together, each with the chunks a
+/// backup needs from it.
+type FrameRun = Vec<(Location, Vec<(Id, Location)>)>;
+
+/// The frames of a run as read, in order.
+type ReadFrames = Vec<(FrameKey, CheckedFrame)>;
 
 /// A frame's plaintext, with the chunks already checked against their ids
 /// in it (in the order the backup needs them).
@@ -49,11 +60,13 @@ pub struct Rebuild {
     /// Chunk ids of the current list not yet read.
     chunks: VecDeque<Id>,
     /// The current list's frames not yet asked for, each once, in the
-    /// order its chunks first need them, with the chunks it is needed for.
-    frames: VecDeque<(Location, Vec<(Id, Location)>)>,
-    /// Frames being read ahead, in that order: read, opened and their
-    /// chunks checked on the blocking pool.
-    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<CheckedFrame>>)>,
+    /// order its chunks first need them, in runs read together.
+    frames: VecDeque<FrameRun>,
+    /// Runs being read ahead, in that order (by their first frame): read,
+    /// opened and their chunks checked on the blocking pool.
+    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<ReadFrames>>)>,
+    /// Frames of the last run read not yet asked for, in that order.
+    arrived: VecDeque<(FrameKey, CheckedFrame)>,
     /// How many chunks of the current list each frame still serves.
     uses: HashMap<FrameKey, usize>,
     /// Frames read that later chunks of the list still need.
@@ -74,6 +87,7 @@ impl Rebuild {
             chunks: VecDeque::new(),
             frames: VecDeque::new(),
             ahead: VecDeque::new(),
+            arrived: VecDeque::new(),
             uses: HashMap::new(),
             open: HashMap::new(),
         })
@@ -102,43 +116,79 @@ impl Rebuild {
         self.frames.clear();
         self.uses.clear();
         self.open.clear();
-        let mut planned: HashMap<FrameKey, usize> = HashMap::new();
+        self.arrived.clear();
+        let mut planned: Vec<(Location, Vec<(Id, Location)>)> = Vec::new();
+        let mut slots: HashMap<FrameKey, usize> = HashMap::new();
         for id in &self.chunks {
             let Some(at) = self.index.get(id) else {
                 continue;
             };
             let key = (at.pack, at.frame_offset);
-            let slot = *planned.entry(key).or_insert_with(|| {
-                self.frames.push_back((*at, Vec::new()));
-                self.frames.len() - 1
+            let slot = *slots.entry(key).or_insert_with(|| {
+                planned.push((*at, Vec::new()));
+                planned.len() - 1
             });
-            self.frames[slot].1.push((*id, *at));
+            planned[slot].1.push((*id, *at));
             *self.uses.entry(key).or_default() += 1;
+        }
+        let mut run: FrameRun = Vec::new();
+        for frame in planned {
+            let joins = run
+                .first()
+                .zip(run.last())
+                .is_some_and(|((first, _), (last, _))| {
+                    last.pack == frame.0.pack
+                        && last.frame_offset + u64::from(last.frame_len) == frame.0.frame_offset
+                        && frame.0.frame_offset + u64::from(frame.0.frame_len) - first.frame_offset
+                            <= READ_BYTES
+                });
+            if !joins && !run.is_empty() {
+                self.frames.push_back(std::mem::take(&mut run));
+            }
+            run.push(frame);
+        }
+        if !run.is_empty() {
+            self.frames.push_back(run);
         }
         self.read_ahead();
     }
 
     fn read_ahead(&mut self) {
         while self.ahead.len() < READ_AHEAD {
-            let Some((at, needed)) = self.frames.pop_front() else {
+            let Some(run) = self.frames.pop_front() else {
                 return;
             };
+            let Some((first, _)) = run.first() else {
+                continue;
+            };
+            let key = (first.pack, first.frame_offset);
             let inner = self.inner.clone();
-            let read = tokio::spawn(async move { inner.read_checked_frame(&at, needed).await });
-            self.ahead.push_back(((at.pack, at.frame_offset), read));
+            let read = tokio::spawn(async move { inner.read_frames(run).await });
+            self.ahead.push_back((key, read));
         }
     }
 
-    /// The frame at `at`: the one read ahead for it, or read now.
+    /// The frame at `at`: the one read ahead for it, or read now (a frame
+    /// needed again after it was let go).
     async fn frame_at(&mut self, at: &Location) -> Result<CheckedFrame> {
         let key = (at.pack, at.frame_offset);
-        if self.ahead.front().is_some_and(|(ahead, _)| *ahead == key)
+        if self.arrived.is_empty()
+            && self.ahead.front().is_some_and(|(ahead, _)| *ahead == key)
             && let Some((_, read)) = self.ahead.pop_front()
         {
             self.read_ahead();
-            return read
+            let frames = read
                 .await
-                .map_err(|e| Error::Internal(format!("a frame read failed: {e}")))?;
+                .map_err(|e| Error::Internal(format!("a frame read failed: {e}")))??;
+            self.arrived.extend(frames);
+        }
+        if self
+            .arrived
+            .front()
+            .is_some_and(|(arrived, _)| *arrived == key)
+            && let Some((_, frame)) = self.arrived.pop_front()
+        {
+            return Ok(frame);
         }
         let plaintext = self.inner.read_frame(at).await?;
         Ok(CheckedFrame {
@@ -197,30 +247,48 @@ impl Inner {
     /// The plaintext of the frame at `at`: read, then opened and
     /// decompressed on the blocking pool.
     pub async fn read_frame(self: &Arc<Self>, at: &Location) -> Result<Vec<u8>> {
-        Ok(self.read_checked_frame(at, Vec::new()).await?.plaintext)
+        let mut frames = self.read_frames(vec![(*at, Vec::new())]).await?;
+        Ok(frames
+            .pop()
+            .map(|(_, frame)| frame.plaintext)
+            .unwrap_or_default())
     }
 
-    /// The frame at `at`, with the chunks `needed` from it checked, on the
-    /// blocking pool.
-    async fn read_checked_frame(
-        self: &Arc<Self>,
-        at: &Location,
-        needed: Vec<(Id, Location)>,
-    ) -> Result<CheckedFrame> {
-        let what = format!("pack {}", &at.pack.hex()[..12]);
-        let range = at.frame_offset..at.frame_offset + u64::from(at.frame_len);
+    /// The frames of `run` (adjacent in one pack) in one read, opened and
+    /// the chunks each is needed for checked, on the blocking pool.
+    async fn read_frames(self: &Arc<Self>, run: FrameRun) -> Result<ReadFrames> {
+        let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else {
+            return Ok(Vec::new());
+        };
+        let (pack, start) = (first.pack, first.frame_offset);
+        let what = format!("pack {}", &pack.hex()[..12]);
+        let range = start..last.frame_offset + u64::from(last.frame_len);
         let sealed = self
             .objects
-            .get_range(&pack_path(&at.pack), range, &what)
+            .get_range(&pack_path(&pack), range, &what)
             .await?;
         let inner = self.clone();
         crate::blocking::blocking(move || {
-            let plaintext = inner.open_frame(sealed, &what)?;
-            for (id, at) in &needed {
-                inner.chunk_in(&plaintext, *id, at)?;
-            }
-            let checked = needed.into_iter().map(|(id, _)| id).collect();
-            Ok(CheckedFrame { plaintext, checked })
+            run.into_iter()
+                .map(|(at, needed)| {
+                    let from = (at.frame_offset - start) as usize;
+                    let bytes =
+                        sealed
+                            .get(from..from + at.frame_len as usize)
+                            .ok_or_else(|| {
+                                format::damaged(&what, "it is shorter than its index says")
+                            })?;
+                    let plaintext = inner.open_frame(bytes.to_vec(), &what)?;
+                    for (id, at) in &needed {
+                        inner.chunk_in(&plaintext, *id, at)?;
+                    }
+                    let checked = needed.into_iter().map(|(id, _)| id).collect();
+                    Ok((
+                        (at.pack, at.frame_offset),
+                        CheckedFrame { plaintext, checked },
+                    ))
+                })
+                .collect()
         })
         .await
     }
