@@ -155,8 +155,22 @@ pub struct Manifest {
     /// Stored bytes the backup's snapshot added to the repository.
     pub stored_bytes: u64,
     /// Ids of the chunk lists, in order; each lists up to [`LIST_IDS`]
-    /// chunk ids, and the file is their chunks concatenated.
+    /// chunk ids, and the file is their chunks concatenated. With
+    /// [`Self::levels`] 2, each of these lists the ids of chunk lists.
     pub lists: Vec<String>,
+    /// 1 (the default, left out): `lists` names the chunk lists. 2: it names
+    /// lists of chunk lists, so a manifest stays small (one id for up to 64
+    /// GiB of 4 KiB pages) whatever the backup's size.
+    #[serde(default = "one_level", skip_serializing_if = "is_one_level")]
+    pub levels: u32,
+}
+
+fn one_level() -> u32 {
+    1
+}
+
+fn is_one_level(levels: &u32) -> bool {
+    *levels == 1
 }
 
 impl Manifest {
@@ -173,6 +187,12 @@ impl Manifest {
                 "manifest {name:?} is of format version {}, which this server does not read",
                 manifest.version
             )));
+        }
+        if !(1..=2).contains(&manifest.levels) {
+            return Err(damaged(
+                &format!("manifest {name:?}"),
+                &format!("it has {} levels of chunk lists", manifest.levels),
+            ));
         }
         if manifest.name != name {
             return Err(damaged(
@@ -240,7 +260,14 @@ mod tests {
             chunk_bytes: 4096,
             stored_bytes: 100,
             lists: vec![Id([3; 32]).hex()],
+            levels: 1,
         };
+        assert!(
+            !String::from_utf8(manifest.encode())
+                .unwrap()
+                .contains("levels"),
+            "one level is left out"
+        );
         let bytes = manifest.encode();
         assert_eq!(Manifest::decode(&bytes, "a.db").unwrap(), manifest);
         assert!(matches!(

@@ -794,6 +794,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backup_of_many_lists_names_lists_of_them_and_reads_and_prunes_whole() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = local(scratch.path(), None).await.unwrap();
+        let source = scratch.path().join("large.db");
+        // 1 KiB pages: more than two chunk lists' worth in a few MiB.
+        rusqlite::Connection::open(&source)
+            .unwrap()
+            .execute_batch(
+                "PRAGMA page_size = 1024; CREATE TABLE t (x); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9000) \
+                 INSERT INTO t SELECT randomblob(700) FROM n;",
+            )
+            .unwrap();
+        let facts = backup(&storage, &source, "large.db").await;
+        assert!(
+            facts.size_bytes > 2 * format::LIST_IDS as i64 * 1024,
+            "{facts:?}"
+        );
+        let manifest = storage.inner.manifest("large.db").await.unwrap();
+        assert_eq!((manifest.levels, manifest.lists.len()), (2, 1));
+        storage.verify("large.db", &facts).await.unwrap();
+        let mut bytes = Vec::new();
+        let mut stream = storage.open("large.db", &facts, 1 << 20).await.unwrap();
+        while let Some(piece) = futures_util::StreamExt::next(&mut stream).await {
+            bytes.extend(piece.unwrap());
+        }
+        assert_eq!(bytes, std::fs::read(&source).unwrap());
+        // Every list is referenced: a prune takes nothing.
+        let pruned = storage.prune().await.unwrap();
+        assert_eq!((pruned.packs_deleted, pruned.packs_written), (0, 0));
+        storage.verify("large.db", &facts).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_prune_that_only_drops_leftovers_keeps_the_index() {
         let scratch = tempfile::tempdir().unwrap();
         let storage = local(scratch.path(), None).await.unwrap();

@@ -55,6 +55,8 @@ pub struct Rebuild {
     index: Arc<HashMap<Id, Location>>,
     /// The backup, for errors.
     name: String,
+    /// Lists of chunk lists not yet read (a manifest of two levels).
+    roots: VecDeque<Id>,
     /// Chunk lists not yet read.
     lists: VecDeque<Id>,
     /// Chunk ids of the current list not yet read.
@@ -79,11 +81,17 @@ impl Rebuild {
         index: Arc<HashMap<Id, Location>>,
         manifest: &Manifest,
     ) -> Result<Self> {
+        let ids: VecDeque<Id> = manifest.list_ids()?.into();
+        let (roots, lists) = match manifest.levels {
+            2 => (ids, VecDeque::new()),
+            _ => (VecDeque::new(), ids),
+        };
         Ok(Self {
             inner,
             index,
             name: manifest.name.clone(),
-            lists: manifest.list_ids()?.into(),
+            roots,
+            lists,
             chunks: VecDeque::new(),
             frames: VecDeque::new(),
             ahead: VecDeque::new(),
@@ -96,18 +104,25 @@ impl Rebuild {
     /// The next chunk's plaintext, checked; `None` after the last.
     pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         while self.chunks.is_empty() {
-            let Some(list) = self.lists.pop_front() else {
+            if let Some(list) = self.lists.pop_front() {
+                self.chunks = self.list(list).await?.into();
+                self.plan_frames();
+            } else if let Some(root) = self.roots.pop_front() {
+                self.lists = self.list(root).await?.into();
+            } else {
                 return Ok(None);
-            };
-            let bytes = self.chunk(list).await?;
-            let what = format!("a chunk list of backup {:?}", self.name);
-            self.chunks = format::decode_list(&bytes, &what)?.into();
-            self.plan_frames();
+            }
         }
         match self.chunks.pop_front() {
             Some(id) => self.chunk(id).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The ids list chunk `id` holds.
+    async fn list(&mut self, id: Id) -> Result<Vec<Id>> {
+        let bytes = self.chunk(id).await?;
+        format::decode_list(&bytes, &format!("a chunk list of backup {:?}", self.name))
     }
 
     /// Lists the current list's frames in the order its chunks first need
@@ -335,22 +350,34 @@ impl Inner {
         Ok(bytes)
     }
 
-    /// A manifest's chunk lists and the chunks they list.
+    /// A manifest's chunk lists (and lists of them) and the chunks they
+    /// list.
     pub async fn chunks_of(
         self: &Arc<Self>,
         manifest: &Manifest,
         index: &HashMap<Id, Location>,
     ) -> Result<Vec<Id>> {
         let mut ids = Vec::new();
-        for list in manifest.list_ids()? {
-            let at = index
-                .get(&list)
-                .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
-            let frame = self.read_frame(at).await?;
-            let bytes = self.chunk_in(&frame, list, at)?;
+        let mut lists = manifest.list_ids()?;
+        if manifest.levels == 2 {
+            for root in std::mem::take(&mut lists) {
+                ids.push(root);
+                lists.extend(self.list_at(root, index).await?);
+            }
+        }
+        for list in lists {
             ids.push(list);
-            ids.extend(format::decode_list(bytes, "a chunk list")?);
+            ids.extend(self.list_at(list, index).await?);
         }
         Ok(ids)
+    }
+
+    /// The ids list chunk `id` holds, read by itself.
+    async fn list_at(self: &Arc<Self>, id: Id, index: &HashMap<Id, Location>) -> Result<Vec<Id>> {
+        let at = index
+            .get(&id)
+            .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
+        let frame = self.read_frame(at).await?;
+        format::decode_list(self.chunk_in(&frame, id, at)?, "a chunk list")
     }
 }

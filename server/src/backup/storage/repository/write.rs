@@ -212,6 +212,7 @@ struct Chunked {
     blake3: String,
     chunk_bytes: u32,
     lists: Vec<Id>,
+    levels: u32,
 }
 
 /// Where a snapshot's pages come from: run on a blocking thread, it hands
@@ -299,6 +300,7 @@ pub async fn store(
         chunk_bytes: chunked.chunk_bytes,
         stored_bytes,
         lists: chunked.lists.iter().map(Id::hex).collect(),
+        levels: chunked.levels,
     };
     Ok((manifest, memo))
 }
@@ -399,12 +401,18 @@ impl<'a> Chunker<'a> {
     }
 
     fn close_list(&mut self) -> Result<()> {
-        let encoded = format::encode_list(&self.list);
-        let list_id = self.keys.chunk_id(&encoded);
-        self.store(list_id, &encoded)?;
+        let list = std::mem::replace(&mut self.list, Vec::with_capacity(LIST_IDS));
+        let list_id = self.store_list(&list)?;
         self.lists.push(list_id);
-        self.list.clear();
         Ok(())
+    }
+
+    /// Stores a list of ids as a chunk; returns its id.
+    fn store_list(&mut self, ids: &[Id]) -> Result<Id> {
+        let encoded = format::encode_list(ids);
+        let id = self.keys.chunk_id(&encoded);
+        self.store(id, &encoded)?;
+        Ok(id)
     }
 
     fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
@@ -431,6 +439,18 @@ impl<'a> Chunker<'a> {
         if !self.list.is_empty() {
             self.close_list()?;
         }
+        // More than one list: the manifest names lists of them instead.
+        let (lists, levels) = match self.lists.len() {
+            0 | 1 => (std::mem::take(&mut self.lists), 1),
+            _ => {
+                let lists = std::mem::take(&mut self.lists);
+                let roots = lists
+                    .chunks(LIST_IDS)
+                    .map(|ids| self.store_list(ids))
+                    .collect::<Result<Vec<Id>>>()?;
+                (roots, 2)
+            }
+        };
         if !self.frame.chunks.is_empty() {
             self.send_frame()?;
         }
@@ -443,7 +463,8 @@ impl<'a> Chunker<'a> {
             size_bytes: self.size_bytes,
             blake3,
             chunk_bytes: self.chunk_bytes.unwrap_or(4096),
-            lists: self.lists,
+            lists,
+            levels,
         })
     }
 }
