@@ -14,8 +14,10 @@ pub const VERSION: u32 = 1;
 /// What the config object says the repository is.
 pub const FORMAT_NAME: &str = "sqlite-backup-repository";
 
-/// Magic that opens every index object's plaintext.
-const INDEX_MAGIC: &[u8; 8] = b"SQBKIDX1";
+/// Magic that opens an index object's plaintext: records grouped by pack
+/// and frame (written), or one fixed record per chunk (still read).
+const INDEX_MAGIC: &[u8; 8] = b"SQBKIDX2";
+const INDEX_MAGIC_V1: &[u8; 8] = b"SQBKIDX1";
 
 /// Chunk ids one chunk list holds (32 bytes each: 128 KiB).
 pub const LIST_IDS: usize = 4096;
@@ -52,32 +54,95 @@ pub struct Location {
     pub len: u32,
 }
 
-/// Bytes of one index record: chunk id, pack id, then the four numbers.
-const RECORD: usize = 32 + 32 + 8 + 4 + 4 + 4;
+/// Bytes of one `SQBKIDX1` record: chunk id, pack id, then four numbers.
+const RECORD_V1: usize = 32 + 32 + 8 + 4 + 4 + 4;
 
-/// An index object's plaintext for `entries`.
+/// An index object's plaintext for `entries`: each run of entries of one
+/// pack says the pack once, and each run of one frame says the frame once,
+/// so a chunk costs 40 bytes (its id, offset and length).
 pub fn encode_index(entries: &[(Id, Location)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(INDEX_MAGIC.len() + entries.len() * RECORD);
+    let mut out = Vec::with_capacity(INDEX_MAGIC.len() + entries.len() * 41);
     out.extend_from_slice(INDEX_MAGIC);
-    for (id, at) in entries {
-        out.extend_from_slice(&id.0);
-        out.extend_from_slice(&at.pack.0);
-        out.extend_from_slice(&at.frame_offset.to_le_bytes());
-        out.extend_from_slice(&at.frame_len.to_le_bytes());
-        out.extend_from_slice(&at.offset.to_le_bytes());
-        out.extend_from_slice(&at.len.to_le_bytes());
+    for pack in entries.chunk_by(|(_, a), (_, b)| a.pack == b.pack) {
+        let frames: Vec<&[(Id, Location)]> = pack
+            .chunk_by(|(_, a), (_, b)| {
+                (a.frame_offset, a.frame_len) == (b.frame_offset, b.frame_len)
+            })
+            .collect();
+        out.extend_from_slice(&pack[0].1.pack.0);
+        out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+        for frame in frames {
+            let at = frame[0].1;
+            out.extend_from_slice(&at.frame_offset.to_le_bytes());
+            out.extend_from_slice(&at.frame_len.to_le_bytes());
+            out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            for (id, at) in frame {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&at.offset.to_le_bytes());
+                out.extend_from_slice(&at.len.to_le_bytes());
+            }
+        }
     }
     out
 }
 
 /// The entries of an index object's plaintext; `what` names it in errors.
 pub fn decode_index(bytes: &[u8], what: &str) -> Result<Vec<(Id, Location)>> {
-    let records = bytes
-        .strip_prefix(INDEX_MAGIC.as_slice())
-        .filter(|rest| rest.len().is_multiple_of(RECORD))
-        .ok_or_else(|| damaged(what, "not an index, or cut short"))?;
+    if let Some(records) = bytes.strip_prefix(INDEX_MAGIC_V1.as_slice()) {
+        return decode_index_v1(records, what);
+    }
+    let mut rest = Reader {
+        bytes: bytes
+            .strip_prefix(INDEX_MAGIC.as_slice())
+            .ok_or_else(|| damaged(what, "not an index"))?,
+        what,
+    };
+    let mut entries = Vec::new();
+    while !rest.bytes.is_empty() {
+        let pack = Id(rest.take::<32>()?);
+        for _ in 0..u32::from_le_bytes(rest.take()?) {
+            let frame_offset = u64::from_le_bytes(rest.take()?);
+            let frame_len = u32::from_le_bytes(rest.take()?);
+            for _ in 0..u32::from_le_bytes(rest.take()?) {
+                let id = Id(rest.take::<32>()?);
+                let at = Location {
+                    pack,
+                    frame_offset,
+                    frame_len,
+                    offset: u32::from_le_bytes(rest.take()?),
+                    len: u32::from_le_bytes(rest.take()?),
+                };
+                entries.push((id, at));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Bytes being decoded; running out is damage to `what`.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'a str,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        if self.bytes.len() < N {
+            return Err(damaged(self.what, "cut short"));
+        }
+        let (head, rest) = take::<N>(self.bytes);
+        self.bytes = rest;
+        Ok(head)
+    }
+}
+
+/// `SQBKIDX1` records, as servers before the grouped index wrote them.
+fn decode_index_v1(records: &[u8], what: &str) -> Result<Vec<(Id, Location)>> {
+    if !records.len().is_multiple_of(RECORD_V1) {
+        return Err(damaged(what, "not an index, or cut short"));
+    }
     Ok(records
-        .chunks_exact(RECORD)
+        .chunks_exact(RECORD_V1)
         .map(|r| {
             let (id, r) = take::<32>(r);
             let (pack, r) = take::<32>(r);
@@ -240,12 +305,43 @@ mod tests {
             offset: 4096,
             len: 4096,
         };
-        let entries = vec![(Id([1; 32]), at), (Id([2; 32]), at)];
+        let next_frame = Location {
+            frame_offset: at.frame_offset + 70_000,
+            offset: 0,
+            ..at
+        };
+        let other_pack = Location {
+            pack: Id([8; 32]),
+            ..at
+        };
+        // Runs of packs and frames, a pack coming back after another.
+        let entries = vec![
+            (Id([1; 32]), at),
+            (Id([2; 32]), at),
+            (Id([3; 32]), next_frame),
+            (Id([4; 32]), other_pack),
+            (Id([5; 32]), at),
+        ];
         let bytes = encode_index(&entries);
         assert_eq!(decode_index(&bytes, "index").unwrap(), entries);
+        // 40 bytes a chunk, 16 a frame, 36 a run of one pack.
+        assert_eq!(bytes.len(), 8 + 5 * 40 + 4 * 16 + 3 * 36);
         let cut = decode_index(&bytes[..bytes.len() - 1], "index x");
         assert!(matches!(cut, Err(Error::DataLoss(m)) if m.contains("index x")));
         assert!(decode_index(b"nonsense", "index").is_err());
+
+        // What servers before the grouped index wrote: one record a chunk.
+        let mut v1 = INDEX_MAGIC_V1.to_vec();
+        for (id, at) in &entries {
+            v1.extend_from_slice(&id.0);
+            v1.extend_from_slice(&at.pack.0);
+            v1.extend_from_slice(&at.frame_offset.to_le_bytes());
+            v1.extend_from_slice(&at.frame_len.to_le_bytes());
+            v1.extend_from_slice(&at.offset.to_le_bytes());
+            v1.extend_from_slice(&at.len.to_le_bytes());
+        }
+        assert_eq!(decode_index(&v1, "index").unwrap(), entries);
+        assert!(decode_index(&v1[..v1.len() - 1], "index").is_err());
     }
 
     #[test]
