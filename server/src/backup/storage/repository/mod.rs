@@ -24,7 +24,6 @@ mod prune;
 mod read;
 mod write;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::check::Checked;
 use self::digest::PageMemo;
 pub use self::format::Manifest;
-use self::format::{Config, Id, Location};
+use self::format::{Config, Id, Index, Location};
 use self::keys::{KeyFile, Keys};
 use self::objects::Objects;
 use self::read::Rebuild;
@@ -246,8 +245,8 @@ impl Inner {
     /// damaged index is left out (its chunks are then in no index: damage
     /// for exactly the backups that need them) and named in the second
     /// half.
-    async fn load_index(&self) -> Result<(HashMap<Id, Location>, Vec<String>)> {
-        let mut index = HashMap::new();
+    async fn load_index(&self) -> Result<(Index, Vec<String>)> {
+        let mut index = Index::default();
         let mut damaged = Vec::new();
         for listed in self.objects.list("index").await? {
             let path = format!("index/{}", listed.name);

@@ -6,13 +6,13 @@
 //! names yet (another process's upload, or a crash's leftover) is only
 //! deleted once it is older than [`GRACE`].
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
 
-use super::format::{Id, Location};
+use super::format::{Id, IdSet, Index, Location};
 use super::write::{PackWriter, pack_path};
 use super::{Inner, deleting_path, manifest_path};
 use crate::backup::storage::Pruned;
@@ -146,10 +146,7 @@ impl Inner {
     /// the backups whose lists cannot be read (their chunks stay unless
     /// nothing else keeps them). A manifest being deleted still counts: its
     /// delete may be undone.
-    async fn referenced(
-        self: &Arc<Self>,
-        index: &HashMap<Id, Location>,
-    ) -> Result<(HashSet<Id>, Vec<String>)> {
+    async fn referenced(self: &Arc<Self>, index: &Index) -> Result<(IdSet, Vec<String>)> {
         let mut manifests = Vec::new();
         for (dir, path) in [
             ("manifests", manifest_path as fn(&str) -> String),
@@ -161,7 +158,7 @@ impl Inner {
                 }
             }
         }
-        let mut referenced = HashSet::new();
+        let mut referenced = IdSet::default();
         let mut unreadable = Vec::new();
         for manifest in &manifests {
             match self.chunks_of(manifest, index).await {

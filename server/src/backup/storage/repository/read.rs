@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::Inner;
-use super::format::{self, Id, Location, Manifest};
+use super::format::{self, Id, Index, Location, Manifest};
 use super::write::pack_path;
 use crate::error::{Error, Result};
 
@@ -52,7 +52,7 @@ struct CheckedFrame {
 /// The chunks of one backup, in order, read one at a time.
 pub struct Rebuild {
     inner: Arc<Inner>,
-    index: Arc<HashMap<Id, Location>>,
+    index: Arc<Index>,
     /// The backup, for errors.
     name: String,
     /// Lists of chunk lists not yet read (a manifest of two levels).
@@ -76,11 +76,7 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
-    pub fn new(
-        inner: Arc<Inner>,
-        index: Arc<HashMap<Id, Location>>,
-        manifest: &Manifest,
-    ) -> Result<Self> {
+    pub fn new(inner: Arc<Inner>, index: Arc<Index>, manifest: &Manifest) -> Result<Self> {
         let ids: VecDeque<Id> = manifest.list_ids()?.into();
         let (roots, lists) = match manifest.levels {
             2 => (ids, VecDeque::new()),
@@ -355,7 +351,7 @@ impl Inner {
     pub async fn chunks_of(
         self: &Arc<Self>,
         manifest: &Manifest,
-        index: &HashMap<Id, Location>,
+        index: &Index,
     ) -> Result<Vec<Id>> {
         let mut ids = Vec::new();
         let mut lists = manifest.list_ids()?;
@@ -373,7 +369,7 @@ impl Inner {
     }
 
     /// The ids list chunk `id` holds, read by itself.
-    async fn list_at(self: &Arc<Self>, id: Id, index: &HashMap<Id, Location>) -> Result<Vec<Id>> {
+    async fn list_at(self: &Arc<Self>, id: Id, index: &Index) -> Result<Vec<Id>> {
         let at = index
             .get(&id)
             .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;

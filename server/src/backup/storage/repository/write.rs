@@ -4,7 +4,6 @@
 //! the manifest to publish; nothing written before it is visible as a
 //! backup.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use super::digest::PageMemo;
-use super::format::{self, Id, LIST_IDS, Location, Manifest};
+use super::format::{self, Id, IdSet, Index, LIST_IDS, Location, Manifest};
 use super::keys::Keys;
 use crate::backup::check_cancelled;
 use crate::error::{Error, Result};
@@ -232,7 +231,7 @@ pub async fn store(
     cancel: &CancellationToken,
 ) -> Result<(Manifest, Option<PageMemo>)> {
     // Chunks only a damaged index knows are written again.
-    let known: HashSet<Id> = inner.load_index().await?.0.into_keys().collect();
+    let known = inner.load_index().await?.0;
     let (packs_tx, mut packs_rx) = mpsc::channel::<Pack>(PACKS_AHEAD);
     let chunker = {
         let (inner, cancel) = (inner.clone(), cancel.clone());
@@ -321,13 +320,13 @@ enum Whole<'a> {
 /// itself a chunk.
 pub struct Chunker<'a> {
     keys: &'a Keys,
-    known: &'a HashSet<Id>,
+    known: &'a Index,
     /// Where full frames go, in turn: the packers.
     packers: Vec<SyncSender<Frame>>,
     frames_sent: usize,
     cancel: &'a CancellationToken,
     /// Chunks this snapshot already sent.
-    written: HashSet<Id>,
+    written: IdSet,
     frame: Frame,
     whole: Whole<'a>,
     pages: usize,
@@ -341,7 +340,7 @@ pub struct Chunker<'a> {
 impl<'a> Chunker<'a> {
     fn new(
         keys: &'a Keys,
-        known: &'a HashSet<Id>,
+        known: &'a Index,
         packers: Vec<SyncSender<Frame>>,
         memo: Option<&'a mut PageMemo>,
         cancel: &'a CancellationToken,
@@ -352,7 +351,7 @@ impl<'a> Chunker<'a> {
             packers,
             frames_sent: 0,
             cancel,
-            written: HashSet::new(),
+            written: IdSet::default(),
             frame: Frame::default(),
             whole: Whole::Unstarted(memo),
             pages: 0,
@@ -416,7 +415,7 @@ impl<'a> Chunker<'a> {
     }
 
     fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
-        if !self.known.contains(&id) && self.written.insert(id) {
+        if !self.known.contains_key(&id) && self.written.insert(id) {
             self.frame.push(id, bytes);
             if self.frame.is_full() {
                 self.send_frame()?;
