@@ -40,6 +40,7 @@ use self::format::{Config, Id, Index, Location};
 use self::keys::{KeyFile, Keys};
 use self::objects::Objects;
 use self::read::Rebuild;
+use self::write::{Known, KnownChunks};
 use super::checked::{self, Checker, size_mismatch};
 use super::local::{self, TempFile};
 use super::{
@@ -96,11 +97,13 @@ pub struct Inner {
     live: Mutex<LiveSource>,
 }
 
-/// The source the last live snapshot was taken of, and its pages.
+/// The source the last live snapshot was taken of, its pages, and the
+/// chunks stored as of then.
 #[derive(Default)]
 struct LiveSource {
     path: PathBuf,
     memo: PageMemo,
+    chunks: KnownChunks,
 }
 
 impl Repository {
@@ -249,21 +252,29 @@ impl Inner {
         let mut index = Index::default();
         let mut damaged = Vec::new();
         for listed in self.objects.list("index").await? {
-            let path = format!("index/{}", listed.name);
-            let Some(sealed) = self.objects.get(&path).await? else {
-                // Replaced by a prune since the listing.
-                continue;
-            };
-            match self.decode_index(&listed.name, sealed) {
-                Ok(entries) => index.extend(entries),
-                Err(Error::DataLoss(why)) => {
-                    tracing::warn!(index = %listed.name, %why, "skipping a damaged index");
-                    damaged.push(why);
-                }
-                Err(e) => return Err(e),
+            match self.read_index(&listed.name).await? {
+                IndexObject::Entries(entries) => index.extend(entries),
+                IndexObject::Damaged(why) => damaged.push(why),
+                IndexObject::Gone => {}
             }
         }
         Ok((index, damaged))
+    }
+
+    /// Index object `name`, listed a moment ago.
+    async fn read_index(&self, name: &str) -> Result<IndexObject> {
+        let Some(sealed) = self.objects.get(&format!("index/{name}")).await? else {
+            // Replaced by a prune since the listing.
+            return Ok(IndexObject::Gone);
+        };
+        match self.decode_index(name, sealed) {
+            Ok(entries) => Ok(IndexObject::Entries(entries)),
+            Err(Error::DataLoss(why)) => {
+                tracing::warn!(index = %name, %why, "skipping a damaged index");
+                Ok(IndexObject::Damaged(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The entries of index object `name`, checked against its name.
@@ -351,6 +362,15 @@ impl Inner {
     }
 }
 
+/// What reading one index object found.
+enum IndexObject {
+    Entries(Vec<(Id, Location)>),
+    /// Removed since it was listed.
+    Gone,
+    /// Damaged, and why (logged).
+    Damaged(String),
+}
+
 /// A snapshot whose chunks are stored, waiting for its manifest.
 struct StagedManifest {
     inner: Arc<Inner>,
@@ -411,7 +431,7 @@ impl BackupStorage for Repository {
         if live.path != source {
             *live = LiveSource {
                 path: source.to_owned(),
-                memo: PageMemo::default(),
+                ..LiveSource::default()
             };
         }
         let taken_at = Utc::now().trunc_subsecs(6);
@@ -421,10 +441,13 @@ impl BackupStorage for Repository {
             check_cancelled(&token)?;
             sqlite::read_pages(src, &what, &token, &mut |page| chunker.page(page))
         });
-        let memo = std::mem::take(&mut live.memo);
-        let (manifest, memo) =
-            write::store(&self.inner, pages, Some(memo), taken_at, cancel).await?;
-        live.memo = memo.unwrap_or_default();
+        let known = Known {
+            chunks: std::mem::take(&mut live.chunks),
+            pages: Some(std::mem::take(&mut live.memo)),
+        };
+        let (manifest, known) = write::store(&self.inner, pages, known, taken_at, cancel).await?;
+        live.chunks = known.chunks;
+        live.memo = known.pages.unwrap_or_default();
         Ok(self.staged(manifest, writes))
     }
 
@@ -440,10 +463,11 @@ impl BackupStorage for Repository {
         let path = temp.path.clone();
         let hashed = blocking(move || checked::hash_file(&std::fs::File::open(path)?)).await?;
         let pages = write::file_pages(temp.path.clone());
+        let known = Known::default();
         let (mut manifest, _) = write::store(
             &self.inner,
             pages,
-            None,
+            known,
             taken_at,
             &CancellationToken::new(),
         )
@@ -739,6 +763,7 @@ mod tests {
         )
         .unwrap();
         let first = backup(&storage, &source, "first.db").await;
+        let first_bytes = std::fs::read(&source).unwrap();
         let stored = |s: &Repository| {
             let inner = s.inner.clone();
             async move {
@@ -784,6 +809,17 @@ mod tests {
         );
         storage.verify("changed.db", &changed).await.unwrap();
         assert_ne!(first, changed);
+        // The first content again: its pages the prune took are written
+        // again, not taken as still stored.
+        std::fs::write(&source, &first_bytes).unwrap();
+        let restored = backup(&storage, &source, "first-again.db").await;
+        assert_eq!(restored, first);
+        storage.verify("first-again.db", &restored).await.unwrap();
+        for name in ["first-again.db"] {
+            assert!(storage.begin_delete(name).await.unwrap());
+            storage.finish_delete(name).await.unwrap();
+        }
+        storage.prune().await.unwrap();
         let again = storage.prune().await.unwrap();
         assert_eq!(
             (again.packs_deleted, again.packs_written),

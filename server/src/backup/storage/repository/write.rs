@@ -4,6 +4,7 @@
 //! the manifest to publish; nothing written before it is visible as a
 //! backup.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,10 +15,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Inner;
 use super::digest::PageMemo;
-use super::format::{self, Id, IdSet, Index, LIST_IDS, Location, Manifest};
+use super::format::{self, Id, IdSet, LIST_IDS, Location, Manifest};
 use super::keys::Keys;
+use super::{IndexObject, Inner};
 use crate::backup::check_cancelled;
 use crate::error::{Error, Result};
 
@@ -214,24 +215,65 @@ struct Chunked {
     levels: u32,
 }
 
+/// The chunks the repository's index objects name, kept from one snapshot
+/// of the live source to the next: each lists the index objects and reads
+/// only those not read yet, and all of them again once one it read is gone
+/// (a prune replaced it). About 40 bytes of memory a chunk.
+#[derive(Default)]
+pub struct KnownChunks {
+    objects: HashSet<String>,
+    chunks: IdSet,
+}
+
+impl KnownChunks {
+    async fn refresh(&mut self, inner: &Inner) -> Result<()> {
+        let listed: HashSet<String> = inner
+            .objects
+            .list("index")
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        if !self.objects.is_subset(&listed) {
+            *self = Self::default();
+        }
+        let unread: Vec<String> = listed.difference(&self.objects).cloned().collect();
+        for name in unread {
+            // A damaged index is read again next time; its chunks are
+            // written again meanwhile.
+            if let IndexObject::Entries(entries) = inner.read_index(&name).await? {
+                self.chunks.extend(entries.into_iter().map(|(id, _)| id));
+                self.objects.insert(name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a store starts from, brought up to date by it: the chunks stored,
+/// and for a live source the memo of its last snapshot's pages.
+#[derive(Default)]
+pub struct Known {
+    pub chunks: KnownChunks,
+    pub pages: Option<PageMemo>,
+}
+
 /// Where a snapshot's pages come from: run on a blocking thread, it hands
 /// each page in order to the chunker.
 pub type Pages = Box<dyn FnOnce(&mut Chunker) -> Result<()> + Send>;
 
 /// Stores the snapshot whose pages `pages` produces (taken at `taken_at`)
 /// in the repository and returns its manifest, named once published, with
-/// `memo` (the pages of the source's last snapshot, see [`PageMemo`])
-/// brought up to this one. Once `cancel` fires it stops; what it wrote is
-/// unreferenced, for a prune to take.
+/// `known` brought up to this snapshot. Once `cancel` fires it stops; what
+/// it wrote is unreferenced, for a prune to take.
 pub async fn store(
     inner: &Arc<Inner>,
     pages: Pages,
-    memo: Option<PageMemo>,
+    mut known: Known,
     taken_at: DateTime<Utc>,
     cancel: &CancellationToken,
-) -> Result<(Manifest, Option<PageMemo>)> {
-    // Chunks only a damaged index knows are written again.
-    let known = inner.load_index().await?.0;
+) -> Result<(Manifest, Known)> {
+    known.chunks.refresh(inner).await?;
     let (packs_tx, mut packs_rx) = mpsc::channel::<Pack>(PACKS_AHEAD);
     let chunker = {
         let (inner, cancel) = (inner.clone(), cancel.clone());
@@ -250,9 +292,14 @@ pub async fn store(
                         )
                     })
                     .unzip();
-                let mut memo = memo;
-                let mut chunker =
-                    Chunker::new(&inner.keys, &known, senders, memo.as_mut(), &cancel);
+                let mut known = known;
+                let mut chunker = Chunker::new(
+                    &inner.keys,
+                    &known.chunks.chunks,
+                    senders,
+                    known.pages.as_mut(),
+                    &cancel,
+                );
                 let chunked = pages(&mut chunker).and_then(|()| chunker.finish());
                 let mut packed = Ok(());
                 for packer in packers {
@@ -262,7 +309,7 @@ pub async fn store(
                     packed = packed.and(joined);
                 }
                 // A packer's error says why the chunker could not go on.
-                packed.and(chunked).map(|chunked| (chunked, memo))
+                packed.and(chunked).map(|chunked| (chunked, known))
             })
         })
     };
@@ -280,7 +327,7 @@ pub async fn store(
             Err(e) => upload_error = Some(e),
         }
     }
-    let (chunked, memo) = chunker
+    let (chunked, known) = chunker
         .await
         .map_err(|e| Error::Internal(format!("the chunker failed: {e}")))??;
     if let Some(e) = upload_error {
@@ -301,7 +348,7 @@ pub async fn store(
         lists: chunked.lists.iter().map(Id::hex).collect(),
         levels: chunked.levels,
     };
-    Ok((manifest, memo))
+    Ok((manifest, known))
 }
 
 /// How the chunker computes the file's BLAKE3.
@@ -320,7 +367,7 @@ enum Whole<'a> {
 /// itself a chunk.
 pub struct Chunker<'a> {
     keys: &'a Keys,
-    known: &'a Index,
+    known: &'a IdSet,
     /// Where full frames go, in turn: the packers.
     packers: Vec<SyncSender<Frame>>,
     frames_sent: usize,
@@ -340,7 +387,7 @@ pub struct Chunker<'a> {
 impl<'a> Chunker<'a> {
     fn new(
         keys: &'a Keys,
-        known: &'a Index,
+        known: &'a IdSet,
         packers: Vec<SyncSender<Frame>>,
         memo: Option<&'a mut PageMemo>,
         cancel: &'a CancellationToken,
@@ -415,7 +462,7 @@ impl<'a> Chunker<'a> {
     }
 
     fn store(&mut self, id: Id, bytes: &[u8]) -> Result<()> {
-        if !self.known.contains_key(&id) && self.written.insert(id) {
+        if !self.known.contains(&id) && self.written.insert(id) {
             self.frame.push(id, bytes);
             if self.frame.is_full() {
                 self.send_frame()?;
