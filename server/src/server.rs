@@ -157,7 +157,7 @@ pub struct Prepared {
 pub async fn prepare(config: Config) -> Result<Prepared> {
     let (db, paths, storage) = open(&config).await?;
     tracing::info!(
-        state_store = %paths.database_url,
+        state_store = %store::redacted(&paths.database_url),
         source_db = %paths.source_db.display(),
         backups_dir = %paths.backups_dir.display(),
         sqlite = store::sqlite_version(),

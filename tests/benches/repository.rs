@@ -1414,7 +1414,7 @@ async fn create_part(k: &Knobs, cached: &Path, report: &mut Report) {
             verifies.push(s);
         }
         report.add(
-            "4 (also) VerifyBackup of the same backup: rebuild, SHA-256, integrity_check",
+            "4 (also) VerifyBackup of the same backup: rebuild, digest, integrity_check",
             format!("{} (CPU: server)", show(&verifies)),
             "",
             "",

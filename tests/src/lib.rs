@@ -13,6 +13,7 @@ pub use backup_client::{Client, Code, Error, proto};
 use rusqlite::Connection;
 
 pub mod bench;
+pub mod postgres;
 pub mod s3;
 
 /// A workspace binary next to the running test's `deps/` directory.

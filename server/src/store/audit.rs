@@ -86,12 +86,13 @@ fn condition(filter: &Filter) -> Condition {
     let mut condition = Condition::all();
     if !filter.event_type_prefix.is_empty() {
         // Not LIKE: it treats `_` as a wildcard and ignores ASCII case.
-        let length = filter.event_type_prefix.chars().count() as i64;
+        // 32-bit arguments: PostgreSQL has substr(text, integer, integer).
+        let length = i32::try_from(filter.event_type_prefix.chars().count()).unwrap_or(i32::MAX);
         condition = condition.add(
             Expr::expr(
                 Func::cust("substr")
                     .arg(Expr::col(Column::EventType))
-                    .arg(1)
+                    .arg(1i32)
                     .arg(length),
             )
             .eq(filter.event_type_prefix.as_str()),
@@ -157,7 +158,6 @@ pub async fn last_id<C: ConnectionTrait>(conn: &C) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::tests::memory_store;
     use crate::audit::{NewEvent, Recorder};
 
     fn between(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Filter {
@@ -178,92 +178,93 @@ mod tests {
         events.iter().map(|e| e.id).collect()
     }
 
-    #[tokio::test]
-    async fn store_and_live_filters_agree() {
-        let db = memory_store().await;
-        let recorder = Recorder::new(db.clone());
-        for (event_type, user, subject) in [
-            ("backup_files.create", 1, 1),
-            ("backupXfiles.create", 1, 1),
-            ("BACKUP_FILES.create", 2, 2),
-            ("backup_files.delete", 2, 2),
-            ("auth.denied", 0, 0),
-            ("backup_scheduler.settings_updated", 1, 3),
-        ] {
-            recorder
-                .record(NewEvent::new(event_type, user).subject(subject))
+    crate::store::tests::on_each_backend!(
+        store_and_live_filters_agree,
+        |db: crate::store::Store| async move {
+            let recorder = Recorder::new(db.clone());
+            for (event_type, user, subject) in [
+                ("backup_files.create", 1, 1),
+                ("backupXfiles.create", 1, 1),
+                ("BACKUP_FILES.create", 2, 2),
+                ("backup_files.delete", 2, 2),
+                ("auth.denied", 0, 0),
+                ("backup_scheduler.settings_updated", 1, 3),
+            ] {
+                recorder
+                    .record(NewEvent::new(event_type, user).subject(subject))
+                    .await
+                    .unwrap();
+            }
+            let all = page(db.reads(), &Filter::default(), 0, None, 100)
                 .await
                 .unwrap();
-        }
-        let all = page(db.reads(), &Filter::default(), 0, None, 100)
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 6);
-        assert_eq!(all[5].subject_user_id, 3);
-        let now = Utc::now();
-        let filters = [
-            Filter::default(),
-            Filter {
+            assert_eq!(all.len(), 6);
+            assert_eq!(all[5].subject_user_id, 3);
+            let now = Utc::now();
+            let filters = [
+                Filter::default(),
+                Filter {
+                    event_type_prefix: "backup_files.".into(),
+                    ..Filter::default()
+                },
+                Filter {
+                    event_type_prefix: "backup_files.".into(),
+                    user_id: Some(2),
+                    ..Filter::default()
+                },
+                Filter {
+                    user_id: Some(0),
+                    ..Filter::default()
+                },
+                Filter {
+                    user_id: Some(1),
+                    ..Filter::default()
+                },
+                Filter {
+                    user_id: Some(3),
+                    ..Filter::default()
+                },
+                between(Some(now), None),
+                between(None, Some(now)),
+                between(Some(all[1].timestamp), Some(all[3].timestamp)),
+            ];
+            for filter in filters {
+                let stored = ids(&db, &filter, 0, None).await;
+                let live: Vec<i64> = all
+                    .iter()
+                    .filter(|e| filter.matches(e))
+                    .map(|e| e.id)
+                    .collect();
+                assert_eq!(stored, live, "{filter:?}");
+            }
+            let prefixed = Filter {
                 event_type_prefix: "backup_files.".into(),
                 ..Filter::default()
-            },
-            Filter {
-                event_type_prefix: "backup_files.".into(),
-                user_id: Some(2),
-                ..Filter::default()
-            },
-            Filter {
-                user_id: Some(0),
-                ..Filter::default()
-            },
-            Filter {
-                user_id: Some(1),
-                ..Filter::default()
-            },
-            Filter {
+            };
+            assert_eq!(ids(&db, &prefixed, 0, None).await, [1, 4]);
+            let about_3 = Filter {
                 user_id: Some(3),
                 ..Filter::default()
-            },
-            between(Some(now), None),
-            between(None, Some(now)),
-            between(Some(all[1].timestamp), Some(all[3].timestamp)),
-        ];
-        for filter in filters {
-            let stored = ids(&db, &filter, 0, None).await;
-            let live: Vec<i64> = all
-                .iter()
-                .filter(|e| filter.matches(e))
-                .map(|e| e.id)
-                .collect();
-            assert_eq!(stored, live, "{filter:?}");
+            };
+            assert_eq!(ids(&db, &about_3, 0, None).await, [6], "the subject's view");
+            let by_1 = Filter {
+                user_id: Some(1),
+                ..Filter::default()
+            };
+            assert_eq!(
+                ids(&db, &by_1, 0, None).await,
+                [1, 2, 6],
+                "the actor's view"
+            );
+            assert_eq!(ids(&db, &Filter::default(), 1, Some(3)).await, [2, 3]);
+            assert_eq!(
+                page(db.reads(), &Filter::default(), 0, None, 2)
+                    .await
+                    .unwrap()
+                    .len(),
+                2
+            );
+            assert_eq!(last_id(db.reads()).await.unwrap(), 6);
         }
-        let prefixed = Filter {
-            event_type_prefix: "backup_files.".into(),
-            ..Filter::default()
-        };
-        assert_eq!(ids(&db, &prefixed, 0, None).await, [1, 4]);
-        let about_3 = Filter {
-            user_id: Some(3),
-            ..Filter::default()
-        };
-        assert_eq!(ids(&db, &about_3, 0, None).await, [6], "the subject's view");
-        let by_1 = Filter {
-            user_id: Some(1),
-            ..Filter::default()
-        };
-        assert_eq!(
-            ids(&db, &by_1, 0, None).await,
-            [1, 2, 6],
-            "the actor's view"
-        );
-        assert_eq!(ids(&db, &Filter::default(), 1, Some(3)).await, [2, 3]);
-        assert_eq!(
-            page(db.reads(), &Filter::default(), 0, None, 2)
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-        assert_eq!(last_id(db.reads()).await.unwrap(), 6);
-    }
+    );
 }

@@ -397,64 +397,64 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn packed_entries_match_the_plain_query() {
-        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.orm(), None).await.unwrap();
-        let rows = [
-            row("a.db", 1, BackupKind::Manual, false, "2026-01-01T00:00:00Z"),
-            row(
-                "b-1_x.y.db",
-                1,
-                BackupKind::Auto,
-                false,
-                "2026-01-01T00:00:00.5Z",
-            ),
-            row(
-                "c.db",
-                1,
-                BackupKind::Auto,
-                false,
-                "2026-01-01T00:00:00.123456789Z",
-            ),
-            row(
-                "pre_restore_backup_1.db",
-                0,
-                BackupKind::PreRestore,
-                true,
-                "2025-06-30T23:59:59Z",
-            ),
-            row(
-                "d.db",
-                7,
-                BackupKind::Manual,
-                false,
-                "2027-02-03T04:05:06.000001Z",
-            ),
-        ];
-        for r in &rows {
-            insert(db.reads(), r.clone()).await.unwrap();
+    crate::store::tests::on_each_backend!(
+        packed_entries_match_the_plain_query,
+        |db: crate::store::Store| async move {
+            let rows = [
+                row("a.db", 1, BackupKind::Manual, false, "2026-01-01T00:00:00Z"),
+                row(
+                    "b-1_x.y.db",
+                    1,
+                    BackupKind::Auto,
+                    false,
+                    "2026-01-01T00:00:00.5Z",
+                ),
+                row(
+                    "c.db",
+                    1,
+                    BackupKind::Auto,
+                    false,
+                    "2026-01-01T00:00:00.123456789Z",
+                ),
+                row(
+                    "pre_restore_backup_1.db",
+                    0,
+                    BackupKind::PreRestore,
+                    true,
+                    "2025-06-30T23:59:59Z",
+                ),
+                row(
+                    "d.db",
+                    7,
+                    BackupKind::Manual,
+                    false,
+                    "2027-02-03T04:05:06.000001Z",
+                ),
+            ];
+            for r in &rows {
+                insert(db.reads(), r.clone()).await.unwrap();
+            }
+            let mut plain: BTreeMap<i64, Vec<Entry>> = BTreeMap::new();
+            for e in entries(db.reads(), None).await.unwrap() {
+                plain.entry(e.owner_user_id).or_default().push(e);
+            }
+            let mut packed = entries_by_owner(db.reads(), None).await.unwrap();
+            for list in plain.values_mut().chain(packed.values_mut()) {
+                list.sort_by(|a, b| a.filename.cmp(&b.filename));
+            }
+            assert_eq!(packed, plain);
+            assert!(packed[&0][0].is_protected);
+            assert!(packed[&1].iter().any(|e| e.damaged) && packed[&1].iter().any(|e| !e.damaged));
+            let one = entries_by_owner(db.reads(), Some(7)).await.unwrap();
+            assert_eq!(one.keys().collect::<Vec<_>>(), [&7]);
+            assert!(
+                entries_by_owner(db.reads(), Some(8))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
-        let mut plain: BTreeMap<i64, Vec<Entry>> = BTreeMap::new();
-        for e in entries(db.reads(), None).await.unwrap() {
-            plain.entry(e.owner_user_id).or_default().push(e);
-        }
-        let mut packed = entries_by_owner(db.reads(), None).await.unwrap();
-        for list in plain.values_mut().chain(packed.values_mut()) {
-            list.sort_by(|a, b| a.filename.cmp(&b.filename));
-        }
-        assert_eq!(packed, plain);
-        assert!(packed[&0][0].is_protected);
-        assert!(packed[&1].iter().any(|e| e.damaged) && packed[&1].iter().any(|e| !e.damaged));
-        let one = entries_by_owner(db.reads(), Some(7)).await.unwrap();
-        assert_eq!(one.keys().collect::<Vec<_>>(), [&7]);
-        assert!(
-            entries_by_owner(db.reads(), Some(8))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    }
+    );
 
     /// Every page, whoever lists it and from wherever, walks an index in
     /// its order and stops at its last row: nothing is sorted.
@@ -485,35 +485,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_stored_kind_this_server_does_not_know_is_an_error() {
-        use sea_orm::ConnectionTrait;
-        let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
-        Migrator::up(db.orm(), None).await.unwrap();
-        let mut odd = row(
-            "odd.db",
-            1,
-            BackupKind::Manual,
-            false,
-            "2026-01-01T00:00:00Z",
-        );
-        insert(db.reads(), odd.clone()).await.unwrap();
-        db.reads()
-            .execute_unprepared("UPDATE backups SET kind = 'from-the-future'")
-            .await
-            .unwrap();
-        assert!(matches!(
-            by_filename(db.reads(), "odd.db").await,
-            Err(Error::Internal(why)) if why.contains("from-the-future")
-        ));
-        odd.filename = "fine.db".into();
-        odd.name = "fine.db".into();
-        insert(db.reads(), odd).await.unwrap();
-        assert!(
-            page(db.reads(), None, None, 10).await.is_err(),
-            "no row is skipped"
-        );
-    }
+    crate::store::tests::on_each_backend!(
+        a_stored_kind_this_server_does_not_know_is_an_error,
+        |db: crate::store::Store| async move {
+            use sea_orm::ConnectionTrait;
+            let mut odd = row(
+                "odd.db",
+                1,
+                BackupKind::Manual,
+                false,
+                "2026-01-01T00:00:00Z",
+            );
+            insert(db.reads(), odd.clone()).await.unwrap();
+            db.reads()
+                .execute_unprepared("UPDATE backups SET kind = 'from-the-future'")
+                .await
+                .unwrap();
+            assert!(matches!(
+                by_filename(db.reads(), "odd.db").await,
+                Err(Error::Internal(why)) if why.contains("from-the-future")
+            ));
+            odd.filename = "fine.db".into();
+            odd.name = "fine.db".into();
+            insert(db.reads(), odd).await.unwrap();
+            assert!(
+                page(db.reads(), None, None, 10).await.is_err(),
+                "no row is skipped"
+            );
+        }
+    );
 
     #[test]
     fn unpack_rejects_malformed_text() {

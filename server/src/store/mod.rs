@@ -288,6 +288,18 @@ async fn main_file(db: &DatabaseConnection) -> Result<Option<PathBuf>> {
     Ok((!file.is_empty()).then(|| PathBuf::from(file)))
 }
 
+/// `url` without its password, for logs: a PostgreSQL URL may carry one.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only URLs that cannot have a password refuse one.
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// The file a SQLite URL (`sqlite://path?mode=rwc`) names, as written: for
 /// messages about a store that could not be opened.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
@@ -329,6 +341,13 @@ pub async fn pending_migrations(store: &Store) -> Result<Migrations<'_>> {
     };
     let pending = Migrator::get_pending_migrations(db).await?.len();
     let applied = Migrator::get_applied_migrations(db).await?.len();
+    if pending > 0 && applied > 0 && store.file.is_none() {
+        tracing::warn!(
+            pending,
+            "migrating a state store that holds data without a pre-migration snapshot: \
+             only a SQLite file is snapshotted so far"
+        );
+    }
     Ok(Migrations {
         db,
         pending,
@@ -369,6 +388,77 @@ fn lock_file(path: &Path) -> Result<File> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_left_out_of_logged_urls() {
+        assert_eq!(
+            redacted("postgres://backup:s3cret@db.internal:5432/state"),
+            "postgres://backup:redacted@db.internal:5432/state"
+        );
+        let plain = "sqlite:///var/lib/backup/state.db?mode=rwc";
+        assert_eq!(redacted(plain), plain);
+    }
+
+    /// The state store's engines.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Backend {
+        Sqlite,
+        Postgres,
+    }
+
+    /// A fresh, migrated state store: SQLite in memory, or a new database in
+    /// the PostgreSQL cluster `BACKUP_TEST_POSTGRES` names (a URL of its
+    /// `postgres` database; tests/run.sh starts a throwaway cluster and sets
+    /// it).
+    pub(crate) async fn fresh_store(backend: Backend) -> Store {
+        let url = match backend {
+            Backend::Sqlite => "sqlite::memory:".to_owned(),
+            Backend::Postgres => new_postgres_database().await,
+        };
+        let db = Store::open(&url).await.unwrap();
+        Migrator::up(db.orm(), None).await.unwrap();
+        db
+    }
+
+    async fn new_postgres_database() -> String {
+        let Ok(server) = std::env::var("BACKUP_TEST_POSTGRES") else {
+            panic!(
+                "BACKUP_TEST_POSTGRES names no PostgreSQL server: run tests/run.sh, which \
+                 starts a throwaway cluster and sets it"
+            );
+        };
+        let admin = Database::connect(&server).await.unwrap();
+        let name = format!("store_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let (cluster, _) = server.rsplit_once('/').expect("a URL with a database");
+        format!("{cluster}/{name}")
+    }
+
+    /// Runs the async test `body` (taking a fresh [`Store`]) once on each
+    /// backend, as tests `NAME::sqlite` and `NAME::postgres`.
+    macro_rules! on_each_backend {
+        ($name:ident, $body:expr) => {
+            mod $name {
+                use super::*;
+                use crate::store::tests::{Backend, fresh_store};
+
+                #[tokio::test]
+                async fn sqlite() {
+                    ($body)(fresh_store(Backend::Sqlite).await).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    ($body)(fresh_store(Backend::Postgres).await).await
+                }
+            }
+        };
+    }
+    pub(crate) use on_each_backend;
 
     /// How SQLite runs `query` on `db`: the detail lines of its plan.
     pub(crate) async fn query_plan(db: &Store, query: &impl QueryTrait) -> Vec<String> {
