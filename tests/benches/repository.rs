@@ -1394,7 +1394,7 @@ async fn create_part(k: &Knobs, cached: &Path, report: &mut Report) {
             warm_cache(&source);
             checks.push(integrity_check(&source));
         }
-        // VerifyBackup: size, SHA-256 and integrity_check of the rebuilt
+        // VerifyBackup: size, digest and integrity_check of the rebuilt
         // file, what a restore does first (and the scrub per backup).
         let mut verifies = Vec::new();
         for run in 0..k.runs {
