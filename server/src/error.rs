@@ -113,24 +113,78 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// SQLITE_BUSY and SQLITE_LOCKED (extended codes keep them in the low byte).
 const SQLITE_BUSY_CODES: [i32; 2] = [5, 6];
 
+/// PostgreSQL's SQLSTATEs for a transaction that lost to another or waited
+/// too long for a lock (serialization_failure, deadlock_detected,
+/// lock_not_available): retrying may succeed.
+const POSTGRES_BUSY_CODES: [&str; 3] = ["40001", "40P01", "55P03"];
+
+/// PostgreSQL's SQLSTATEs for a server going away or not taking
+/// connections yet: class 08 (connection exceptions) and admin_shutdown,
+/// crash_shutdown, cannot_connect_now.
+fn postgres_gone(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// What a state-store error means for the caller, judged by the driver's
+/// error code (never its text).
+enum StoreFailure {
+    /// Another connection or transaction is in the way: retry.
+    Busy,
+    /// The store cannot be reached: retry later.
+    Unreachable,
+    /// Anything else.
+    Other,
+}
+
+fn store_failure(error: &sea_orm::sqlx::Error) -> StoreFailure {
+    use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::sqlx::postgres::PgDatabaseError;
+    use sea_orm::sqlx::sqlite::SqliteError;
+    match error {
+        Sqlx::Database(db) => {
+            if db.try_downcast_ref::<SqliteError>().is_some() {
+                let code = db.code().and_then(|c| c.parse::<i32>().ok());
+                if code.is_some_and(|c| SQLITE_BUSY_CODES.contains(&(c & 0xff))) {
+                    return StoreFailure::Busy;
+                }
+            } else if let Some(postgres) = db.try_downcast_ref::<PgDatabaseError>() {
+                let code = postgres.code();
+                if POSTGRES_BUSY_CODES.contains(&code) {
+                    return StoreFailure::Busy;
+                }
+                if postgres_gone(code) {
+                    return StoreFailure::Unreachable;
+                }
+            }
+            StoreFailure::Other
+        }
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => {
+            StoreFailure::Unreachable
+        }
+        _ => StoreFailure::Other,
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(error: sea_orm::DbErr) -> Self {
         use sea_orm::{DbErr, RuntimeErr};
-        let code = match &error {
+        let failure = match &error {
             DbErr::Conn(RuntimeErr::SqlxError(e))
             | DbErr::Exec(RuntimeErr::SqlxError(e))
-            | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
-                sea_orm::sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()),
-                _ => None,
-            },
-            _ => None,
+            | DbErr::Query(RuntimeErr::SqlxError(e)) => store_failure(e),
+            DbErr::ConnectionAcquire(_) => StoreFailure::Unreachable,
+            _ => StoreFailure::Other,
         };
-        match code {
-            Some(code) if SQLITE_BUSY_CODES.contains(&(code & 0xff)) => Self::Busy {
+        match failure {
+            StoreFailure::Busy => Self::Busy {
                 what: "the state store",
                 detail: error.to_string(),
             },
-            _ => Self::Store(error),
+            StoreFailure::Unreachable => {
+                tracing::warn!(%error, "the state store cannot be reached");
+                Self::Unavailable("the state store cannot be reached; retry shortly".into())
+            }
+            StoreFailure::Other => Self::Store(error),
         }
     }
 }
@@ -287,6 +341,73 @@ mod tests {
                 .unwrap_err(),
         );
         assert!(matches!(error, Error::Store(_)), "{error:?}");
+    }
+
+    /// PostgreSQL's errors are judged by their SQLSTATE: each raised for
+    /// real by the test command's cluster, and a real lock waited out.
+    #[tokio::test]
+    async fn postgres_errors_are_busy_or_unavailable_by_their_sqlstate() {
+        use crate::store::tests::{Backend, fresh_store};
+        use sea_orm::ConnectionTrait;
+        let db = fresh_store(Backend::Postgres).await;
+        let raised = |code: &str| {
+            format!("DO $$ BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{code}'; END $$")
+        };
+        for (code, expected) in [
+            ("40001", "busy"),
+            ("40P01", "busy"),
+            ("55P03", "busy"),
+            ("08006", "unavailable"),
+            ("57P01", "unavailable"),
+            ("22012", "store"),
+            ("23505", "store"),
+        ] {
+            let error = Error::from(
+                db.reads()
+                    .execute_unprepared(&raised(code))
+                    .await
+                    .unwrap_err(),
+            );
+            let judged = match error {
+                Error::Busy { .. } => "busy",
+                Error::Unavailable(_) => "unavailable",
+                Error::Store(_) => "store",
+                _ => "other",
+            };
+            assert_eq!(judged, expected, "SQLSTATE {code}: {error:?}");
+        }
+
+        db.reads()
+            .execute_unprepared("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let holder = db.begin_write().await.unwrap();
+        holder
+            .execute_unprepared("UPDATE t SET x = 2")
+            .await
+            .unwrap();
+        let waiter = db.begin_write().await.unwrap();
+        waiter
+            .execute_unprepared("SET LOCAL lock_timeout = '50ms'")
+            .await
+            .unwrap();
+        let error = Error::from(
+            waiter
+                .execute_unprepared("UPDATE t SET x = 3")
+                .await
+                .unwrap_err(),
+        );
+        assert!(matches!(error, Error::Busy { .. }), "{error:?}");
+        drop(waiter);
+        holder.commit().await.unwrap();
+
+        // Nothing listening: unreachable, not an internal error.
+        let mut options = sea_orm::ConnectOptions::new("postgres://postgres@127.0.0.1:1/none");
+        options
+            .sqlx_logging(false)
+            .connect_timeout(std::time::Duration::from_secs(2));
+        let error = Error::from(sea_orm::Database::connect(options).await.unwrap_err());
+        assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
     }
 
     #[test]

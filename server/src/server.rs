@@ -78,12 +78,16 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
 
 /// The state store `--database-url` names, as it is.
 async fn open_db(paths: &config::Paths) -> Result<Store> {
-    store::Store::open(&paths.database_url).await.map_err(|e| {
-        match store::sqlite_path(&paths.database_url) {
-            Some(path) => config::at("--database-url", &path, e),
-            None => e,
-        }
-    })
+    let url = &paths.database_url;
+    store::Store::open(url)
+        .await
+        .map_err(|e| match (store::sqlite_path(url), e) {
+            (Some(path), e) => config::at("--database-url", &path, e),
+            (None, Error::Unavailable(why)) => {
+                Error::Unavailable(format!("{why} (--database-url {})", store::redacted(url)))
+            }
+            (None, e) => e,
+        })
 }
 
 /// The backup storage the flags name: the repository (`--repository`, by
