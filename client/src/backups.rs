@@ -110,7 +110,7 @@ impl Backups {
         present(response.into_inner().backup, "a backup")
     }
 
-    /// Downloads a backup to `dest`, checking its sha256; `progress` gets
+    /// Downloads a backup to `dest`, checking its digest; `progress` gets
     /// (bytes so far, total) after each chunk. The file appears at `dest`
     /// only once complete and verified: it is written to `<dest>.part`
     /// and renamed. An existing regular file at `dest` is replaced; anything
@@ -153,7 +153,7 @@ impl Backups {
     }
 
     /// Streams a backup into `writer` (flushed at the end), checking its
-    /// sha256; `progress` gets (bytes so far, total) after each chunk.
+    /// digest; `progress` gets (bytes so far, total) after each chunk.
     /// Bytes are written as they arrive, so after an error (a failed
     /// stream, a failed write, a [`Error::ChecksumMismatch`]) what the
     /// writer received is not to be trusted.

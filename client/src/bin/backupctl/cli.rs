@@ -115,17 +115,17 @@ pub enum BackupsCommand {
         after_help = "Examples:\n  backupctl backups get backup_20261121T030000.000000Z.db\n  backupctl backups get nightly.db --owner 2"
     )]
     Get(BackupRef),
-    /// Check a backup's size, sha256 and integrity on the server; exit 1 if damaged.
+    /// Check a backup's size, digest and integrity on the server; exit 1 if damaged.
     #[command(after_help = "Example: backupctl backups verify nightly.db --owner 2")]
     Verify(BackupRef),
-    /// Download a backup to a file or to stdout, checking its sha256.
+    /// Download a backup to a file or to stdout, checking its digest (blake3, or sha256).
     ///
     /// A file appears only once complete and verified (written to
     /// `<file>.part`, then renamed); an existing regular file is replaced,
     /// anything else there (a symlink, directory, device, FIFO) is refused
     /// with exit 2 before anything is downloaded. With `-o -` the bytes go to
     /// stdout as they arrive and messages to stderr; if the stream, a write
-    /// or the sha256 check fails, the exit is 1 and what was written is not
+    /// or the digest check fails, the exit is 1 and what was written is not
     /// to be trusted.
     #[command(
         after_help = "Examples:\n  backupctl backups download nightly.db -o /tmp/nightly.db\n  backupctl backups download nightly.db -o - | gzip > nightly.db.gz"
