@@ -73,3 +73,35 @@ pub async fn release<C: ConnectionTrait>(conn: &C, instance: &str) -> Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::tests::on_each_backend;
+
+    on_each_backend!(
+        the_lease_is_taken_renewed_refused_and_released,
+        |db: Store| async move {
+            let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+            let txn = db.begin_write().await.unwrap();
+            assert_eq!(take(&txn, "a", at(0), at(10)).await.unwrap(), Taken::Newly);
+            assert_eq!(
+                take(&txn, "b", at(1), at(11)).await.unwrap(),
+                Taken::HeldByOther
+            );
+            assert_eq!(
+                take(&txn, "a", at(2), at(12)).await.unwrap(),
+                Taken::Renewed
+            );
+            // Expired: another instance takes it.
+            assert_eq!(take(&txn, "b", at(13), at(23)).await.unwrap(), Taken::Newly);
+            release(&txn, "a").await.unwrap();
+            let held = get(&txn).await.unwrap().unwrap();
+            assert_eq!((held.holder.as_str(), held.expires_at), ("b", at(23)));
+            release(&txn, "b").await.unwrap();
+            assert!(get(&txn).await.unwrap().is_none());
+            txn.commit().await.unwrap();
+        }
+    );
+}

@@ -2,9 +2,9 @@
 //! makes each slot run at most once across restarts and processes.
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, Set,
-    SqlErr,
 };
 
 use super::entity::scheduled_run::{self, Column, Entity};
@@ -20,21 +20,25 @@ pub async fn claim<C: ConnectionTrait>(
     instance: &str,
     started_at: DateTime<Utc>,
 ) -> Result<bool> {
-    let inserted = scheduled_run::ActiveModel {
+    let run = scheduled_run::ActiveModel {
         user_id: Set(user_id),
         slot_at: Set(slot),
         status: Set(RunStatus::Running.as_str().into()),
         instance: Set(instance.to_owned()),
         started_at: Set(started_at),
         ..Default::default()
-    }
-    .insert(conn)
-    .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    };
+    // ON CONFLICT DO NOTHING rather than a failed insert: on PostgreSQL a
+    // unique violation aborts the whole transaction the claim is part of.
+    let inserted = Entity::insert(run)
+        .on_conflict(
+            OnConflict::columns([Column::UserId, Column::SlotAt])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// How a run ended.
@@ -93,4 +97,43 @@ pub async fn fail_others_running<C: ConnectionTrait>(
         row.update(conn).await?;
     }
     Ok(settled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::tests::on_each_backend;
+
+    on_each_backend!(
+        a_slot_is_claimed_once_and_the_transaction_goes_on,
+        |db: Store| async move {
+            let slot = Utc::now();
+            let txn = db.begin_write().await.unwrap();
+            assert!(claim(&txn, 1, slot, "a", slot).await.unwrap());
+            assert!(
+                !claim(&txn, 1, slot, "b", slot).await.unwrap(),
+                "claimed twice"
+            );
+            assert!(
+                claim(&txn, 2, slot, "b", slot).await.unwrap(),
+                "another user's slot"
+            );
+            // The transaction is still usable after the refused claim.
+            let outcome = Outcome {
+                status: RunStatus::Completed,
+                finished_at: Utc::now(),
+                filename: Some("a.db"),
+                error: None,
+            };
+            finish(&txn, 1, slot, outcome).await.unwrap();
+            txn.commit().await.unwrap();
+            let other = db.begin_write().await.unwrap();
+            assert!(
+                !claim(&other, 1, slot, "c", slot).await.unwrap(),
+                "claimed after a commit"
+            );
+            other.commit().await.unwrap();
+        }
+    );
 }
