@@ -210,33 +210,38 @@ mod tests {
         }
     }
 
+    crate::store::tests::on_each_backend!(
+        overdue_users_are_listed_and_counted,
+        |db: crate::store::Store| async move {
+            let rows = [
+                row(1, true, Frequency::Daily, Some(3)),    // overdue
+                row(2, true, Frequency::Daily, Some(0)),    // on time
+                row(3, true, Frequency::Weekly, Some(3)),   // on time
+                row(4, true, Frequency::Weekly, None),      // never ran: overdue
+                row(5, false, Frequency::Daily, Some(30)),  // disabled
+                row(6, true, Frequency::Monthly, Some(40)), // overdue
+                row(7, true, Frequency::Monthly, Some(20)), // on time
+            ];
+            for r in rows {
+                insert(db.reads(), &r).await.unwrap();
+            }
+            let now = Utc::now();
+            let listed: Vec<i64> = overdue(db.reads(), now)
+                .await
+                .unwrap()
+                .iter()
+                .map(|s| s.user_id)
+                .collect();
+            assert_eq!(listed, [1, 4, 6]);
+            assert_eq!(count_overdue(db.reads(), now).await.unwrap(), 3);
+        }
+    );
+
     #[tokio::test]
-    async fn overdue_users_are_listed_counted_and_found_through_the_index() {
+    async fn the_overdue_query_reads_its_index() {
         let db = crate::store::Store::open("sqlite::memory:").await.unwrap();
         Migrator::up(db.orm(), None).await.unwrap();
-        let rows = [
-            row(1, true, Frequency::Daily, Some(3)),    // overdue
-            row(2, true, Frequency::Daily, Some(0)),    // on time
-            row(3, true, Frequency::Weekly, Some(3)),   // on time
-            row(4, true, Frequency::Weekly, None),      // never ran: overdue
-            row(5, false, Frequency::Daily, Some(30)),  // disabled
-            row(6, true, Frequency::Monthly, Some(40)), // overdue
-            row(7, true, Frequency::Monthly, Some(20)), // on time
-        ];
-        for r in rows {
-            insert(db.reads(), &r).await.unwrap();
-        }
-        let now = Utc::now();
-        let listed: Vec<i64> = overdue(db.reads(), now)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.user_id)
-            .collect();
-        assert_eq!(listed, [1, 4, 6]);
-        assert_eq!(count_overdue(db.reads(), now).await.unwrap(), 3);
-
-        let plan = crate::store::tests::query_plan(&db, &overdue_query(now)).await;
+        let plan = crate::store::tests::query_plan(&db, &overdue_query(Utc::now())).await;
         assert!(
             plan.iter().all(|l| !l.starts_with("SCAN backup_settings")),
             "the overdue query reads every row: {plan:?}"

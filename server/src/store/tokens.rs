@@ -125,3 +125,49 @@ pub async fn by_hash<C: Connection>(
     let stored = token.token_hash.clone();
     Ok(Some((info(token, owner), stored)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::tests::on_each_backend;
+
+    on_each_backend!(
+        tokens_are_found_by_hash_listed_and_revoked,
+        |db: Store| async move {
+            let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+            let txn = db.begin_write().await.unwrap();
+            ensure_user(&txn, 7, false, now).await.unwrap();
+            ensure_user(&txn, 7, true, now).await.unwrap();
+            ensure_user(&txn, 7, false, now).await.unwrap();
+            insert(&txn, 7, "hash-a".into(), now, None).await.unwrap();
+            insert(&txn, 7, "hash-b".into(), now, Some(now))
+                .await
+                .unwrap();
+            txn.commit().await.unwrap();
+
+            let (found, stored) = by_hash(db.reads(), "hash-a").await.unwrap().unwrap();
+            assert_eq!(
+                (found.user_id, found.is_admin, stored.as_str()),
+                (7, true, "hash-a")
+            );
+            assert!(by_hash(db.reads(), "hash-c").await.unwrap().is_none());
+            let listed = list(db.reads()).await.unwrap();
+            assert_eq!(listed.len(), 2);
+            assert_eq!(listed[1].expires_at, Some(now));
+
+            let txn = db.begin_write().await.unwrap();
+            revoke(&txn, found.id, now).await.unwrap();
+            txn.commit().await.unwrap();
+            let revoked = get(db.reads(), found.id).await.unwrap().unwrap();
+            assert_eq!(revoked.revoked_at, Some(now));
+            assert!(
+                user(db.reads(), 7)
+                    .await
+                    .unwrap()
+                    .is_some_and(|u| u.is_admin),
+                "never demoted"
+            );
+        }
+    );
+}
