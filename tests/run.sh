@@ -33,11 +33,22 @@ echo "s3s-fs: $("$BACKUP_TEST_S3S_FS" --version)"
 # PostgreSQL: Debian's initdb and pg_ctl (the postgresql package, installed
 # when missing), on a free port, in a temporary directory, stopped and
 # removed at exit. As root, the server runs as the postgres user.
-pg_bin="$(pg_config --bindir 2>/dev/null || true)"
+find_pg_bin() {
+    local dir
+    dir="$(pg_config --bindir 2>/dev/null || true)"
+    if [ ! -x "$dir/initdb" ]; then
+        dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    fi
+    echo "$dir"
+}
+pg_bin="$(find_pg_bin)"
 if [ ! -x "$pg_bin/initdb" ]; then
+    apt-get update -qq
     apt-get install -y --no-install-recommends postgresql >/dev/null
-    pg_bin="$(pg_config --bindir)"
+    pg_bin="$(find_pg_bin)"
 fi
+# The tests create their databases with its createdb.
+export PATH="$pg_bin:$PATH"
 pg_dir="$(mktemp -d)"
 as_postgres=()
 if [ "$(id -u)" = 0 ]; then

@@ -1,7 +1,6 @@
 //! Databases in the throwaway PostgreSQL cluster tests/run.sh starts and
 //! names in `BACKUP_TEST_POSTGRES` (a URL of its `postgres` database).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,8 +22,9 @@ pub fn new_database() -> String {
         .map_or(0, |d| d.subsec_nanos());
     let made = MADE.fetch_add(1, Ordering::Relaxed);
     let name = format!("e2e_{}_{nanos}_{made}", std::process::id());
-    // libpq takes a URL wherever it takes a database name.
-    let out = Command::new(bin_dir().join("createdb"))
+    // libpq takes a URL wherever it takes a database name; tests/run.sh
+    // puts the cluster's programs first on the PATH.
+    let out = Command::new("createdb")
         .arg(format!("--maintenance-db={server}"))
         .arg(&name)
         .output()
@@ -32,14 +32,4 @@ pub fn new_database() -> String {
     assert!(out.status.success(), "createdb: {out:?}");
     let (cluster, _) = server.rsplit_once('/').expect("a URL with a database");
     format!("{cluster}/{name}")
-}
-
-/// Where PostgreSQL's programs are (`pg_config --bindir`).
-fn bin_dir() -> PathBuf {
-    let out = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .expect("run pg_config (Debian's postgresql package)");
-    assert!(out.status.success(), "pg_config: {out:?}");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

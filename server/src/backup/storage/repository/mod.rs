@@ -586,23 +586,15 @@ impl BackupStorage for Repository {
     }
 
     async fn list(&self) -> Result<Listing> {
-        let deleting: Vec<String> = self
-            .inner
-            .objects
-            .list("deleting")
-            .await?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+        let deleting = self.inner.objects.names("deleting").await?;
         // A name whose delete began is gone, even if a crash left its
         // manifest in place.
         let names = self
             .inner
             .objects
-            .list("manifests")
+            .names("manifests")
             .await?
             .into_iter()
-            .map(|l| l.name)
             .filter(|n| naming::is_backup_filename(n) && !deleting.contains(n))
             .collect();
         Ok(Listing { names, deleting })

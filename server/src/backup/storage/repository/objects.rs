@@ -208,6 +208,16 @@ impl Objects {
         }
     }
 
+    /// The names of every object under `prefix`.
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect())
+    }
+
     /// Every object under `prefix` (a directory such as `manifests`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         let prefix_path = Path::from(prefix);

@@ -227,13 +227,7 @@ pub struct KnownChunks {
 
 impl KnownChunks {
     async fn refresh(&mut self, inner: &Inner) -> Result<()> {
-        let listed: HashSet<String> = inner
-            .objects
-            .list("index")
-            .await?
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
+        let listed: HashSet<String> = inner.objects.names("index").await?.into_iter().collect();
         if !self.objects.is_subset(&listed) {
             *self = Self::default();
         }
