@@ -11,6 +11,7 @@ mod m20261201_000005_backups_verification;
 mod m20261201_000006_audit_subject;
 mod m20261201_000007_backups_page_index;
 mod m20261201_000008_backups_repository_facts;
+mod m20261202_000009_scheduler_fencing;
 
 /// Every migration of the state store, oldest first.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_audit_subject::Migration),
             Box::new(m20261201_000007_backups_page_index::Migration),
             Box::new(m20261201_000008_backups_repository_facts::Migration),
+            Box::new(m20261202_000009_scheduler_fencing::Migration),
         ]
     }
 }

@@ -222,6 +222,7 @@ pub fn args_with_config_file(
 /// Absolute paths and URL the process works with, defaults filled in.
 #[derive(Clone, Debug)]
 pub struct Paths {
+    pub data_dir: PathBuf,
     pub database_url: String,
     pub source_db: PathBuf,
     pub backups_dir: PathBuf,
@@ -266,6 +267,7 @@ impl Config {
             (None, false) => Some(backups_dir.join("repository").display().to_string()),
         };
         Ok(Paths {
+            data_dir,
             database_url,
             source_db,
             backups_dir,

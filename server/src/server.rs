@@ -3,6 +3,7 @@
 //! services until shutdown.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ pub struct App {
 pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
     let paths = config.prepare()?;
     let db = open_db(&paths).await?;
-    migrate(&db, || open_storage(config, &paths)).await?;
+    migrate(&db, &paths.data_dir, || open_storage(config, &paths)).await?;
     Ok((db, paths))
 }
 
@@ -72,7 +73,7 @@ async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupSt
     let paths = config.prepare()?;
     let storage = open_storage(config, &paths).await?;
     let db = open_db(&paths).await?;
-    migrate(&db, || async { Ok(storage.clone()) }).await?;
+    migrate(&db, &paths.data_dir, || async { Ok(storage.clone()) }).await?;
     Ok((db, paths, storage))
 }
 
@@ -127,25 +128,49 @@ pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<R
 }
 
 /// Applies pending migrations. When the store already holds data, it is
-/// first snapshotted into the backup storage `storage` opens as a
-/// `pre_migration_*` backup (its name returned; reconcile catalogs it as
-/// protected), so a bad migration can be undone.
-async fn migrate<S, F>(db: &Store, storage: S) -> Result<Option<String>>
+/// first snapshotted so a bad migration can be undone: a SQLite file into
+/// the backup storage `storage` opens, as a `pre_migration_*` backup (its
+/// name returned; reconcile catalogs it as protected); a PostgreSQL
+/// database with `pg_dump` into `dump_dir`, or, without `pg_dump`, not at
+/// all, with a warning.
+async fn migrate<S, F>(db: &Store, dump_dir: &Path, storage: S) -> Result<Option<String>>
 where
     S: FnOnce() -> F,
     F: Future<Output = Result<Arc<dyn BackupStorage>>>,
 {
     let migrations = store::pending_migrations(db).await?;
-    if let Some(state_store) = migrations.snapshot_first() {
-        let storage = storage().await?;
-        let name = backup::create::pre_migration_snapshot(storage.as_ref(), state_store).await?;
-        tracing::info!(backup = %name, pending = migrations.pending(), "state store snapshotted before migrating");
-        migrations.apply().await?;
-        tracing::warn!(snapshot = %name, "migrated the state store; the pre-migration snapshot is a protected backup");
-        return Ok(Some(name));
-    }
+    let pending = migrations.pending();
+    let snapshot = match migrations.snapshot_first() {
+        None => None,
+        Some(store::Snapshot::File(state_store)) => {
+            let storage = storage().await?;
+            let name =
+                backup::create::pre_migration_snapshot(storage.as_ref(), state_store).await?;
+            tracing::info!(backup = %name, pending, "state store snapshotted before migrating");
+            Some(name)
+        }
+        Some(store::Snapshot::Postgres { url }) => {
+            match store::dump::pg_dump(url, dump_dir, chrono::Utc::now()).await? {
+                Some(path) => {
+                    tracing::info!(dump = %path.display(), pending, "state store dumped with pg_dump before migrating");
+                    Some(path.display().to_string())
+                }
+                None => {
+                    tracing::warn!(
+                        pending,
+                        "pg_dump is not installed: migrating the state store without a \
+                         pre-migration snapshot"
+                    );
+                    None
+                }
+            }
+        }
+    };
     migrations.apply().await?;
-    Ok(None)
+    if let Some(snapshot) = &snapshot {
+        tracing::warn!(%snapshot, "migrated the state store; the pre-migration snapshot is kept");
+    }
+    Ok(snapshot)
 }
 
 /// A server that has opened its store, applied migrations and reconciled
@@ -384,7 +409,7 @@ mod tests {
         let db = store::Store::open(&url).await.unwrap();
 
         let storage: Arc<dyn BackupStorage> = Arc::new(Directory::create(&backups).unwrap());
-        let snapshot = migrate(&db, || async { Ok(storage.clone()) })
+        let snapshot = migrate(&db, dir.path(), || async { Ok(storage.clone()) })
             .await
             .unwrap()
             .expect("a snapshot");
@@ -411,6 +436,52 @@ mod tests {
 
         // Nothing pending: nothing to snapshot, and no storage opened.
         let unopenable = || async { Err(Error::Internal("the storage was opened".into())) };
-        assert_eq!(migrate(&db, unopenable).await.unwrap(), None);
+        assert_eq!(migrate(&db, dir.path(), unopenable).await.unwrap(), None);
+    }
+
+    /// A PostgreSQL store holding data is dumped with pg_dump (the test
+    /// command puts the cluster's programs on the PATH) before migrating;
+    /// the dump restores the store as it was.
+    #[tokio::test]
+    async fn a_postgres_store_holding_data_is_dumped_before_migrating() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = store::tests::new_postgres_database().await;
+        let old = sea_orm::Database::connect(&url).await.unwrap();
+        Migrator::up(&old, Some(1)).await.unwrap();
+        old.execute_unprepared(
+            "INSERT INTO users (id, is_admin, created_at) VALUES (7, false, now())",
+        )
+        .await
+        .unwrap();
+        old.close().await.unwrap();
+        let db = store::Store::open(&url).await.unwrap();
+        let unopenable = || async { Err(Error::Internal("the storage was opened".into())) };
+        let dump = migrate(&db, dir.path(), unopenable)
+            .await
+            .unwrap()
+            .expect("a dump");
+        let listed = std::process::Command::new("pg_restore")
+            .arg("--list")
+            .arg(&dump)
+            .output()
+            .expect("run pg_restore");
+        assert!(listed.status.success(), "{listed:?}");
+        let contents = String::from_utf8_lossy(&listed.stdout);
+        assert!(contents.contains("TABLE public users"), "{contents}");
+        assert!(
+            !contents.contains("backup_settings"),
+            "the dump predates the migration: {contents}"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "only the finished dump is left: {names:?}");
+        assert!(
+            Migrator::get_pending_migrations(db.orm())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

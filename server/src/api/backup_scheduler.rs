@@ -4,7 +4,6 @@ use std::str::FromStr;
 
 use backup_proto as pb;
 use backup_proto::backup_scheduler_server::BackupScheduler;
-use chrono::Utc;
 use chrono_tz::Tz;
 use tonic::{Request, Response, Status};
 
@@ -259,7 +258,7 @@ impl BackupScheduler for BackupSchedulerApi {
             .caller(&request, "CheckAndRunBackups")
             .await?
             .require_admin()?;
-        let (ran, failed) = self.app.scheduler.run_due(Utc::now()).await?;
+        let (ran, failed) = self.app.scheduler.run_due_now().await?;
         Ok(Response::new(pb::CheckAndRunBackupsResponse {
             backups_run: i32::try_from(ran).unwrap_or(i32::MAX),
             backups_failed: i32::try_from(failed).unwrap_or(i32::MAX),

@@ -7,13 +7,14 @@
 //!   handled and a live event (another task committed them first but
 //!   published later, or another process wrote them), and after falling
 //!   behind the live buffer;
-//! - a shared watermark, the store's newest id polled every
-//!   [`STORE_POLL`] while anyone subscribes, so events other processes
-//!   write (a second replica, `backup-server token create`) arrive too.
+//! - a shared watermark, the store's newest id, so events other processes
+//!   write (another replica, `backup-server token create`) arrive too: on
+//!   PostgreSQL as each commit notifies it, on SQLite polled every
+//!   [`STORE_POLL`] while anyone subscribes.
 //!
-//! Ids are assigned in commit order (SQLite has one writer at a time), so
-//! once id N is committed every id below it is committed or never will be:
-//! reading the store up to N leaves nothing behind.
+//! Ids are assigned in commit order (see [`stored::insert`]), so once id N
+//! is committed every id below it is committed or never will be: reading
+//! the store up to N leaves nothing behind.
 //!
 //! Delivery goes through a bounded channel per subscriber, in batches of
 //! what is at hand (one channel operation for a burst, not one per event).
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::model::audit::Filter;
 use crate::store::Store;
 use crate::store::audit as stored;
+use crate::store::notify::{Channel, Heard, Listener};
 
 /// How often the store is polled for events other processes wrote.
 pub const STORE_POLL: Duration = Duration::from_millis(500);
@@ -71,7 +73,7 @@ impl Hub {
     pub fn new(db: Store, recorder: Recorder, shutdown: CancellationToken) -> Self {
         let active = Arc::new(AtomicUsize::new(0));
         let (tx, watermark) = watch::channel(0);
-        tokio::spawn(poll_store(
+        tokio::spawn(watch_store(
             db.clone(),
             tx,
             Arc::clone(&active),
@@ -179,6 +181,67 @@ impl Stream for Events {
     }
 }
 
+/// Keeps the watermark at the store's newest id: by listening where the
+/// store notifies commits, else by polling.
+async fn watch_store(
+    db: Store,
+    watermark: watch::Sender<i64>,
+    active: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) {
+    match Listener::start(&db, Channel::AuditEvents).await {
+        Ok(Some(listener)) => listen_store(db, listener, watermark, shutdown).await,
+        Ok(None) => poll_store(db, watermark, active, shutdown).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for audit events; polling the store instead");
+            poll_store(db, watermark, active, shutdown).await;
+        }
+    }
+}
+
+/// Advances the watermark to each committed id the store notifies, and to
+/// the store's newest after a lost connection (notifications missed).
+async fn listen_store(
+    db: Store,
+    mut listener: Listener,
+    watermark: watch::Sender<i64>,
+    shutdown: CancellationToken,
+) {
+    // Whatever committed before the listener started.
+    let mut heard = Heard::Reconnected;
+    loop {
+        let newest = match heard {
+            Heard::Notified(payload) => payload.parse().ok(),
+            Heard::Reconnected => match stored::last_id(db.reads()).await {
+                Ok(last) => Some(last),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the audit log's newest id");
+                    None
+                }
+            },
+        };
+        if let Some(newest) = newest {
+            advance(&watermark, newest);
+        }
+        heard = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = watermark.closed() => return,
+            heard = listener.next() => heard,
+        };
+    }
+}
+
+/// Raises the watermark to `newest` if that is higher.
+fn advance(watermark: &watch::Sender<i64>, newest: i64) {
+    watermark.send_if_modified(|w| {
+        let newer = newest > *w;
+        if newer {
+            *w = newest;
+        }
+        newer
+    });
+}
+
 /// Keeps the watermark at the store's newest id while anyone subscribes.
 async fn poll_store(
     db: Store,
@@ -200,15 +263,7 @@ async fn poll_store(
             continue;
         }
         match stored::last_id(db.reads()).await {
-            Ok(last) => {
-                watermark.send_if_modified(|w| {
-                    let newer = last > *w;
-                    if newer {
-                        *w = last;
-                    }
-                    newer
-                });
-            }
+            Ok(last) => advance(&watermark, last),
             Err(e) => tracing::warn!(error = %e, "could not poll the audit log"),
         }
     }

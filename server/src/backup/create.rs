@@ -17,7 +17,7 @@ use crate::audit::NewEvent;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::backup::{Backup, BackupKind};
-use crate::store::backups as catalog;
+use crate::store::{self, backups as catalog};
 
 /// One snapshot shared by the backups given it; see
 /// [`Backups::snapshot_shared`]. Its staged copy goes when it is dropped.
@@ -194,6 +194,15 @@ impl Backups {
         };
         let committed = async {
             let mut change = self.audit.begin().await?;
+            if let Some(fence) = &new.fence
+                && store::lease::holds(&*change, fence).await?.is_none()
+            {
+                return Err(Error::Unavailable(
+                    "the scheduler lease was lost before the backup was catalogued; its new \
+                     holder runs the slot"
+                        .into(),
+                ));
+            }
             catalog::insert(&*change, row.clone()).await?;
             change.record(event(&row));
             change.commit().await

@@ -56,6 +56,7 @@ use crate::audit::{NewEvent, Recorder};
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::backup::BackupKind;
+use crate::model::run::Fence;
 use crate::store::Store;
 use storage::{BackupStorage, ChangeStamp, StorageLock};
 
@@ -71,6 +72,9 @@ pub struct NewBackup {
     /// The most manual backups the owner may have with this one (checked
     /// under the directory lock); `None` for no limit.
     pub manual_quota: Option<u32>,
+    /// For a scheduled backup, the scheduler lease it is taken under: it
+    /// is catalogued only while that lease holds.
+    pub fence: Option<Fence>,
 }
 
 impl NewBackup {
@@ -81,6 +85,7 @@ impl NewBackup {
             owner_user_id,
             kind,
             manual_quota: None,
+            fence: None,
         }
     }
 }

@@ -32,3 +32,11 @@ pub struct Lease {
     /// The holder must renew before this, or another process takes over.
     pub expires_at: DateTime<Utc>,
 }
+
+/// What a lease holder's writes are conditional on: they are refused once
+/// another instance has taken the lease over (its epoch is higher).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: i64,
+}

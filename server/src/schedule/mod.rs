@@ -3,15 +3,22 @@
 //!
 //! The loop sleeps until the earliest `next_backup_at` or a settings change
 //! (a `Notify`), with the check interval only as a safety net. One process
-//! at a time runs it, by holding a lease row in the state store; each
+//! at a time runs it, by holding the lease in the state store; each
 //! (user, slot) can run at most once because claiming it inserts a row
 //! under a unique key in the same transaction that advances the schedule.
+//!
+//! The lease's fencing epoch guards every write of a run: its claim, its
+//! backup's catalog row and its end are each committed only while the
+//! lease holds, so a holder that lost it (paused, cut off) cannot finish a
+//! run its successor has settled. Time is the state store's: the loop's
+//! clock is corrected by the skew measured at each renewal, and a claim is
+//! refused before its slot by the database's clock.
 
 pub mod next_run;
 pub mod settings;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -23,10 +30,11 @@ use crate::audit::{Change, NewEvent, Recorder};
 use crate::backup::{Backups, NewBackup, SharedSnapshot, naming};
 use crate::error::{Error, Result};
 use crate::model::backup::BackupKind;
-use crate::model::run::{Lease, RunStatus};
+use crate::model::run::{Fence, Lease, RunStatus};
 use crate::model::settings::{Settings, SettingsUpdate};
 use crate::retention::Retention;
-use crate::store::{self, Store, lease};
+use crate::store::notify::{Channel, Heard, Listener};
+use crate::store::{self, Store};
 use settings::schedule_of;
 
 /// How long after a failed backup the user's backup is tried again (unless
@@ -70,7 +78,11 @@ pub struct Scheduler {
     instance_id: String,
     /// Wakes the loop when settings change, so it re-reads the next due time.
     wake: Notify,
-    holds_lease: AtomicBool,
+    /// The lease while this process holds it.
+    lease: std::sync::Mutex<Option<Fence>>,
+    /// The state store's clock minus this host's, in milliseconds, as last
+    /// measured when taking the lease.
+    skew_ms: AtomicI64,
     completed: AtomicU64,
     failed: AtomicU64,
     /// The running loop: its stop signal and task. `None` while stopped.
@@ -101,7 +113,8 @@ impl Scheduler {
             config,
             instance_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             wake: Notify::new(),
-            holds_lease: AtomicBool::new(false),
+            lease: std::sync::Mutex::new(None),
+            skew_ms: AtomicI64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             running: tokio::sync::Mutex::new(None),
@@ -117,7 +130,7 @@ impl Scheduler {
         user_id: i64,
         update: SettingsUpdate,
     ) -> Result<Settings> {
-        let saved = settings::update(&self.audit, actor, user_id, update, Utc::now()).await?;
+        let saved = settings::update(&self.audit, actor, user_id, update).await?;
         self.wake();
         Ok(saved)
     }
@@ -191,11 +204,19 @@ impl Scheduler {
     }
 
     async fn run_loop(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        // Settings changed through other replicas wake this one too.
+        let mut settings_changed = match Listener::start(&self.db, Channel::Scheduler).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for settings changed elsewhere; checking every interval");
+                None
+            }
+        };
         loop {
-            let holds = self.renew_lease().await;
+            let fence = self.renew_lease().await;
             let mut wake_in = self.config.check_interval.min(self.config.lease_ttl / 3);
-            if holds {
-                if let Err(e) = self.run_due_renewing_lease().await {
+            if let Some(fence) = fence {
+                if let Err(e) = self.run_due_renewing_lease(fence).await {
                     tracing::error!(error = %e, "scheduled check failed");
                     self.audit
                         .record_or_log(NewEvent::new("backup_scheduler.check_error", 0).failed(&e))
@@ -205,7 +226,7 @@ impl Scheduler {
                     Ok(Some(due)) => {
                         metrics::gauge!(crate::telemetry::SCHEDULER_NEXT_DUE)
                             .set(due.timestamp() as f64);
-                        let until = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                        let until = (due - self.now()).to_std().unwrap_or(Duration::ZERO);
                         wake_in = wake_in.min(until);
                     }
                     Ok(None) => {}
@@ -215,37 +236,56 @@ impl Scheduler {
             tokio::select! {
                 () = tokio::time::sleep(wake_in) => {}
                 () = self.wake.notified() => {}
+                _ = heard(&mut settings_changed) => {}
                 _ = stopped.changed() => break,
             }
         }
-        self.holds_lease.store(false, Ordering::Relaxed);
-        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(0.0);
+        self.set_lease(None);
+    }
+
+    /// This host's clock corrected by the skew to the state store's.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.skew_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_lease(&self, fence: Option<Fence>) {
+        let held = fence.is_some();
+        let had = std::mem::replace(
+            &mut *self.lease.lock().unwrap_or_else(|e| e.into_inner()),
+            fence,
+        );
+        if had.is_some() && !held {
+            tracing::warn!(instance = %self.instance_id, "no longer holding the scheduler lease");
+        }
+        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(if held { 1.0 } else { 0.0 });
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Takes or renews the lease and publishes whether this process holds it.
-    async fn renew_lease(&self) -> bool {
-        let holds = match self.take_lease(Utc::now()).await {
-            Ok(holds) => holds,
+    async fn renew_lease(&self) -> Option<Fence> {
+        let fence = match self.take_lease().await {
+            Ok(fence) => fence,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the scheduler lease");
-                false
+                None
             }
         };
-        if self.holds_lease.swap(holds, Ordering::Relaxed) && !holds {
-            tracing::warn!(instance = %self.instance_id, "lost the scheduler lease");
-        }
-        metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
-        holds
+        self.set_lease(fence.clone());
+        fence
     }
 
-    /// Runs what is due, renewing the lease every third of its TTL meanwhile:
-    /// a pass can outlast the TTL (a large database, many users), and no
-    /// other process may take the lease over and settle runs still going.
-    async fn run_due_renewing_lease(self: &Arc<Self>) -> Result<(u32, u32)> {
+    /// Runs what is due under `fence`, renewing the lease every third of
+    /// its TTL meanwhile: a pass can outlast the TTL (a large database, many
+    /// users). Renewal keeps the epoch; once the lease is lost the pass's
+    /// remaining writes are refused.
+    async fn run_due_renewing_lease(self: &Arc<Self>, fence: Fence) -> Result<(u32, u32)> {
         let period = self.config.lease_ttl / 3;
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let pass = self.run_due(Utc::now());
+        let pass = self.run_due(fence, self.now());
         tokio::pin!(pass);
         loop {
             tokio::select! {
@@ -257,73 +297,139 @@ impl Scheduler {
         }
     }
 
-    /// Takes or renews the lease; true if this process holds it. A lease
-    /// taken over from a dead holder first settles that holder's
-    /// interrupted runs.
-    async fn take_lease(&self, now: DateTime<Utc>) -> Result<bool> {
-        let expires_at =
-            now + chrono::Duration::from_std(self.config.lease_ttl).unwrap_or_default();
+    /// Takes or renews the lease; its fence if this process holds it. A
+    /// lease taken over (a higher epoch) first settles the runs earlier
+    /// holders left unfinished.
+    async fn take_lease(&self) -> Result<Option<Fence>> {
         let mut change = self.audit.begin().await?;
-        let newly_taken =
-            match store::lease::take(&*change, &self.instance_id, now, expires_at).await? {
-                lease::Taken::HeldByOther => return Ok(false),
-                lease::Taken::Renewed => false,
-                lease::Taken::Newly => true,
-            };
+        let asked = Utc::now();
+        let Some(held) =
+            store::lease::take(&*change, &self.instance_id, self.config.lease_ttl).await?
+        else {
+            return Ok(None);
+        };
+        // The database's clock read halfway through the round trip.
+        let local = asked + (Utc::now() - asked) / 2;
+        self.skew_ms
+            .store((held.at - local).num_milliseconds(), Ordering::Relaxed);
+        let newly_taken = self.fence().is_none_or(|f| f.epoch != held.fence.epoch);
         if newly_taken {
-            self.settle_interrupted_runs(&mut change, now).await?;
+            self.settle_interrupted_runs(&mut change, held.fence.epoch, held.at)
+                .await?;
         }
         change.commit().await?;
         if newly_taken {
-            tracing::info!(instance = %self.instance_id, "holding the scheduler lease");
+            tracing::info!(instance = %self.instance_id, epoch = held.fence.epoch, "holding the scheduler lease");
         }
-        Ok(true)
+        Ok(Some(held.fence))
     }
 
-    /// Runs left `running` by another instance died with it: mark them
-    /// failed, audit why, and retry those users now.
+    /// Settles the runs left running under an epoch before `epoch` (their
+    /// holder died or lost the lease): one whose backup was catalogued
+    /// completed, as it did; any other failed, and its user is retried now.
     async fn settle_interrupted_runs(
         &self,
         change: &mut Change<'_>,
+        epoch: i64,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let interrupted = "interrupted: the scheduler that ran it stopped";
-        let settled =
-            store::runs::fail_others_running(&**change, &self.instance_id, interrupted, now)
-                .await?;
-        for (user_id, slot) in settled {
-            if let Some(mut s) = store::settings::get(&**change, user_id).await?
-                && s.enabled
-                && s.next_backup_at.is_some_and(|next| next > now)
-            {
-                s.next_backup_at = Some(now.trunc_subsecs(0));
-                store::settings::save(&**change, &s).await?;
-            }
-            let error = Error::Unavailable(interrupted.into());
-            change.record(
+        for (user_id, slot) in store::runs::left_running(&**change, epoch).await? {
+            let filename = naming::auto_filename(user_id, slot);
+            let made = store::backups::by_filename(&**change, &filename)
+                .await?
+                .is_some_and(|b| b.owner_user_id == user_id);
+            let outcome = store::runs::Outcome {
+                status: if made {
+                    RunStatus::Completed
+                } else {
+                    RunStatus::Failed
+                },
+                finished_at: now,
+                filename: made.then_some(filename.as_str()),
+                error: (!made).then(|| interrupted.to_owned()),
+            };
+            store::runs::finish(&**change, user_id, slot, outcome).await?;
+            let Some(mut settings) = store::settings::get(&**change, user_id).await? else {
+                continue;
+            };
+            let event = if made {
+                settings.last_backup_at = Some(now);
+                NewEvent::new("backup_scheduler.backup_completed", user_id).details(json!({
+                    "filename": filename,
+                    "scheduled_for": slot,
+                    "settled_after": "interrupted",
+                }))
+            } else {
+                if settings.enabled && settings.next_backup_at.is_some_and(|next| next > now) {
+                    settings.next_backup_at = Some(now.trunc_subsecs(0));
+                }
                 NewEvent::new("backup_scheduler.backup_error", user_id)
-                    .subject(user_id)
-                    .resource("backup_settings", user_id.to_string())
                     .details(
                         json!({ "scheduled_for": slot, "reason": "interrupted", "retry_at": now }),
                     )
-                    .failed(&error),
+                    .failed(&Error::Unavailable(interrupted.into()))
+            };
+            store::settings::save(&**change, &settings).await?;
+            change.record(
+                event
+                    .subject(user_id)
+                    .resource("backup_settings", user_id.to_string()),
             );
         }
         Ok(())
     }
 
     async fn release_lease(&self) -> Result<()> {
-        let change = self.audit.begin().await?;
-        store::lease::release(&*change, &self.instance_id).await?;
-        change.commit().await?;
-        self.holds_lease.store(false, Ordering::Relaxed);
+        if let Some(fence) = self.fence() {
+            let change = self.audit.begin().await?;
+            store::lease::release(&*change, &fence).await?;
+            change.commit().await?;
+        }
+        self.set_lease(None);
         Ok(())
     }
 
-    /// Runs every backup due at `now` with bounded concurrency; returns
-    /// (succeeded, failed). Used by the loop and by CheckAndRunBackups.
-    pub async fn run_due(self: &Arc<Self>, now: DateTime<Utc>) -> Result<(u32, u32)> {
+    /// CheckAndRunBackups: runs what is due now, under the lease (taken for
+    /// the pass when the loop does not hold it, and handed back after).
+    /// FAILED_PRECONDITION while another instance holds it: its loop runs
+    /// what is due.
+    pub async fn run_due_now(self: &Arc<Self>) -> Result<(u32, u32)> {
+        let looping = self.running.lock().await.is_some();
+        let fence = match self.fence() {
+            Some(fence) => fence,
+            None => match self.take_lease().await? {
+                Some(fence) => fence,
+                None => {
+                    self.wake_holder().await?;
+                    return Err(Error::FailedPrecondition(
+                        "another server instance holds the scheduler lease; it was woken to run \
+                         the due backups itself"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        self.set_lease(Some(fence.clone()));
+        let result = self.run_due_renewing_lease(fence).await;
+        if !looping && self.running.lock().await.is_none() {
+            self.release_lease().await?;
+        }
+        result
+    }
+
+    /// Wakes the lease holder's loop, wherever it runs, to look at what is
+    /// due.
+    async fn wake_holder(&self) -> Result<()> {
+        let change = self.audit.begin().await?;
+        store::notify::send(&*change, Channel::Scheduler, "check").await?;
+        change.commit().await?;
+        Ok(())
+    }
+
+    /// Runs every backup due at `now` under `fence` with bounded
+    /// concurrency; returns (succeeded, failed).
+    async fn run_due(self: &Arc<Self>, fence: Fence, now: DateTime<Utc>) -> Result<(u32, u32)> {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent_backups.max(1)));
         // Everything due now is backed up from one snapshot, taken now.
         let shared = Arc::new(SharedSnapshot::default());
@@ -335,11 +441,15 @@ impl Scheduler {
             }
             let mut runs = JoinSet::new();
             for due in batch {
-                let (this, permits, shared) =
-                    (Arc::clone(self), Arc::clone(&permits), Arc::clone(&shared));
+                let (this, permits, shared, fence) = (
+                    Arc::clone(self),
+                    Arc::clone(&permits),
+                    Arc::clone(&shared),
+                    fence.clone(),
+                );
                 runs.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    this.run_one(due, now, &shared).await
+                    this.run_one(&fence, due, now, &shared).await
                 });
             }
             let mut progressed = false;
@@ -365,6 +475,7 @@ impl Scheduler {
     /// snapshot), applies the owner's retention and records the outcome.
     async fn run_one(
         self: Arc<Self>,
+        fence: &Fence,
         due: Settings,
         now: DateTime<Utc>,
         shared: &Arc<SharedSnapshot>,
@@ -372,15 +483,16 @@ impl Scheduler {
         let Some(slot) = due.next_backup_at else {
             return Ok(Outcome::Skipped);
         };
-        let Some(next) = self.claim(&due, slot, now).await? else {
+        let Some(next) = self.claim(fence, &due, slot, now).await? else {
             return Ok(Outcome::Skipped);
         };
         let user_id = due.user_id;
-        let new = NewBackup::new(
+        let mut new = NewBackup::new(
             naming::auto_filename(user_id, slot),
             user_id,
             BackupKind::Auto,
         );
+        new.fence = Some(fence.clone());
         let backup = self
             .backups
             .snapshot_shared(shared, new, move |b| {
@@ -413,6 +525,7 @@ impl Scheduler {
                     "lateness_ms": (backup.created_at - slot).num_milliseconds(),
                 });
                 self.finish(
+                    fence,
                     &due,
                     slot,
                     None,
@@ -426,13 +539,13 @@ impl Scheduler {
                 Ok(Outcome::Ran)
             }
             Err(e) => {
-                let retry_at = (Utc::now() + RETRY_DELAY).trunc_subsecs(0).min(next);
+                let retry_at = (self.now() + RETRY_DELAY).trunc_subsecs(0).min(next);
                 let details = json!({ "scheduled_for": slot, "retry_at": retry_at, "reason": e.public_message() });
                 let event = NewEvent::new("backup_scheduler.backup_error", user_id)
                     .subject(user_id)
                     .details(details)
                     .failed(&e);
-                self.finish(&due, slot, Some((retry_at, &e)), None, event)
+                self.finish(fence, &due, slot, Some((retry_at, &e)), None, event)
                     .await?;
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Failed)
@@ -441,26 +554,36 @@ impl Scheduler {
     }
 
     /// Claims (user, slot): inserts the run row (unique per slot) and moves
-    /// the schedule on, in one transaction. Returns the next slot, or `None`
-    /// when the slot is no longer due or was already claimed. Slots that
-    /// passed unrun are merged into this one run and audited as missed.
+    /// the schedule on, in one transaction, while `fence` holds the lease.
+    /// Returns the next slot, or `None` when the slot is not due by the
+    /// state store's clock, no longer due, already claimed, or the lease is
+    /// lost. Slots that passed unrun are merged into this one run and
+    /// audited as missed.
     async fn claim(
         &self,
+        fence: &Fence,
         due: &Settings,
         slot: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>> {
         let schedule = schedule_of(due);
-        let next = next_run::next_run_after(&schedule, now);
         let mut change = self.audit.begin().await?;
+        let Some(store_now) = store::lease::holds(&*change, fence).await? else {
+            return Ok(None);
+        };
+        // Never early, however far this host's clock is off.
+        if slot > store_now {
+            return Ok(None);
+        }
+        let now = now.max(store_now);
+        let next = next_run::next_run_after(&schedule, now);
         let Some(mut fresh) = store::settings::get(&*change, due.user_id).await? else {
             return Ok(None);
         };
         if !fresh.enabled || fresh.next_backup_at != Some(slot) {
             return Ok(None);
         }
-        let claimed =
-            store::runs::claim(&*change, due.user_id, slot, &self.instance_id, Utc::now()).await?;
+        let claimed = store::runs::claim(&*change, due.user_id, slot, fence, store_now).await?;
         fresh.next_backup_at = Some(next);
         store::settings::save(&*change, &fresh).await?;
         if !claimed {
@@ -487,17 +610,23 @@ impl Scheduler {
     }
 
     /// Records a run's end: the run row, the settings (last success, or a
-    /// retry time after a failure) and the audit event, in one transaction.
+    /// retry time after a failure) and the audit event, in one transaction,
+    /// while `fence` holds the lease. Once it is lost this writes nothing:
+    /// the new holder settles the run.
     async fn finish(
         &self,
+        fence: &Fence,
         due: &Settings,
         slot: DateTime<Utc>,
         failure: Option<(DateTime<Utc>, &Error)>,
         filename: Option<&str>,
         event: NewEvent,
     ) -> Result<()> {
-        let now = Utc::now();
         let mut change = self.audit.begin().await?;
+        let Some(now) = store::lease::holds(&*change, fence).await? else {
+            tracing::warn!(user_id = due.user_id, %slot, "lost the scheduler lease before a run ended; its new holder settles it");
+            return Ok(());
+        };
         let outcome = store::runs::Outcome {
             status: if failure.is_some() {
                 RunStatus::Failed
@@ -536,7 +665,7 @@ impl Scheduler {
             check_interval: self.config.check_interval,
             enabled_settings: enabled,
             total_settings: total,
-            holds_lease: self.holds_lease.load(Ordering::Relaxed),
+            holds_lease: self.fence().is_some(),
             lease: store::lease::get(self.db.reads()).await?,
             next_due_at: store::settings::next_due(self.db.reads()).await?,
             completed: self.completed.load(Ordering::Relaxed),
@@ -544,6 +673,14 @@ impl Scheduler {
             overdue_users: store::settings::count_overdue(self.db.reads(), Utc::now()).await?,
             instance_id: self.instance_id.clone(),
         })
+    }
+}
+
+/// What `listener` hears next; never, without one.
+async fn heard(listener: &mut Option<Listener>) -> Heard {
+    match listener {
+        Some(listener) => listener.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::audit::{NewEvent, Recorder};
 use crate::auth;
 use crate::error::{Error, Result};
 use crate::model::settings::{Frequency, KeepCount, Settings, SettingsUpdate};
+use crate::store::notify::Channel;
 use crate::store::{self, Store};
 
 /// The schedule settings describe.
@@ -108,16 +109,17 @@ fn updated(
 /// Applies a partial update (creating the settings on first use) and
 /// audits it in the same transaction; a failure is rolled back and audited
 /// as `backup_scheduler.settings_error`. A user that does not exist is
-/// NOT_FOUND, and nothing is created for it.
+/// NOT_FOUND, and nothing is created for it. The next run is computed
+/// from the state store's clock.
 pub async fn update(
     audit: &Recorder,
     actor: i64,
     user_id: i64,
     update: SettingsUpdate,
-    now: DateTime<Utc>,
 ) -> Result<Settings> {
     let result = async {
         let mut change = audit.begin().await?;
+        let now = store::clock::now(&*change).await?;
         auth::require_user(&*change, user_id).await?;
         let current = store::settings::get(&*change, user_id).await?;
         let created = current.is_none();
@@ -143,6 +145,8 @@ pub async fn update(
                     "next_backup_at": saved.next_backup_at,
                 })),
         );
+        // Wakes the scheduler of whichever replica holds the lease.
+        store::notify::send(&*change, Channel::Scheduler, &user_id.to_string()).await?;
         change.commit().await?;
         Ok(saved)
     }

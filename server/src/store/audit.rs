@@ -7,11 +7,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 
 use super::entity::audit_event::{self, Column, Entity};
+use super::notify::{self, Channel};
 use crate::error::{Error, Result};
 use crate::model::audit::{AuditEvent, Filter, NewEvent};
 
@@ -52,34 +53,59 @@ fn to_row(event: NewEvent, at: DateTime<Utc>) -> audit_event::ActiveModel {
     }
 }
 
-/// Inserts events in order through a write transaction (so no other writer
-/// interleaves) and reads them back in id order. One statement for one
-/// event; three round trips however many there are.
+/// Inserts events in order through a write transaction and reads them
+/// back in id order. One statement for one event; three round trips
+/// however many there are.
+///
+/// Ids must be assigned in commit order, so that a reader who has seen id
+/// N has seen every id below it that will ever commit. SQLite has one
+/// writer at a time. On PostgreSQL a sequence hands ids out as inserts ask,
+/// and transactions commit in another order; so the inserting transaction
+/// first takes a transaction-scoped advisory lock, held until it commits:
+/// inserts and commits of events go one transaction at a time, taking the
+/// lock last (after every row lock), so it cannot be part of a deadlock.
+/// The commit also notifies listeners on other replicas.
 pub async fn insert(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT pg_advisory_xact_lock($1)",
+            [COMMIT_ORDER_LOCK.into()],
+        ))
+        .await?;
+    }
     let now = Utc::now();
     let count = events.len();
-    let mut events = events.into_iter();
-    match (events.next(), count) {
-        (None, _) => Ok(Vec::new()),
-        (Some(only), 1) => Ok(vec![Arc::new(from_row(
-            to_row(only, now).insert(txn).await?,
-        ))]),
-        (Some(first), _) => {
-            let before = last_id(txn).await?;
-            Entity::insert_many(std::iter::once(first).chain(events).map(|e| to_row(e, now)))
-                .exec_without_returning(txn)
-                .await?;
-            let inserted = page(txn, &Filter::default(), before, None, count as u64).await?;
-            if inserted.len() != count {
-                return Err(Error::Internal(format!(
-                    "inserted {count} audit events but read back {}",
-                    inserted.len()
-                )));
-            }
-            Ok(inserted)
+    let inserted = if count == 1 {
+        let only = events.into_iter().next().map(|e| to_row(e, now));
+        match only {
+            Some(row) => vec![Arc::new(from_row(row.insert(txn).await?))],
+            None => Vec::new(),
         }
-    }
+    } else {
+        let before = last_id(txn).await?;
+        Entity::insert_many(events.into_iter().map(|e| to_row(e, now)))
+            .exec_without_returning(txn)
+            .await?;
+        page(txn, &Filter::default(), before, None, count as u64).await?
+    };
+    let Some(newest) = inserted.last().filter(|_| inserted.len() == count) else {
+        return Err(Error::Internal(format!(
+            "inserted {count} audit events but read back {}",
+            inserted.len()
+        )));
+    };
+    notify::send(txn, Channel::AuditEvents, &newest.id.to_string()).await?;
+    Ok(inserted)
 }
+
+/// The key of the PostgreSQL advisory lock that orders event commits
+/// (`pg_advisory_xact_lock` takes any 64-bit key; this one spells "AUDITLOG").
+const COMMIT_ORDER_LOCK: i64 = 0x4155_4449_544c_4f47;
 
 /// The filter as a SQL condition.
 fn condition(filter: &Filter) -> Condition {

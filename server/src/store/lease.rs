@@ -1,11 +1,24 @@
-//! The scheduler lease in the state store.
+//! The scheduler lease in the state store, taken and checked by the
+//! database's clock.
+//!
+//! Taking or renewing it is one statement (an upsert whose update is
+//! conditional), so two instances racing for it cannot both win, and it
+//! returns the lease's fencing epoch. Writes of a holder's runs go through
+//! [`holds`] in their own transaction, which on PostgreSQL keeps the lease
+//! row share-locked until they commit: a takeover waits for them, then
+//! sees them, and once it has committed no earlier holder's write can.
+//!
+//! Each engine has its statements: PostgreSQL's clock is the server's
+//! (`clock_timestamp()`), so a replica whose own clock is off still
+//! expires and checks leases right; SQLite is embedded, its clock is this
+//! host's.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Set};
+use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement, Value};
 
-use super::entity::scheduler_lease::{self, Entity};
+use super::entity::scheduler_lease::Entity;
 use crate::error::Result;
-use crate::model::run::Lease;
+use crate::model::run::{Fence, Lease};
 
 /// The one lease's name.
 const NAME: &str = "scheduler";
@@ -18,90 +31,206 @@ pub async fn get<C: ConnectionTrait>(conn: &C) -> Result<Option<Lease>> {
     }))
 }
 
-/// What [`take`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Taken {
-    /// Another instance holds it until after `now`.
-    HeldByOther,
-    /// `instance` held it already and renewed it.
-    Renewed,
-    /// `instance` took it: free, expired, or never taken.
-    Newly,
+/// The lease as its holder took it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub fence: Fence,
+    /// The database's clock when it was taken.
+    pub at: DateTime<Utc>,
 }
 
-/// Takes the lease for `instance` until `expires_at`, unless another
-/// instance holds it beyond `now`. Run it in a write transaction.
+/// Takes or renews the lease for `instance` for `ttl` from the database's
+/// now, unless another instance holds it beyond that now; `None` then. The
+/// epoch goes up when the holder changes.
 pub async fn take<C: ConnectionTrait>(
     conn: &C,
     instance: &str,
-    now: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-) -> Result<Taken> {
-    match Entity::find_by_id(NAME).one(conn).await? {
-        Some(lease) if lease.holder != instance && lease.expires_at > now => Ok(Taken::HeldByOther),
-        Some(lease) => {
-            let renewed = lease.holder == instance;
-            let mut row = lease.into_active_model();
-            row.holder = Set(instance.to_owned());
-            row.expires_at = Set(expires_at);
-            row.update(conn).await?;
-            Ok(if renewed {
-                Taken::Renewed
-            } else {
-                Taken::Newly
-            })
+    ttl: std::time::Duration,
+) -> Result<Option<Held>> {
+    let backend = conn.get_database_backend();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let (statement, clock) = match backend {
+        DbBackend::Postgres => (
+            Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO scheduler_lease (name, holder, expires_at, epoch) \
+             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond', 1) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at, \
+                 epoch = CASE WHEN scheduler_lease.holder = excluded.holder \
+                     THEN scheduler_lease.epoch ELSE scheduler_lease.epoch + 1 END \
+             WHERE scheduler_lease.holder = excluded.holder \
+                 OR scheduler_lease.expires_at <= clock_timestamp() \
+             RETURNING epoch, clock_timestamp() AS now",
+                [NAME.into(), instance.into(), ttl_ms.into()],
+            ),
+            Clock::Database,
+        ),
+        _ => {
+            let now = Utc::now();
+            let expires_at = now + chrono::Duration::milliseconds(ttl_ms);
+            (
+                Statement::from_sql_and_values(
+                    backend,
+                    "INSERT INTO scheduler_lease (name, holder, expires_at, epoch) \
+                 VALUES (?1, ?2, ?3, 1) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at = excluded.expires_at, \
+                     epoch = CASE WHEN holder = excluded.holder THEN epoch ELSE epoch + 1 END \
+                 WHERE holder = excluded.holder OR expires_at <= ?4 \
+                 RETURNING epoch",
+                    [NAME.into(), instance.into(), expires_at.into(), now.into()],
+                ),
+                Clock::Local(now),
+            )
         }
-        None => {
-            scheduler_lease::ActiveModel {
-                name: Set(NAME.into()),
-                holder: Set(instance.to_owned()),
-                expires_at: Set(expires_at),
-            }
-            .insert(conn)
-            .await?;
-            Ok(Taken::Newly)
+    };
+    let Some(row) = conn.query_one_raw(statement).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Held {
+        fence: Fence {
+            holder: instance.to_owned(),
+            epoch: row.try_get("", "epoch")?,
+        },
+        at: clock.read(&row)?,
+    }))
+}
+
+/// The database's now if `fence` still holds the lease (unexpired, not
+/// taken over), `None` if not. In a write transaction, the writes after it
+/// commit only while the lease is held: on PostgreSQL the row stays
+/// share-locked until commit, so a takeover waits; SQLite has one writer.
+pub async fn holds<C: ConnectionTrait>(conn: &C, fence: &Fence) -> Result<Option<DateTime<Utc>>> {
+    let backend = conn.get_database_backend();
+    let (statement, clock) = match backend {
+        DbBackend::Postgres => (
+            Statement::from_sql_and_values(
+                backend,
+                "SELECT clock_timestamp() AS now FROM scheduler_lease \
+             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() \
+             FOR SHARE",
+                values(fence),
+            ),
+            Clock::Database,
+        ),
+        _ => {
+            let now = Utc::now();
+            let mut values = values(fence);
+            values.push(now.into());
+            (
+                Statement::from_sql_and_values(
+                    backend,
+                    "SELECT 1 AS held FROM scheduler_lease \
+                 WHERE name = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > ?4",
+                    values,
+                ),
+                Clock::Local(now),
+            )
+        }
+    };
+    match conn.query_one_raw(statement).await? {
+        Some(row) => Ok(Some(clock.read(&row)?)),
+        None => Ok(None),
+    }
+}
+
+fn values(fence: &Fence) -> Vec<Value> {
+    vec![
+        NAME.into(),
+        fence.holder.as_str().into(),
+        fence.epoch.into(),
+    ]
+}
+
+/// Where a statement's now comes from.
+enum Clock {
+    /// The database's, in the row's `now` column (PostgreSQL).
+    Database,
+    /// This host's, taken before the statement (SQLite, embedded).
+    Local(DateTime<Utc>),
+}
+
+impl Clock {
+    fn read(self, row: &sea_orm::QueryResult) -> Result<DateTime<Utc>> {
+        match self {
+            Self::Database => Ok(row.try_get("", "now")?),
+            Self::Local(now) => Ok(now),
         }
     }
 }
 
-/// Hands the lease back if `instance` holds it.
-pub async fn release<C: ConnectionTrait>(conn: &C, instance: &str) -> Result<()> {
-    if let Some(lease) = Entity::find_by_id(NAME).one(conn).await?
-        && lease.holder == instance
-    {
-        Entity::delete_by_id(NAME).exec(conn).await?;
-    }
+/// Hands the lease back if `fence` holds it: it expires now, keeping its
+/// epoch, so whoever takes it next starts a higher one.
+pub async fn release<C: ConnectionTrait>(conn: &C, fence: &Fence) -> Result<()> {
+    let backend = conn.get_database_backend();
+    let statement = match backend {
+        DbBackend::Postgres => Statement::from_sql_and_values(
+            backend,
+            "UPDATE scheduler_lease SET expires_at = clock_timestamp() \
+             WHERE name = $1 AND holder = $2 AND epoch = $3",
+            values(fence),
+        ),
+        _ => {
+            let mut values = values(fence);
+            values.push(Utc::now().into());
+            Statement::from_sql_and_values(
+                backend,
+                "UPDATE scheduler_lease SET expires_at = ?4 \
+                 WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
+                values,
+            )
+        }
+    };
+    conn.execute_raw(statement).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::store::Store;
     use crate::store::tests::on_each_backend;
 
     on_each_backend!(
-        the_lease_is_taken_renewed_refused_and_released,
+        the_lease_is_taken_renewed_refused_fenced_and_released,
         |db: Store| async move {
-            let at = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
-            let txn = db.begin_write().await.unwrap();
-            assert_eq!(take(&txn, "a", at(0), at(10)).await.unwrap(), Taken::Newly);
-            assert_eq!(
-                take(&txn, "b", at(1), at(11)).await.unwrap(),
-                Taken::HeldByOther
+            let ttl = Duration::from_secs(60);
+            let a = take(db.reads(), "a", ttl).await.unwrap().unwrap();
+            assert_eq!(a.fence.epoch, 1);
+            assert!(
+                take(db.reads(), "b", ttl).await.unwrap().is_none(),
+                "held by a"
             );
-            assert_eq!(
-                take(&txn, "a", at(2), at(12)).await.unwrap(),
-                Taken::Renewed
+            let renewed = take(db.reads(), "a", ttl).await.unwrap().unwrap();
+            assert_eq!(renewed.fence, a.fence, "a renewal keeps the epoch");
+            assert!(renewed.at >= a.at);
+            assert!(holds(db.reads(), &a.fence).await.unwrap().is_some());
+
+            // Expired: b takes it over, and a's writes are refused.
+            take(db.reads(), "a", Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap();
+            let b = take(db.reads(), "b", ttl).await.unwrap().unwrap();
+            assert_eq!(b.fence.epoch, 2);
+            assert!(holds(db.reads(), &a.fence).await.unwrap().is_none());
+            assert!(holds(db.reads(), &b.fence).await.unwrap().is_some());
+            let held = get(db.reads()).await.unwrap().unwrap();
+            assert_eq!(held.holder, "b");
+
+            // Released, it is free at once; the next holder's epoch is higher.
+            release(db.reads(), &a.fence).await.unwrap();
+            assert!(
+                holds(db.reads(), &b.fence).await.unwrap().is_some(),
+                "a had nothing to release"
             );
-            // Expired: another instance takes it.
-            assert_eq!(take(&txn, "b", at(13), at(23)).await.unwrap(), Taken::Newly);
-            release(&txn, "a").await.unwrap();
-            let held = get(&txn).await.unwrap().unwrap();
-            assert_eq!((held.holder.as_str(), held.expires_at), ("b", at(23)));
-            release(&txn, "b").await.unwrap();
-            assert!(get(&txn).await.unwrap().is_none());
-            txn.commit().await.unwrap();
+            release(db.reads(), &b.fence).await.unwrap();
+            assert!(holds(db.reads(), &b.fence).await.unwrap().is_none());
+            let again = take(db.reads(), "a", ttl).await.unwrap().unwrap();
+            assert_eq!(again.fence.epoch, 3);
         }
     );
 }

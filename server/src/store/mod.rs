@@ -7,8 +7,11 @@
 
 pub mod audit;
 pub mod backups;
+pub mod clock;
+pub mod dump;
 pub mod entity;
 pub mod lease;
+pub mod notify;
 pub mod runs;
 pub mod secrets;
 pub mod settings;
@@ -86,6 +89,8 @@ pub struct Store {
     /// The SQLite file, as SQLite itself resolved the URL; `None` in memory
     /// or on another engine.
     file: Option<PathBuf>,
+    /// The URL it was opened with.
+    url: String,
 }
 
 /// The readers: a pool of read-only connections and, for a SQLite file,
@@ -117,6 +122,7 @@ impl Store {
                 },
                 writes: None,
                 file,
+                url: url.to_owned(),
             });
         }
         let sqlite = file
@@ -129,6 +135,7 @@ impl Store {
             },
             writes: Some(writer),
             file,
+            url: url.to_owned(),
         })
     }
 
@@ -322,38 +329,82 @@ pub struct Migrations<'a> {
     db: &'a DatabaseConnection,
     /// How many are pending.
     pending: usize,
-    /// The store's file, when it is SQLite and already holds data (some
-    /// migrations were applied): what to snapshot before applying more.
-    worth_keeping: Option<PathBuf>,
-    /// The advisory lock on `<state>.migrate-lock`, for a SQLite store.
-    _lock: Option<File>,
+    /// Whether the store already holds data (some migrations were applied):
+    /// then it is worth a snapshot before applying more.
+    holds_data: bool,
+    /// The store's file, when it is SQLite.
+    file: Option<&'a Path>,
+    url: &'a str,
+    _lock: MigrationLock,
+}
+
+/// What keeps two processes from migrating one store at once: an advisory
+/// lock on `<state>.migrate-lock` beside a SQLite file; on PostgreSQL, the
+/// database's own session-level advisory lock, on a connection of its own
+/// that is closed (releasing it) when this is dropped.
+enum MigrationLock {
+    File {
+        _held: File,
+    },
+    Postgres {
+        _held: sea_orm::sqlx::PgConnection,
+    },
+    /// An in-memory SQLite database has no other process.
+    None,
+}
+
+/// The key of the PostgreSQL advisory lock migrations run under ("MIGRATES").
+const MIGRATION_LOCK: i64 = 0x4d49_4752_4154_4553;
+
+impl MigrationLock {
+    async fn take(store: &Store) -> Result<Self> {
+        if let Some(path) = store.file.clone() {
+            let lock = path.with_extension("migrate-lock");
+            return Ok(Self::File {
+                _held: crate::blocking::blocking(move || lock_file(&lock)).await?,
+            });
+        }
+        let db = store.writer();
+        if db.get_database_backend() != DbBackend::Postgres {
+            return Ok(Self::None);
+        }
+        let locked = async {
+            let mut conn = db.get_postgres_connection_pool().acquire().await?.detach();
+            sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut conn)
+                .await?;
+            Ok(conn)
+        };
+        let conn = locked.await.map_err(|e: sea_orm::sqlx::Error| {
+            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))
+        })?;
+        Ok(Self::Postgres { _held: conn })
+    }
 }
 
 /// Takes the migration lock and looks what is pending.
 pub async fn pending_migrations(store: &Store) -> Result<Migrations<'_>> {
+    let lock = MigrationLock::take(store).await?;
     let db = store.writer();
-    let lock = match store.file.clone() {
-        Some(path) => {
-            let lock = path.with_extension("migrate-lock");
-            Some(crate::blocking::blocking(move || lock_file(&lock)).await?)
-        }
-        None => None,
-    };
     let pending = Migrator::get_pending_migrations(db).await?.len();
     let applied = Migrator::get_applied_migrations(db).await?.len();
-    if pending > 0 && applied > 0 && store.file.is_none() {
-        tracing::warn!(
-            pending,
-            "migrating a state store that holds data without a pre-migration snapshot: \
-             only a SQLite file is snapshotted so far"
-        );
-    }
     Ok(Migrations {
         db,
         pending,
-        worth_keeping: store.file.clone().filter(|_| pending > 0 && applied > 0),
+        holds_data: applied > 0,
+        file: store.file.as_deref(),
+        url: &store.url,
         _lock: lock,
     })
+}
+
+/// What to snapshot before migrating a store that holds data.
+pub enum Snapshot<'a> {
+    /// The SQLite file, into the backup storage.
+    File(&'a Path),
+    /// The PostgreSQL database at this URL, with `pg_dump`.
+    Postgres { url: &'a str },
 }
 
 impl Migrations<'_> {
@@ -361,10 +412,19 @@ impl Migrations<'_> {
         self.pending
     }
 
-    /// The store's file when migrations are pending and it already holds
-    /// data: a bad migration can be undone from a snapshot of it taken now.
-    pub fn snapshot_first(&self) -> Option<&Path> {
-        self.worth_keeping.as_deref()
+    /// What to snapshot when migrations are pending and the store already
+    /// holds data: a bad migration can be undone from a snapshot taken now.
+    pub fn snapshot_first(&self) -> Option<Snapshot<'_>> {
+        if self.pending == 0 || !self.holds_data {
+            return None;
+        }
+        match self.file {
+            Some(file) => Some(Snapshot::File(file)),
+            None if self.db.get_database_backend() == DbBackend::Postgres => {
+                Some(Snapshot::Postgres { url: self.url })
+            }
+            None => None,
+        }
     }
 
     /// Applies every pending migration, then releases the lock.
@@ -420,7 +480,7 @@ pub(crate) mod tests {
         db
     }
 
-    async fn new_postgres_database() -> String {
+    pub(crate) async fn new_postgres_database() -> String {
         let Ok(server) = std::env::var("BACKUP_TEST_POSTGRES") else {
             panic!(
                 "BACKUP_TEST_POSTGRES names no PostgreSQL server: run tests/run.sh, which \
@@ -436,6 +496,26 @@ pub(crate) mod tests {
         admin.close().await.unwrap();
         let (cluster, _) = server.rsplit_once('/').expect("a URL with a database");
         format!("{cluster}/{name}")
+    }
+
+    /// Replicas starting together on a new PostgreSQL database each try to
+    /// apply every migration; the advisory lock lets one at a time look,
+    /// so they are applied once and none fails (without it, they race to
+    /// create the same tables).
+    #[tokio::test]
+    async fn replicas_migrating_one_postgres_database_at_once_apply_each_migration_once() {
+        let url = new_postgres_database().await;
+        let migrate = |url: String| async move {
+            let store = Store::open(&url).await?;
+            let migrations = pending_migrations(&store).await?;
+            let pending = migrations.pending();
+            migrations.apply().await?;
+            Ok::<_, crate::error::Error>(pending)
+        };
+        let (a, b, c) = tokio::join!(migrate(url.clone()), migrate(url.clone()), migrate(url));
+        let mut applied = [a.unwrap(), b.unwrap(), c.unwrap()];
+        applied.sort_unstable();
+        assert_eq!(applied, [0, 0, Migrator::migrations().len()]);
     }
 
     /// Runs the async test `body` (taking a fresh [`Store`]) once on each

@@ -9,22 +9,23 @@ use sea_orm::{
 
 use super::entity::scheduled_run::{self, Column, Entity};
 use crate::error::Result;
-use crate::model::run::RunStatus;
+use crate::model::run::{Fence, RunStatus};
 
-/// Claims `slot` of `user_id` for `instance` as a running run; false when
-/// the slot was claimed before (by anyone, at any time).
+/// Claims `slot` of `user_id` for the lease holder `fence` as a running
+/// run; false when the slot was claimed before (by anyone, at any time).
 pub async fn claim<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
     slot: DateTime<Utc>,
-    instance: &str,
+    fence: &Fence,
     started_at: DateTime<Utc>,
 ) -> Result<bool> {
     let run = scheduled_run::ActiveModel {
         user_id: Set(user_id),
         slot_at: Set(slot),
         status: Set(RunStatus::Running.as_str().into()),
-        instance: Set(instance.to_owned()),
+        instance: Set(fence.holder.clone()),
+        epoch: Set(fence.epoch),
         started_at: Set(started_at),
         ..Default::default()
     };
@@ -74,29 +75,18 @@ pub async fn finish<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Marks every run still running under an instance other than `instance`
-/// failed with `error` at `now`; returns their (user, slot).
-pub async fn fail_others_running<C: ConnectionTrait>(
+/// The (user, slot) of runs still running that were claimed under a lease
+/// epoch before `epoch`: their holder lost the lease or died with them.
+pub async fn left_running<C: ConnectionTrait>(
     conn: &C,
-    instance: &str,
-    error: &str,
-    now: DateTime<Utc>,
+    epoch: i64,
 ) -> Result<Vec<(i64, DateTime<Utc>)>> {
-    let stale = Entity::find()
+    let left = Entity::find()
         .filter(Column::Status.eq(RunStatus::Running.as_str()))
-        .filter(Column::Instance.ne(instance))
+        .filter(Column::Epoch.lt(epoch))
         .all(conn)
         .await?;
-    let mut settled = Vec::with_capacity(stale.len());
-    for run in stale {
-        settled.push((run.user_id, run.slot_at));
-        let mut row = run.into_active_model();
-        row.status = Set(RunStatus::Failed.as_str().into());
-        row.error = Set(Some(error.to_owned()));
-        row.finished_at = Set(Some(now));
-        row.update(conn).await?;
-    }
-    Ok(settled)
+    Ok(left.into_iter().map(|r| (r.user_id, r.slot_at)).collect())
 }
 
 #[cfg(test)]
@@ -108,17 +98,23 @@ mod tests {
     on_each_backend!(
         a_slot_is_claimed_once_and_the_transaction_goes_on,
         |db: Store| async move {
-            let slot = Utc::now();
+            // Whole seconds, as slots are (PostgreSQL keeps microseconds).
+            let slot = chrono::SubsecRound::trunc_subsecs(Utc::now(), 0);
+            let fence = |holder: &str, epoch| Fence {
+                holder: holder.into(),
+                epoch,
+            };
             let txn = db.begin_write().await.unwrap();
-            assert!(claim(&txn, 1, slot, "a", slot).await.unwrap());
+            assert!(claim(&txn, 1, slot, &fence("a", 1), slot).await.unwrap());
             assert!(
-                !claim(&txn, 1, slot, "b", slot).await.unwrap(),
+                !claim(&txn, 1, slot, &fence("b", 2), slot).await.unwrap(),
                 "claimed twice"
             );
             assert!(
-                claim(&txn, 2, slot, "b", slot).await.unwrap(),
+                claim(&txn, 2, slot, &fence("b", 2), slot).await.unwrap(),
                 "another user's slot"
             );
+            assert_eq!(left_running(&txn, 2).await.unwrap(), [(1, slot)]);
             // The transaction is still usable after the refused claim.
             let outcome = Outcome {
                 status: RunStatus::Completed,
@@ -127,10 +123,12 @@ mod tests {
                 error: None,
             };
             finish(&txn, 1, slot, outcome).await.unwrap();
+            assert!(left_running(&txn, 2).await.unwrap().is_empty());
+            assert_eq!(left_running(&txn, 3).await.unwrap(), [(2, slot)]);
             txn.commit().await.unwrap();
             let other = db.begin_write().await.unwrap();
             assert!(
-                !claim(&other, 1, slot, "c", slot).await.unwrap(),
+                !claim(&other, 1, slot, &fence("c", 3), slot).await.unwrap(),
                 "claimed after a commit"
             );
             other.commit().await.unwrap();

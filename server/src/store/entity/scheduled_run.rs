@@ -18,6 +18,8 @@ pub struct Model {
     pub finished_at: Option<DateTimeUtc>,
     pub filename: Option<String>,
     pub error: Option<String>,
+    /// The lease epoch it was claimed under.
+    pub epoch: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,9 @@ pub struct Model {
     pub holder: String,
     /// The holder must renew before this, or another process takes over.
     pub expires_at: DateTimeUtc,
+    /// Goes up each time another instance takes the lease: the fencing
+    /// token its holder's writes are conditional on.
+    pub epoch: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
