@@ -23,6 +23,7 @@ mod objects;
 mod prune;
 mod read;
 mod write;
+mod writers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use tokio::sync::{Mutex, OwnedRwLockReadGuard, RwLock};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use self::check::Checked;
@@ -41,6 +42,7 @@ use self::keys::{KeyFile, Keys};
 use self::objects::Objects;
 use self::read::Rebuild;
 use self::write::{Known, KnownChunks};
+use self::writers::{Writers, Writing};
 use super::checked::{self, Checker, size_mismatch};
 use super::local::{self, TempFile};
 use super::{
@@ -85,10 +87,8 @@ pub struct Inner {
     keys: Keys,
     /// Scratch files and the lock file.
     local_dir: PathBuf,
-    /// Held shared from a snapshot's staging to its last publish, and
-    /// exclusively by a prune: a prune never sees chunks a backup is about
-    /// to reference as unreferenced.
-    writes: Arc<RwLock<()>>,
+    /// Keeps prunes and snapshots apart, across processes on this host.
+    writers: Writers,
     /// Counts this process's changes to the set of names.
     names_changed: AtomicU64,
     /// Taken by each snapshot of a live source, one at a time: the next
@@ -167,12 +167,13 @@ impl Repository {
             }
             (false, None) => Keys::plain(),
         };
+        let local_dir = local::create_dir(options.local_dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 objects,
                 keys,
-                local_dir: local::create_dir(options.local_dir)?,
-                writes: Arc::new(RwLock::new(())),
+                writers: Writers::new(&local_dir),
+                local_dir,
                 names_changed: AtomicU64::new(0),
                 live: Mutex::default(),
             }),
@@ -181,7 +182,7 @@ impl Repository {
 
     /// A snapshot whose chunks are stored, as [`Staged`]: `manifest`, to be
     /// published under each name.
-    fn staged(&self, manifest: Manifest, writes: OwnedRwLockReadGuard<()>) -> Staged {
+    fn staged(&self, manifest: Manifest, writes: Writing) -> Staged {
         let (taken_at, facts) = (manifest.taken_at, manifest.facts());
         let copy = StagedManifest {
             inner: self.inner.clone(),
@@ -377,8 +378,8 @@ struct StagedManifest {
     manifest: Manifest,
     /// What the snapshot's chunks added, for its first manifest.
     new_bytes: NewBytes,
-    /// Keeps a prune out until the last publish (see [`Inner::writes`]).
-    _writes: OwnedRwLockReadGuard<()>,
+    /// Keeps a prune out until the last publish (see [`Writers`]).
+    _writes: Writing,
 }
 
 #[async_trait]
@@ -426,7 +427,7 @@ impl BackupStorage for Repository {
     ) -> Result<Staged> {
         // Chunked straight from the source: no copy on local disk, so no
         // scratch file to name after the hint.
-        let writes = self.inner.writes.clone().read_owned().await;
+        let writes = self.inner.writers.shared().await?;
         let mut live = self.inner.live.lock().await;
         if live.path != source {
             *live = LiveSource {
@@ -457,7 +458,7 @@ impl BackupStorage for Repository {
         taken_at: DateTime<Utc>,
         hint: &str,
     ) -> Result<Staged> {
-        let writes = self.inner.writes.clone().read_owned().await;
+        let writes = self.inner.writers.shared().await?;
         let temp = local::write_stream(&self.inner.local_dir, hint, bytes).await?;
         // Bytes moved in keep the SHA-256 they were known by.
         let path = temp.path.clone();

@@ -2,7 +2,8 @@
 //! step. New packs and the new index are written before anything is
 //! deleted; old indexes go before the packs they name, so no index ever
 //! points into a deleted pack. A backup staging in this process holds
-//! [`Inner::writes`] shared and keeps a prune waiting; a pack no index
+//! [`Inner::writers`] shared and keeps a prune waiting, in any process
+//! on this host; a pack no index
 //! names yet (another process's upload, or a crash's leftover) is only
 //! deleted once it is older than [`GRACE`].
 
@@ -24,7 +25,7 @@ const GRACE: chrono::Duration = chrono::Duration::hours(1);
 impl Inner {
     /// Prunes the repository; see the module documentation.
     pub async fn prune(self: &Arc<Self>) -> Result<Pruned> {
-        let _no_writes = self.writes.write().await;
+        let _no_writes = self.writers.exclusive().await?;
         let indexes = self.objects.list("index").await?;
         let (index, damaged) = self.load_index().await?;
         if let Some(why) = damaged.first() {

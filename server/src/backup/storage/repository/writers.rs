@@ -1,0 +1,111 @@
+//! Keeping writes and prunes apart: a snapshot holds [`Writers::shared`]
+//! from its staging to its last publish, a prune holds
+//! [`Writers::exclusive`], so a prune never sees chunks a backup is about
+//! to reference as unreferenced.
+//!
+//! Within this process that is a `RwLock`; across the processes that share
+//! the local directory (replicas on one host) an advisory lock on
+//! `<local dir>/.prune-lock`, shared or exclusive alike. Processes on other
+//! hosts sharing a remote repository do not see it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+use crate::blocking::blocking;
+use crate::error::Result;
+
+pub struct Writers {
+    here: Arc<RwLock<()>>,
+    file: PathBuf,
+}
+
+/// Held while writing chunks that a manifest will reference.
+pub struct Writing {
+    _here: OwnedRwLockReadGuard<()>,
+    _file: File,
+}
+
+/// Held while pruning.
+pub struct Pruning {
+    _here: OwnedRwLockWriteGuard<()>,
+    _file: File,
+}
+
+impl Writers {
+    pub fn new(local_dir: &Path) -> Self {
+        Self {
+            here: Arc::new(RwLock::new(())),
+            file: local_dir.join(".prune-lock"),
+        }
+    }
+
+    /// Waits out any prune, here or in another process on this host.
+    pub async fn shared(&self) -> Result<Writing> {
+        let here = self.here.clone().read_owned().await;
+        let path = self.file.clone();
+        let file = blocking(move || {
+            let file = open(&path)?;
+            file.lock_shared()?;
+            Ok(file)
+        })
+        .await?;
+        Ok(Writing {
+            _here: here,
+            _file: file,
+        })
+    }
+
+    /// Waits out every writer, here or in another process on this host.
+    pub async fn exclusive(&self) -> Result<Pruning> {
+        let here = self.here.clone().write_owned().await;
+        let path = self.file.clone();
+        let file = blocking(move || {
+            let file = open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await?;
+        Ok(Pruning {
+            _here: here,
+            _file: file,
+        })
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Two processes' views of one directory are two `Writers`: a prune in
+    /// one waits for a writer in the other, and the other way round.
+    #[tokio::test]
+    async fn a_prune_waits_for_writers_of_another_process_and_they_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (here, there) = (Writers::new(dir.path()), Writers::new(dir.path()));
+        let writing = here.shared().await.unwrap();
+        let also = there.shared().await.unwrap();
+        let prune = tokio::time::timeout(Duration::from_millis(300), there.exclusive()).await;
+        assert!(prune.is_err(), "a prune went ahead of a writer");
+        drop((writing, also));
+        let pruning = there.exclusive().await.unwrap();
+        let write = tokio::time::timeout(Duration::from_millis(300), here.shared()).await;
+        assert!(write.is_err(), "a writer went ahead of a prune");
+        drop(pruning);
+        here.shared().await.unwrap();
+    }
+}
