@@ -537,7 +537,8 @@ mod tests {
             .iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(stored.len(), 8 * (50 * 1 + 50 * 2 + 50 * 3));
+        // 150 transactions a writer, of 1, 2 and 3 events in turn.
+        assert_eq!(stored.len(), 8 * 50 * (1 + 2 + 3));
         let last = *stored.last().unwrap();
         let seen = ids_until(&mut following, last).await;
         let missed: Vec<_> = stored.iter().filter(|id| !seen.contains(id)).collect();
