@@ -65,6 +65,31 @@ async fn any_client(urls: &Urls, token: &str) -> Client {
     }
 }
 
+/// Which replica holds the scheduler lease, by its own stats; `None` if
+/// none says so within a second.
+async fn lease_holder(urls: &Urls, token: &str) -> Option<usize> {
+    let live: Vec<(usize, String)> = urls
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, url)| url.clone().map(|u| (slot, u)))
+        .collect();
+    for (slot, url) in live {
+        let asked = tokio::time::timeout(Duration::from_secs(1), async {
+            let client = Client::connect(&url, token).await.ok()?;
+            client.scheduler().stats().await.ok()
+        })
+        .await;
+        if let Ok(Some(stats)) = asked
+            && stats.holds_lease
+        {
+            return Some(slot);
+        }
+    }
+    None
+}
+
 /// Every backup, as the admin lists them on some live replica (retried
 /// when that replica dies during the call).
 async fn all_backups(urls: &Urls, token: &str) -> Vec<proto::Backup> {
@@ -410,13 +435,28 @@ async fn three_replicas_under_sigkill_back_up_each_slot_once_and_audit_without_g
         (last_slot - Utc::now()).num_seconds()
     );
 
-    // The chaos: one replica down at a time, every 3-6 s, for 1-2 s.
+    // The chaos: one replica down at a time, every 3-6 s, for 1-2 s; and
+    // the lease holder in the middle of each slot's pass (0.1-1.2 s after
+    // the slot), when it has claimed runs and not finished them.
     let grace_from =
         |slot: DateTime<Utc>, d: Duration| slot + chrono::Duration::from_std(d).unwrap();
+    let mut mid_pass: Vec<DateTime<Utc>> = (0..3)
+        .map(|m| {
+            first
+                + chrono::Duration::minutes(m)
+                + chrono::Duration::milliseconds(rand::random_range(100..1200))
+        })
+        .collect();
     let covered = loop {
-        let next_kill = Instant::now() + Duration::from_millis(rand::random_range(3000..6000));
-        while Instant::now() < next_kill {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut next_kill =
+            Utc::now() + chrono::Duration::milliseconds(rand::random_range(3000..6000));
+        let holder_only = mid_pass.first().is_some_and(|&at| at <= next_kill);
+        if holder_only {
+            next_kill = mid_pass.remove(0);
+        }
+        while Utc::now() < next_kill {
+            let left = (next_kill - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
         }
         let now = Utc::now();
         if now >= grace_from(last_slot, GRACE) {
@@ -427,7 +467,13 @@ async fn three_replicas_under_sigkill_back_up_each_slot_once_and_audit_without_g
                 break covered;
             }
         }
-        let slot = rand::random_range(0..3);
+        // Half of the other kills take the lease holder too.
+        let holder = if holder_only || rand::random_bool(0.5) {
+            lease_holder(&urls, &admin).await
+        } else {
+            None
+        };
+        let slot = holder.unwrap_or_else(|| rand::random_range(0..3));
         replicas.kill(slot, began);
         tokio::time::sleep(Duration::from_millis(rand::random_range(1000..2000))).await;
         replicas.start(slot).await;
