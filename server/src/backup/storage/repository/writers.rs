@@ -46,43 +46,37 @@ impl Writers {
     /// Waits out any prune, here or in another process on this host.
     pub async fn shared(&self) -> Result<Writing> {
         let here = self.here.clone().read_owned().await;
-        let path = self.file.clone();
-        let file = blocking(move || {
-            let file = open(&path)?;
-            file.lock_shared()?;
-            Ok(file)
-        })
-        .await?;
         Ok(Writing {
             _here: here,
-            _file: file,
+            _file: self.lock_file(File::lock_shared).await?,
         })
     }
 
     /// Waits out every writer, here or in another process on this host.
     pub async fn exclusive(&self) -> Result<Pruning> {
         let here = self.here.clone().write_owned().await;
-        let path = self.file.clone();
-        let file = blocking(move || {
-            let file = open(&path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await?;
         Ok(Pruning {
             _here: here,
-            _file: file,
+            _file: self.lock_file(File::lock).await?,
         })
     }
-}
 
-fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(path)
+    /// The lock file, opened and locked by `lock` (off the async threads:
+    /// it waits for other processes).
+    async fn lock_file(&self, lock: fn(&File) -> std::io::Result<()>) -> Result<File> {
+        let path = self.file.clone();
+        blocking(move || {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)?;
+            lock(&file)?;
+            Ok(file)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
