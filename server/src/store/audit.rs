@@ -7,10 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::engine;
 use super::entity::audit_event::{self, Column, Entity};
 use super::notify::{self, Channel};
 use crate::error::{Error, Result};
@@ -58,25 +59,16 @@ fn to_row(event: NewEvent, at: DateTime<Utc>) -> audit_event::ActiveModel {
 /// however many there are.
 ///
 /// Ids must be assigned in commit order, so that a reader who has seen id
-/// N has seen every id below it that will ever commit. SQLite has one
-/// writer at a time. On PostgreSQL a sequence hands ids out as inserts ask,
-/// and transactions commit in another order; so the inserting transaction
-/// first takes a transaction-scoped advisory lock, held until it commits:
-/// inserts and commits of events go one transaction at a time, taking the
-/// lock last (after every row lock), so it cannot be part of a deadlock.
-/// The commit also notifies listeners on other replicas.
+/// N has seen every id below it that will ever commit: the engine's
+/// commit-order lock (PostgreSQL's; SQLite has one writer at a time) is
+/// taken first and held until commit. The commit also notifies listeners
+/// on other replicas.
 pub async fn insert(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<Vec<Event>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let backend = txn.get_database_backend();
-    if backend == DbBackend::Postgres {
-        txn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            "SELECT pg_advisory_xact_lock($1)",
-            [COMMIT_ORDER_LOCK.into()],
-        ))
-        .await?;
+    if let Some(lock) = engine::of(txn.get_database_backend()).commit_order_lock() {
+        txn.execute_raw(lock).await?;
     }
     let now = Utc::now();
     let count = events.len();
@@ -102,10 +94,6 @@ pub async fn insert(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<
     notify::send(txn, Channel::AuditEvents, &newest.id.to_string()).await?;
     Ok(inserted)
 }
-
-/// The key of the PostgreSQL advisory lock that orders event commits
-/// (`pg_advisory_xact_lock` takes any 64-bit key; this one spells "AUDITLOG").
-const COMMIT_ORDER_LOCK: i64 = 0x4155_4449_544c_4f47;
 
 /// The filter as a SQL condition.
 fn condition(filter: &Filter) -> Condition {

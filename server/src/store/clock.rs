@@ -2,26 +2,20 @@
 //! replicas whose own clocks differ agree on what time it is.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::ConnectionTrait;
 
-use crate::error::Result;
+use super::engine;
+use crate::error::{Error, Result};
 
 /// The state store's now: PostgreSQL's clock; for SQLite, embedded, this
 /// host's.
 pub async fn now<C: ConnectionTrait>(conn: &C) -> Result<DateTime<Utc>> {
-    let backend = conn.get_database_backend();
-    if backend != DbBackend::Postgres {
+    let Some(statement) = engine::of(conn.get_database_backend()).now() else {
         return Ok(Utc::now());
-    }
-    let row = conn
-        .query_one_raw(Statement::from_string(
-            backend,
-            "SELECT clock_timestamp() AS now",
-        ))
-        .await?;
-    match row {
+    };
+    match conn.query_one_raw(statement).await? {
         Some(row) => Ok(row.try_get("", "now")?),
-        None => Err(crate::error::Error::Internal(
+        None => Err(Error::Internal(
             "the state store did not tell the time".into(),
         )),
     }

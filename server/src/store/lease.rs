@@ -8,14 +8,14 @@
 //! row share-locked until they commit: a takeover waits for them, then
 //! sees them, and once it has committed no earlier holder's write can.
 //!
-//! Each engine has its statements: PostgreSQL's clock is the server's
-//! (`clock_timestamp()`), so a replica whose own clock is off still
-//! expires and checks leases right; SQLite is embedded, its clock is this
-//! host's.
+//! Each engine has its statements ([`super::engine`]): PostgreSQL's clock
+//! is the server's, so a replica whose own clock is off still expires and
+//! checks leases right; SQLite is embedded, its clock is this host's.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, EntityTrait, Statement, Value};
+use sea_orm::{ConnectionTrait, EntityTrait};
 
+use super::engine;
 use super::entity::scheduler_lease::Entity;
 use crate::error::Result;
 use crate::model::run::{Fence, Lease};
@@ -47,44 +47,9 @@ pub async fn take<C: ConnectionTrait>(
     instance: &str,
     ttl: std::time::Duration,
 ) -> Result<Option<Held>> {
-    let backend = conn.get_database_backend();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let (statement, clock) = match backend {
-        DbBackend::Postgres => (
-            Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO scheduler_lease (name, holder, expires_at, epoch) \
-             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond', 1) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                 expires_at = excluded.expires_at, \
-                 epoch = CASE WHEN scheduler_lease.holder = excluded.holder \
-                     THEN scheduler_lease.epoch ELSE scheduler_lease.epoch + 1 END \
-             WHERE scheduler_lease.holder = excluded.holder \
-                 OR scheduler_lease.expires_at <= clock_timestamp() \
-             RETURNING epoch, clock_timestamp() AS now",
-                [NAME.into(), instance.into(), ttl_ms.into()],
-            ),
-            Clock::Database,
-        ),
-        _ => {
-            let now = Utc::now();
-            let expires_at = now + chrono::Duration::milliseconds(ttl_ms);
-            (
-                Statement::from_sql_and_values(
-                    backend,
-                    "INSERT INTO scheduler_lease (name, holder, expires_at, epoch) \
-                 VALUES (?1, ?2, ?3, 1) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                     expires_at = excluded.expires_at, \
-                     epoch = CASE WHEN holder = excluded.holder THEN epoch ELSE epoch + 1 END \
-                 WHERE holder = excluded.holder OR expires_at <= ?4 \
-                 RETURNING epoch",
-                    [NAME.into(), instance.into(), expires_at.into(), now.into()],
-                ),
-                Clock::Local(now),
-            )
-        }
-    };
+    let (statement, clock) =
+        engine::of(conn.get_database_backend()).take_lease(NAME, instance, ttl_ms);
     let Some(row) = conn.query_one_raw(statement).await? else {
         return Ok(None);
     };
@@ -102,86 +67,17 @@ pub async fn take<C: ConnectionTrait>(
 /// commit only while the lease is held: on PostgreSQL the row stays
 /// share-locked until commit, so a takeover waits; SQLite has one writer.
 pub async fn holds<C: ConnectionTrait>(conn: &C, fence: &Fence) -> Result<Option<DateTime<Utc>>> {
-    let backend = conn.get_database_backend();
-    let (statement, clock) = match backend {
-        DbBackend::Postgres => (
-            Statement::from_sql_and_values(
-                backend,
-                "SELECT clock_timestamp() AS now FROM scheduler_lease \
-             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > clock_timestamp() \
-             FOR SHARE",
-                values(fence),
-            ),
-            Clock::Database,
-        ),
-        _ => {
-            let now = Utc::now();
-            let mut values = values(fence);
-            values.push(now.into());
-            (
-                Statement::from_sql_and_values(
-                    backend,
-                    "SELECT 1 AS held FROM scheduler_lease \
-                 WHERE name = ?1 AND holder = ?2 AND epoch = ?3 AND expires_at > ?4",
-                    values,
-                ),
-                Clock::Local(now),
-            )
-        }
-    };
+    let (statement, clock) = engine::of(conn.get_database_backend()).lease_held(NAME, fence);
     match conn.query_one_raw(statement).await? {
         Some(row) => Ok(Some(clock.read(&row)?)),
         None => Ok(None),
     }
 }
 
-fn values(fence: &Fence) -> Vec<Value> {
-    vec![
-        NAME.into(),
-        fence.holder.as_str().into(),
-        fence.epoch.into(),
-    ]
-}
-
-/// Where a statement's now comes from.
-enum Clock {
-    /// The database's, in the row's `now` column (PostgreSQL).
-    Database,
-    /// This host's, taken before the statement (SQLite, embedded).
-    Local(DateTime<Utc>),
-}
-
-impl Clock {
-    fn read(self, row: &sea_orm::QueryResult) -> Result<DateTime<Utc>> {
-        match self {
-            Self::Database => Ok(row.try_get("", "now")?),
-            Self::Local(now) => Ok(now),
-        }
-    }
-}
-
 /// Hands the lease back if `fence` holds it: it expires now, keeping its
 /// epoch, so whoever takes it next starts a higher one.
 pub async fn release<C: ConnectionTrait>(conn: &C, fence: &Fence) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let statement = match backend {
-        DbBackend::Postgres => Statement::from_sql_and_values(
-            backend,
-            "UPDATE scheduler_lease SET expires_at = clock_timestamp() \
-             WHERE name = $1 AND holder = $2 AND epoch = $3",
-            values(fence),
-        ),
-        _ => {
-            let mut values = values(fence);
-            values.push(Utc::now().into());
-            Statement::from_sql_and_values(
-                backend,
-                "UPDATE scheduler_lease SET expires_at = ?4 \
-                 WHERE name = ?1 AND holder = ?2 AND epoch = ?3",
-                values,
-            )
-        }
-    };
+    let statement = engine::of(conn.get_database_backend()).release_lease(NAME, fence);
     conn.execute_raw(statement).await?;
     Ok(())
 }

@@ -1,14 +1,17 @@
 //! The state store: connection setup, write transactions, migrations, and
 //! the queries of each table ([`backups`]); entities never leave `store/`.
 //!
-//! Every query is built by SeaORM so the store can move to PostgreSQL; the
-//! connection's SQLite settings (WAL, busy timeout, one writer) are here,
-//! and [`sqlite_reads`] runs the reads an RPC waits on off sqlx's threads.
+//! Queries are built by SeaORM, the same for SQLite and PostgreSQL; the few
+//! statements that differ by engine (the lease, the clock, notifications,
+//! the audit commit order) come from [`engine`]. The connection's SQLite
+//! settings (WAL, busy timeout, one writer) are here, and [`sqlite_reads`]
+//! runs the reads an RPC waits on off sqlx's threads.
 
 pub mod audit;
 pub mod backups;
 pub mod clock;
 pub mod dump;
+mod engine;
 pub mod entity;
 pub mod lease;
 pub mod notify;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr};
 
-use super::Store;
+use super::{Store, engine};
 use crate::error::Result;
 
 /// What a notification says changed.
@@ -34,14 +34,9 @@ impl Channel {
 /// Sends `payload` on `channel` when the transaction `conn` runs in
 /// commits; nothing on SQLite.
 pub async fn send<C: ConnectionTrait>(conn: &C, channel: Channel, payload: &str) -> Result<()> {
-    let backend = conn.get_database_backend();
-    if backend == DbBackend::Postgres {
-        conn.execute_raw(Statement::from_sql_and_values(
-            backend,
-            "SELECT pg_notify($1, $2)",
-            [channel.name().into(), payload.into()],
-        ))
-        .await?;
+    if let Some(statement) = engine::of(conn.get_database_backend()).notify(channel.name(), payload)
+    {
+        conn.execute_raw(statement).await?;
     }
     Ok(())
 }
