@@ -248,16 +248,15 @@ impl Scheduler {
         Utc::now() + chrono::Duration::milliseconds(self.skew_ms.load(Ordering::Relaxed))
     }
 
-    fn set_lease(&self, fence: Option<Fence>) {
+    /// Publishes whether this process holds the lease; true if it held it.
+    fn set_lease(&self, fence: Option<Fence>) -> bool {
         let held = fence.is_some();
         let had = std::mem::replace(
             &mut *self.lease.lock().unwrap_or_else(|e| e.into_inner()),
             fence,
         );
-        if had.is_some() && !held {
-            tracing::warn!(instance = %self.instance_id, "no longer holding the scheduler lease");
-        }
         metrics::gauge!(crate::telemetry::SCHEDULER_LEASE_HELD).set(if held { 1.0 } else { 0.0 });
+        had.is_some()
     }
 
     fn fence(&self) -> Option<Fence> {
@@ -273,7 +272,9 @@ impl Scheduler {
                 None
             }
         };
-        self.set_lease(fence.clone());
+        if self.set_lease(fence.clone()) && fence.is_none() {
+            tracing::warn!(instance = %self.instance_id, "lost the scheduler lease");
+        }
         fence
     }
 
