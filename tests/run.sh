@@ -32,7 +32,8 @@ echo "s3s-fs: $("$BACKUP_TEST_S3S_FS" --version)"
 # A throwaway PostgreSQL cluster for the state-store tests that run on
 # PostgreSQL: Debian's initdb and pg_ctl (the postgresql package, installed
 # when missing), on a free port, in a temporary directory, stopped and
-# removed at exit. As root, the server runs as the postgres user.
+# removed at exit. As root, the server runs as the postgres user. 300
+# connections: replicas and parallel tests each hold a pool.
 find_pg_bin() {
     local dir
     dir="$(pg_config --bindir 2>/dev/null || true)"
@@ -58,7 +59,7 @@ fi
 "${as_postgres[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >"$pg_dir/initdb.log"
 pg_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
 stop_postgres() {
     "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$pg_dir"
@@ -73,5 +74,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 # Unit and end-to-end tests (benches are run on their own: see the README).
 cargo test --workspace --locked --lib --bins --tests
+# The end-to-end scheduler, audit and retention tests again, with every
+# data directory's state store in a fresh PostgreSQL database.
+BACKUP_TEST_STATE_STORE=postgres cargo test -p backup-tests --locked \
+    --test scheduler --test audit_log --test retention
 # Python and Node clients, buf lint and breaking; prints the closing count.
 BACKUP_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/backup-server" tests/polyglot.sh

@@ -32,10 +32,38 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The engine of the state stores the harness gives servers, for the whole
+/// test run: `BACKUP_TEST_STATE_STORE=sqlite` (the default: `state.db` in
+/// the data directory) or `postgres` (a fresh database per data directory
+/// in the cluster `BACKUP_TEST_POSTGRES` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// The engine `BACKUP_TEST_STATE_STORE` names; panics on any other value,
+    /// so a typo never runs the suite on the wrong engine.
+    pub fn from_env() -> Self {
+        match std::env::var("BACKUP_TEST_STATE_STORE") {
+            Err(std::env::VarError::NotPresent) => Self::Sqlite,
+            Ok(name) if name == "sqlite" => Self::Sqlite,
+            Ok(name) if name == "postgres" => Self::Postgres,
+            other => panic!(
+                "BACKUP_TEST_STATE_STORE is {other:?}: it must be `sqlite` (the default) or `postgres`"
+            ),
+        }
+    }
+}
+
 /// A data directory with a demo source database, shared by the server
-/// processes a test starts on it.
+/// processes a test starts on it, and a state store on the engine
+/// [`Engine::from_env`] names.
 pub struct DataDir {
     pub dir: tempfile::TempDir,
+    /// The URL of its PostgreSQL database; `None`: `state.db` in `dir`.
+    postgres: Option<String>,
 }
 
 impl DataDir {
@@ -46,7 +74,11 @@ impl DataDir {
     /// A data directory whose demo source has `rows` orders.
     pub fn with_rows(rows: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data = Self { dir };
+        let postgres = match Engine::from_env() {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(postgres::new_database()),
+        };
+        let data = Self { dir, postgres };
         let status = data
             .command()
             .args(["init-demo", "--rows", &rows.to_string()])
@@ -70,16 +102,39 @@ impl DataDir {
         self.path().join("backups")
     }
 
-    /// `backup-server --data-dir DIR` ready for a subcommand, keeping full
-    /// copies: the tests written for them look into the backups directory.
-    /// The repository's own tests (`tests/repository.rs`) set
-    /// `BACKUP_FULL_COPIES=false` for the default storage.
+    /// The engine of its state store.
+    pub fn engine(&self) -> Engine {
+        match self.postgres {
+            None => Engine::Sqlite,
+            Some(_) => Engine::Postgres,
+        }
+    }
+
+    /// Its state store, for checks and for setting up situations (missed
+    /// runs, many users) as an operator's tool would, on either engine.
+    pub fn state_db(&self) -> StateDb {
+        StateDb(match &self.postgres {
+            None => Target::Sqlite(self.path().join("state.db")),
+            Some(url) => Target::Postgres(url.clone()),
+        })
+    }
+
+    /// `backup-server --data-dir DIR` ready for a subcommand, on this
+    /// directory's state store, keeping full copies: the tests written for
+    /// them look into the backups directory. The repository's own tests
+    /// (`tests/repository.rs`) set `BACKUP_FULL_COPIES=false` for the
+    /// default storage.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("backup-server"));
         cmd.arg("--data-dir")
             .arg(self.path())
             .env("RUST_LOG", "warn")
             .env("BACKUP_FULL_COPIES", "true");
+        match &self.postgres {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            // state.db, whatever the calling shell's environment says.
+            None => cmd.env_remove("DATABASE_URL"),
+        };
         cmd
     }
 
@@ -433,54 +488,342 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Opens the state store of a data directory (for checks and for setting up
-/// situations such as missed runs, as an operator's tool would).
+/// Opens `state.db`, the SQLite state store of a data directory, for tests
+/// of SQLite itself (its locks, its files). Tests of what the service keeps
+/// use [`DataDir::state_db`], which works on either engine.
 pub fn state_store(data: &DataDir) -> Connection {
+    assert_eq!(
+        data.engine(),
+        Engine::Sqlite,
+        "state_store opens state.db, which a data directory on PostgreSQL does not have: \
+         use DataDir::state_db, or name the test sqlite_only"
+    );
     open(&data.path().join("state.db"))
 }
 
-/// Creates non-admin users `ids` in the state store in one transaction, as
+/// Creates non-admin users `ids` in the state store in one statement, as
 /// `token create` does but without minting tokens: for tests and benches
 /// that need many users at once. The store must exist (a server started on
 /// it, or a token minted). Existing users stay as they are.
 pub fn create_users(data: &DataDir, ids: impl IntoIterator<Item = i64>) {
-    let mut conn = state_store(data);
-    let txn = conn.transaction().expect("begin");
-    let now = db_time(chrono::Utc::now());
-    for id in ids {
-        txn.execute(
-            "INSERT OR IGNORE INTO users (id, is_admin, created_at) VALUES (?1, 0, ?2)",
-            (id, &now),
-        )
-        .expect("insert a user");
+    let rows: Vec<String> = ids
+        .into_iter()
+        .map(|id| format!("({id}, FALSE, $1)"))
+        .collect();
+    if rows.is_empty() {
+        return;
     }
-    txn.commit().expect("commit the users");
+    data.state_db().execute(
+        &format!(
+            "INSERT INTO users (id, is_admin, created_at) VALUES {} ON CONFLICT DO NOTHING",
+            rows.join(", ")
+        ),
+        &[&chrono::Utc::now()],
+    );
 }
 
-/// The state store's text form of a timestamp (as SeaORM writes it).
+/// SQLite's text form of a timestamp in the state store (as SeaORM writes
+/// it), for code writing to `state.db` directly.
 pub fn db_time(at: chrono::DateTime<chrono::Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
-/// Audit events of one type as (user_id, success, details).
+/// Audit events of one type as (user_id, success, details), oldest first.
 pub fn audit_events(data: &DataDir, event_type: &str) -> Vec<(i64, bool, serde_json::Value)> {
-    let conn = state_store(data);
-    let mut stmt = conn
-        .prepare(
-            "SELECT user_id, success, details FROM audit_events WHERE event_type = ?1 ORDER BY id",
+    data.state_db()
+        .query(
+            "SELECT user_id, success, details FROM audit_events WHERE event_type = $1 ORDER BY id",
+            &[&event_type],
         )
-        .expect("select audit events");
-    stmt.query_map([event_type], |r| {
-        let details: String = r.get(2)?;
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            serde_json::from_str(&details).unwrap_or_default(),
-        ))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// A data directory's state store on either engine ([`DataDir::state_db`]).
+///
+/// SQL is written once for both, with PostgreSQL's `$1`, `$2` placeholders
+/// (rewritten to SQLite's `?1`, `?2`). Parameters and results have the
+/// types the service's columns hold, whatever each engine stores: a
+/// timestamp is a `DateTime<Utc>` (SeaORM's RFC 3339 text in SQLite,
+/// `timestamptz` in PostgreSQL), a boolean a `bool` (an integer in SQLite),
+/// JSON a `serde_json::Value` (text in SQLite). Each call is a connection
+/// of its own and one transaction; any error panics, naming the SQL.
+pub struct StateDb(Target);
+
+enum Target {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StateDb {
+    /// Runs one statement; returns how many rows it changed.
+    pub fn execute(&self, sql: &str, params: &[&dyn SqlParam]) -> u64 {
+        let params: Vec<SqlValue> = params.iter().map(|p| p.value()).collect();
+        match &self.0 {
+            Target::Sqlite(path) => {
+                let changed = sqlite_state(path)
+                    .execute(
+                        &sqlite_placeholders(sql),
+                        rusqlite::params_from_iter(&params),
+                    )
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                changed as u64
+            }
+            Target::Postgres(url) => postgres::execute(url, sql, &params),
+        }
+    }
+
+    /// The rows of one query.
+    pub fn query(&self, sql: &str, params: &[&dyn SqlParam]) -> Vec<StateRow> {
+        let params: Vec<SqlValue> = params.iter().map(|p| p.value()).collect();
+        match &self.0 {
+            Target::Sqlite(path) => {
+                let conn = sqlite_state(path);
+                let mut stmt = conn
+                    .prepare(&sqlite_placeholders(sql))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let columns = stmt.column_count();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(&params), |r| {
+                        (0..columns).map(|i| sqlite_cell(r.get_ref(i)?)).collect()
+                    })
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+                rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+                    .into_iter()
+                    .map(StateRow)
+                    .collect()
+            }
+            Target::Postgres(url) => postgres::query(url, sql, &params)
+                .into_iter()
+                .map(StateRow)
+                .collect(),
+        }
+    }
+
+    /// The one row of a query; panics if there are none or several.
+    pub fn query_one(&self, sql: &str, params: &[&dyn SqlParam]) -> StateRow {
+        let mut rows = self.query(sql, params);
+        assert_eq!(rows.len(), 1, "{sql}: not exactly one row");
+        rows.remove(0)
+    }
+}
+
+/// The existing `state.db` at `path`, opened to read and write (never
+/// created: a missing store is the test's mistake).
+fn sqlite_state(path: &Path) -> Connection {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "open the state store {}: {e} (a server started on the data directory, or a token \
+             minted, creates it)",
+            path.display()
+        )
+    });
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+/// PostgreSQL's `$n` placeholders as SQLite's `?n`, outside quoted text.
+fn sqlite_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One SQLite result cell; blobs are not among the state store's columns.
+fn sqlite_cell(cell: rusqlite::types::ValueRef<'_>) -> rusqlite::Result<SqlValue> {
+    use rusqlite::types::ValueRef;
+    Ok(match cell {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(n) => SqlValue::Int(n),
+        ValueRef::Real(x) => SqlValue::Real(x),
+        ValueRef::Text(_) => SqlValue::Text(cell.as_str()?.to_owned()),
+        ValueRef::Blob(_) => panic!("a blob in the state store: StateDb reads no blobs"),
     })
-    .expect("query audit events")
-    .collect::<Result<_, _>>()
-    .expect("read audit events")
+}
+
+/// A parameter or result cell of a [`StateDb`] statement, as the service's
+/// columns hold it (each engine's storage is converted to and from this).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Bool(bool),
+    Text(String),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as Sqlite, ValueRef};
+        Ok(match self {
+            SqlValue::Null => ToSqlOutput::Owned(Sqlite::Null),
+            SqlValue::Int(n) => ToSqlOutput::Owned(Sqlite::Integer(*n)),
+            SqlValue::Real(x) => ToSqlOutput::Owned(Sqlite::Real(*x)),
+            SqlValue::Bool(b) => ToSqlOutput::Owned(Sqlite::Integer(i64::from(*b))),
+            SqlValue::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            SqlValue::Time(at) => ToSqlOutput::Owned(Sqlite::Text(db_time(*at))),
+        })
+    }
+}
+
+/// What a [`StateDb`] statement takes as a parameter.
+pub trait SqlParam: Sync {
+    fn value(&self) -> SqlValue;
+}
+
+impl SqlParam for SqlValue {
+    fn value(&self) -> SqlValue {
+        self.clone()
+    }
+}
+
+impl SqlParam for i64 {
+    fn value(&self) -> SqlValue {
+        SqlValue::Int(*self)
+    }
+}
+
+impl SqlParam for bool {
+    fn value(&self) -> SqlValue {
+        SqlValue::Bool(*self)
+    }
+}
+
+impl SqlParam for &str {
+    fn value(&self) -> SqlValue {
+        SqlValue::Text((*self).to_owned())
+    }
+}
+
+impl SqlParam for String {
+    fn value(&self) -> SqlValue {
+        SqlValue::Text(self.clone())
+    }
+}
+
+impl SqlParam for chrono::DateTime<chrono::Utc> {
+    fn value(&self) -> SqlValue {
+        SqlValue::Time(*self)
+    }
+}
+
+impl<T: SqlParam> SqlParam for Option<T> {
+    fn value(&self) -> SqlValue {
+        self.as_ref().map_or(SqlValue::Null, SqlParam::value)
+    }
+}
+
+/// A result row of a [`StateDb`] query.
+#[derive(Debug)]
+pub struct StateRow(Vec<SqlValue>);
+
+impl StateRow {
+    /// Column `i` as a `T`; panics if it holds something else.
+    pub fn get<T: FromSqlValue>(&self, i: usize) -> T {
+        let cell = &self.0[i];
+        T::from_value(cell).unwrap_or_else(|| {
+            panic!(
+                "column {i} holds {cell:?}, not a {}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+}
+
+/// What a [`StateRow`] cell can be read as.
+pub trait FromSqlValue: Sized {
+    fn from_value(value: &SqlValue) -> Option<Self>;
+}
+
+impl FromSqlValue for i64 {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl FromSqlValue for f64 {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Real(x) => Some(*x),
+            SqlValue::Int(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+}
+
+impl FromSqlValue for bool {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Bool(b) => Some(*b),
+            SqlValue::Int(0) => Some(false),
+            SqlValue::Int(1) => Some(true),
+            _ => None,
+        }
+    }
+}
+
+impl FromSqlValue for String {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl FromSqlValue for serde_json::Value {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Text(s) => serde_json::from_str(s).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl FromSqlValue for chrono::DateTime<chrono::Utc> {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Time(at) => Some(*at),
+            SqlValue::Text(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|at| at.to_utc()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromSqlValue> FromSqlValue for Option<T> {
+    fn from_value(value: &SqlValue) -> Option<Self> {
+        match value {
+            SqlValue::Null => Some(None),
+            _ => T::from_value(value).map(Some),
+        }
+    }
 }
 
 /// Polls the health of `service` until it reports `status`, for at most 40 s.
@@ -620,4 +963,59 @@ pub fn clock_ticks() -> f64 {
         .trim()
         .parse()
         .expect("getconf CLK_TCK prints a number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_sqlites_outside_quoted_text() {
+        assert_eq!(
+            sqlite_placeholders("SELECT '$1', \"$2\" FROM t WHERE a = $1 AND b = $12 AND c = '$'"),
+            "SELECT '$1', \"$2\" FROM t WHERE a = ?1 AND b = ?12 AND c = '$'"
+        );
+    }
+
+    /// What the state store's columns hold reads back as written, on
+    /// each engine's storage of it.
+    #[test]
+    fn a_state_db_reads_back_what_it_writes_on_both_engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("state.db");
+        Connection::open(&sqlite).unwrap();
+        let schema = [
+            (
+                StateDb(Target::Sqlite(sqlite)),
+                "CREATE TABLE t (n BIGINT, b BOOLEAN, s VARCHAR, j JSON, at TEXT)",
+            ),
+            (
+                StateDb(Target::Postgres(postgres::new_database())),
+                "CREATE TABLE t (n BIGINT, b BOOLEAN, s VARCHAR, j JSON, at TIMESTAMPTZ)",
+            ),
+        ];
+        // Microseconds: PostgreSQL keeps no finer.
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 123_456_000).unwrap();
+        for (db, create) in schema {
+            db.execute(create, &[]);
+            let written = db.execute(
+                "INSERT INTO t VALUES ($1, $2, $3, $4, $5), ($1, $2, NULL, $4, NULL)",
+                &[&7_i64, &true, &"it's", &r#"{"k":[1]}"#, &at],
+            );
+            assert_eq!(written, 2);
+            let rows = db.query("SELECT n, b, s, j, at FROM t WHERE n = $1", &[&7_i64]);
+            assert_eq!(rows.len(), 2);
+            assert_eq!(rows[0].get::<i64>(0), 7);
+            assert!(rows[0].get::<bool>(1));
+            assert_eq!(rows[0].get::<String>(2), "it's");
+            assert_eq!(
+                rows[0].get::<serde_json::Value>(3),
+                serde_json::json!({"k": [1]})
+            );
+            assert_eq!(rows[0].get::<chrono::DateTime<chrono::Utc>>(4), at);
+            assert_eq!(rows[1].get::<Option<String>>(2), None);
+            let count: i64 = db.query_one("SELECT count(*) FROM t", &[]).get(0);
+            assert_eq!(count, 2);
+        }
+    }
 }

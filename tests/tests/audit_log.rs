@@ -10,28 +10,22 @@ use tokio_stream::StreamExt;
 /// How long any single expected event may take to arrive.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn state_db(data: &DataDir) -> std::path::PathBuf {
-    data.path().join("state.db")
-}
-
-/// Ids in the state store greater than `after`, read directly with SQLite.
+/// Ids in the state store greater than `after`, read directly.
 fn stored_ids_after(data: &DataDir, after: i64) -> Vec<i64> {
-    let conn = open(&state_db(data));
-    let mut stmt = conn
-        .prepare("SELECT id FROM audit_events WHERE id > ?1 ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([after], |r| r.get(0))
-        .expect("query ids")
-        .collect::<Result<_, _>>()
-        .expect("read ids")
+    data.state_db()
+        .query(
+            "SELECT id FROM audit_events WHERE id > $1 ORDER BY id",
+            &[&after],
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 fn last_stored_id(data: &DataDir) -> i64 {
-    open(&state_db(data))
-        .query_row("SELECT coalesce(max(id), 0) FROM audit_events", [], |r| {
-            r.get(0)
-        })
-        .expect("read the newest id")
+    data.state_db()
+        .query_one("SELECT coalesce(max(id), 0) FROM audit_events", &[])
+        .get(0)
 }
 
 async fn next_event(stream: &mut AuditStream) -> proto::AuditEvent {

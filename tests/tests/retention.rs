@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use backup_client::{Owners, Retention};
 use backup_tests::*;
-use rusqlite::OpenFlags;
 use serde_json::Value;
 
 /// One `backup_retention.*` (or other) audit event as stored.
@@ -21,34 +20,23 @@ struct Event {
 }
 
 /// Audit events whose type starts with `prefix`, oldest first, read from the
-/// state store (read-only, beside the running server).
+/// state store beside the running server.
 fn events(data: &DataDir, prefix: &str) -> Vec<Event> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data.path().join("state.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the state store");
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    let mut stmt = conn
-        .prepare(
+    data.state_db()
+        .query(
             "SELECT event_type, user_id, resource_id, success, details FROM audit_events
-             WHERE substr(event_type, 1, length(?1)) = ?1 ORDER BY id",
+             WHERE substr(event_type, 1, length($1)) = $1 ORDER BY id",
+            &[&prefix],
         )
-        .expect("select audit events");
-    stmt.query_map([prefix], |r| {
-        let details: String = r.get(4)?;
-        Ok(Event {
-            event_type: r.get(0)?,
-            user_id: r.get(1)?,
-            resource_id: r.get(2)?,
-            success: r.get(3)?,
-            details: serde_json::from_str(&details).unwrap_or(Value::Null),
+        .iter()
+        .map(|r| Event {
+            event_type: r.get(0),
+            user_id: r.get(1),
+            resource_id: r.get(2),
+            success: r.get(3),
+            details: r.get(4),
         })
-    })
-    .expect("query audit events")
-    .collect::<Result<_, _>>()
-    .expect("read audit events")
+        .collect()
 }
 
 fn strings(value: &Value) -> Vec<String> {

@@ -288,12 +288,10 @@ async fn a_due_backup_starts_within_a_second_on_the_real_clock() {
 /// Sets users' next_backup_at directly in the state store, as if the server
 /// had been down since then.
 fn set_next(data: &DataDir, user_id: i64, at: chrono::DateTime<Utc>) {
-    let n = state_store(data)
-        .execute(
-            "UPDATE backup_settings SET next_backup_at = ?1 WHERE user_id = ?2",
-            (db_time(at), user_id),
-        )
-        .unwrap();
+    let n = data.state_db().execute(
+        "UPDATE backup_settings SET next_backup_at = $1 WHERE user_id = $2",
+        &[&at, &user_id],
+    );
     assert_eq!(n, 1);
 }
 
@@ -423,14 +421,19 @@ async fn two_processes_take_each_due_backup_exactly_once() {
     let a = data.start(&["--lease-ttl", "3"]);
     let b = data.start(&["--lease-ttl", "3"]);
     // Both also answer CheckAndRunBackups at once: the slot key still holds.
+    // The one not holding the lease refuses (FAILED_PRECONDITION) and wakes
+    // the holder, which runs the pass.
     let token = data.token(1, true);
     let (mut ca, mut cb) = (
         a.client(&token).await.scheduler(),
         b.client(&token).await.scheduler(),
     );
     let (ra, rb) = tokio::join!(ca.check_and_run(), cb.check_and_run());
-    ra.unwrap();
-    rb.unwrap();
+    let refused: Vec<Error> = [ra, rb].into_iter().filter_map(Result::err).collect();
+    assert!(refused.len() < 2, "both refused: {refused:?}");
+    for e in &refused {
+        assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    }
     wait_for("every user's backup", Duration::from_secs(30), || {
         (audit_events(&data, "backup_scheduler.backup_completed").len() >= users.len())
             .then_some(())
@@ -441,13 +444,13 @@ async fn two_processes_take_each_due_backup_exactly_once() {
     for &user in &users {
         assert_eq!(auto_backups_of(&data, user).len(), 1, "user {user}");
     }
-    let runs: i64 = state_store(&data)
-        .query_row(
+    let runs: i64 = data
+        .state_db()
+        .query_one(
             "SELECT count(*) FROM scheduled_runs WHERE status = 'completed'",
-            [],
-            |r| r.get(0),
+            &[],
         )
-        .unwrap();
+        .get(0);
     assert_eq!(runs, users.len() as i64);
     assert_eq!(
         audit_events(&data, "backup_scheduler.backup_completed").len(),
@@ -548,12 +551,11 @@ async fn stop_and_start_control_the_loop_and_overdue_users_show() {
     let data = DataDir::new();
     create_settings(&data, &[2]).await;
     // Created long ago and never backed up: overdue.
-    state_store(&data)
-        .execute(
-            "UPDATE backup_settings SET created_at = ?1 WHERE user_id = 2",
-            [db_time(Utc::now() - chrono::Duration::days(3))],
-        )
-        .unwrap();
+    let changed = data.state_db().execute(
+        "UPDATE backup_settings SET created_at = $1 WHERE user_id = 2",
+        &[&(Utc::now() - chrono::Duration::days(3))],
+    );
+    assert_eq!(changed, 1);
     let server = data.start(&[]);
     let mut admin = server.client(&data.token(1, true)).await.scheduler();
     let overdue = admin.overdue().await.unwrap();
