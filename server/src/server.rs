@@ -441,7 +441,7 @@ mod tests {
 
     /// A PostgreSQL store holding data is dumped with pg_dump (the test
     /// command puts the cluster's programs on the PATH) before migrating;
-    /// the dump restores the store as it was.
+    /// pg_restore reads the dump, and it holds the store as it was.
     #[tokio::test]
     async fn a_postgres_store_holding_data_is_dumped_before_migrating() {
         let dir = tempfile::tempdir().unwrap();

@@ -122,34 +122,18 @@ async fn run() {
 // PostgreSQL from the bench.
 
 /// The cluster's URL (its `postgres` database).
-fn cluster_url() -> String {
-    std::env::var("BACKUP_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!("BACKUP_TEST_POSTGRES names no PostgreSQL cluster (tests/run.sh starts one)")
-    })
-}
-
-/// Runs `f` on a connection of its own to `url`, on a thread of its own:
-/// the postgres crate drives its connection with a runtime of its own,
-/// which must not start on a thread of the bench's runtime.
+/// [`postgres::with_client`], panicking with the error.
 fn pg<T: Send>(
     url: &str,
     f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send,
 ) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-                f(&mut client)
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-    .unwrap_or_else(|e| panic!("PostgreSQL ({url}): {e}"))
+    backup_tests::postgres::with_client(url, f)
+        .unwrap_or_else(|e| panic!("PostgreSQL ({url}): {e}"))
 }
 
 fn pg_setting(name: &str) -> String {
     let sql = format!("SHOW {name}");
-    pg(&cluster_url(), |c| {
+    pg(&backup_tests::postgres::cluster_url(), |c| {
         c.query_one(&sql, &[])?.try_get::<_, String>(0)
     })
 }

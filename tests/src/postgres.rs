@@ -12,17 +12,23 @@ use postgres::types::{FromSql, IsNull, ToSql, Type};
 
 use crate::SqlValue;
 
+/// The URL of the cluster's `postgres` database, from
+/// `BACKUP_TEST_POSTGRES`; panics if it is not set (run tests/run.sh).
+pub fn cluster_url() -> String {
+    std::env::var("BACKUP_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "BACKUP_TEST_POSTGRES names no PostgreSQL server: run tests/run.sh, which starts \
+             a throwaway cluster and sets it"
+        )
+    })
+}
+
 /// A new, empty database in the cluster: its URL.
 ///
 /// Panics if `BACKUP_TEST_POSTGRES` is not set (run tests/run.sh), or with
 /// `createdb`'s output if it fails.
 pub fn new_database() -> String {
-    let Ok(server) = std::env::var("BACKUP_TEST_POSTGRES") else {
-        panic!(
-            "BACKUP_TEST_POSTGRES names no PostgreSQL server: run tests/run.sh, which starts \
-             a throwaway cluster and sets it"
-        );
-    };
+    let server = cluster_url();
     static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -59,7 +65,7 @@ pub(crate) fn query(url: &str, sql: &str, params: &[SqlValue]) -> Vec<Vec<SqlVal
 /// Runs `f` on a connection of its own, on a thread of its own: the
 /// postgres crate drives the connection with a tokio runtime of its own,
 /// which panics if started or dropped on a thread of the test's runtime.
-fn with_client<T: Send>(
+pub fn with_client<T: Send>(
     url: &str,
     f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send,
 ) -> Result<T, postgres::Error> {

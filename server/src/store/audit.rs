@@ -72,18 +72,15 @@ pub async fn insert(txn: &DatabaseTransaction, events: Vec<NewEvent>) -> Result<
     }
     let now = Utc::now();
     let count = events.len();
-    let inserted = if count == 1 {
-        let only = events.into_iter().next().map(|e| to_row(e, now));
-        match only {
-            Some(row) => vec![Arc::new(from_row(row.insert(txn).await?))],
-            None => Vec::new(),
+    let inserted = match <[NewEvent; 1]>::try_from(events) {
+        Ok([only]) => vec![Arc::new(from_row(to_row(only, now).insert(txn).await?))],
+        Err(events) => {
+            let before = last_id(txn).await?;
+            Entity::insert_many(events.into_iter().map(|e| to_row(e, now)))
+                .exec_without_returning(txn)
+                .await?;
+            page(txn, &Filter::default(), before, None, count as u64).await?
         }
-    } else {
-        let before = last_id(txn).await?;
-        Entity::insert_many(events.into_iter().map(|e| to_row(e, now)))
-            .exec_without_returning(txn)
-            .await?;
-        page(txn, &Filter::default(), before, None, count as u64).await?
     };
     let Some(newest) = inserted.last().filter(|_| inserted.len() == count) else {
         return Err(Error::Internal(format!(
