@@ -195,7 +195,8 @@ async fn repo(config: &Config, command: RepoCommand) -> Result<(), Box<dyn std::
         return Ok(());
     }
     let paths = config.prepare()?;
-    let repository = open_repository(config, &paths).await?;
+    // Offline commands write no chunks and never prune: no lock to share.
+    let repository = open_repository(config, &paths, None).await?;
     match command {
         RepoCommand::InitKey { .. } => {}
         RepoCommand::List => {

@@ -23,12 +23,12 @@ use crate::auth::Authenticator;
 use crate::backup::Backups;
 use crate::backup::storage::BackupStorage;
 use crate::backup::storage::directory::Directory;
-use crate::backup::storage::repository::{self, Repository};
+use crate::backup::storage::repository::{self, ReplicaGuard, ReplicaLock, Repository};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paging::PageTokens;
 use crate::schedule::{Scheduler, SchedulerConfig};
-use crate::store::{self, Store};
+use crate::store::{self, Store, advisory};
 use crate::{api, backup, config, health, retention, telemetry};
 
 /// How often health re-checks the state store and the source.
@@ -64,15 +64,15 @@ pub struct App {
 pub async fn open_store(config: &Config) -> Result<(Store, config::Paths)> {
     let paths = config.prepare()?;
     let db = open_db(&paths).await?;
-    migrate(&db, &paths.data_dir, || open_storage(config, &paths)).await?;
+    migrate(&db, &paths.data_dir, || open_storage(config, &paths, &db)).await?;
     Ok((db, paths))
 }
 
 /// [`open_store`], with the backup storage it snapshotted into.
 async fn open(config: &Config) -> Result<(Store, config::Paths, Arc<dyn BackupStorage>)> {
     let paths = config.prepare()?;
-    let storage = open_storage(config, &paths).await?;
     let db = open_db(&paths).await?;
+    let storage = open_storage(config, &paths, &db).await?;
     migrate(&db, &paths.data_dir, || async { Ok(storage.clone()) }).await?;
     Ok((db, paths, storage))
 }
@@ -92,14 +92,18 @@ async fn open_db(paths: &config::Paths) -> Result<Store> {
 }
 
 /// The backup storage the flags name: the repository (`--repository`, by
-/// default in `--backups-dir`), or with `--full-copies` the directory of
-/// full copies at `--backups-dir`.
-pub async fn open_storage(
+/// default in `--backups-dir`), its prunes kept apart from the writes of
+/// every replica on `db`; or with `--full-copies` the directory of full
+/// copies at `--backups-dir`.
+async fn open_storage(
     config: &Config,
     paths: &config::Paths,
+    db: &Store,
 ) -> Result<Arc<dyn BackupStorage>> {
     if paths.repository.is_some() {
-        return Ok(Arc::new(open_repository(config, paths).await?));
+        let replicas = advisory::Lock::on(db, advisory::Key::RepositoryPrunes)
+            .map(|lock| Arc::new(lock) as Arc<dyn ReplicaLock>);
+        return Ok(Arc::new(open_repository(config, paths, replicas).await?));
     }
     Ok(Arc::new(directory(paths)?))
 }
@@ -111,8 +115,13 @@ fn directory(paths: &config::Paths) -> Result<Directory> {
 }
 
 /// The repository `--repository` names, or the default one (created if
-/// there is none).
-pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<Repository> {
+/// there is none); `replicas` keeps its prunes apart from other hosts'
+/// writes, if any share it.
+pub async fn open_repository(
+    config: &Config,
+    paths: &config::Paths,
+    replicas: Option<Arc<dyn ReplicaLock>>,
+) -> Result<Repository> {
     let url = paths
         .repository
         .as_deref()
@@ -123,8 +132,28 @@ pub async fn open_repository(config: &Config, paths: &config::Paths) -> Result<R
         allow_unencrypted_remote: config.allow_unencrypted_remote,
         local_dir: &paths.backups_dir,
         aws_env: repository::aws_env(),
+        replicas,
     })
     .await
+}
+
+/// The state store's advisory lock, as the repository's lock across hosts.
+#[async_trait::async_trait]
+impl ReplicaLock for advisory::Lock {
+    async fn shared(&self) -> Result<Box<dyn ReplicaGuard>> {
+        Ok(Box::new(self.hold(advisory::Mode::Shared).await?))
+    }
+
+    async fn exclusive(&self) -> Result<Box<dyn ReplicaGuard>> {
+        Ok(Box::new(self.hold(advisory::Mode::Exclusive).await?))
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplicaGuard for advisory::Held {
+    async fn confirm(&self) -> Result<()> {
+        advisory::Held::confirm(self).await
+    }
 }
 
 /// Applies pending migrations. When the store already holds data, it is

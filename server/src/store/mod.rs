@@ -7,6 +7,7 @@
 //! settings (WAL, busy timeout, one writer) are here, and [`sqlite_reads`]
 //! runs the reads an RPC waits on off sqlx's threads.
 
+pub mod advisory;
 pub mod audit;
 pub mod backups;
 pub mod clock;
@@ -350,14 +351,11 @@ enum MigrationLock {
         _held: File,
     },
     Postgres {
-        _held: sea_orm::sqlx::PgConnection,
+        _held: advisory::Held,
     },
     /// An in-memory SQLite database has no other process.
     None,
 }
-
-/// The key of the PostgreSQL advisory lock migrations run under ("MIGRATES").
-const MIGRATION_LOCK: i64 = 0x4d49_4752_4154_4553;
 
 impl MigrationLock {
     async fn take(store: &Store) -> Result<Self> {
@@ -367,22 +365,12 @@ impl MigrationLock {
                 _held: crate::blocking::blocking(move || lock_file(&lock)).await?,
             });
         }
-        let db = store.writer();
-        if db.get_database_backend() != DbBackend::Postgres {
-            return Ok(Self::None);
-        }
-        let locked = async {
-            let mut conn = db.get_postgres_connection_pool().acquire().await?.detach();
-            sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut conn)
-                .await?;
-            Ok(conn)
-        };
-        let conn = locked.await.map_err(|e: sea_orm::sqlx::Error| {
-            DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))
-        })?;
-        Ok(Self::Postgres { _held: conn })
+        Ok(match advisory::Lock::on(store, advisory::Key::Migrations) {
+            Some(lock) => Self::Postgres {
+                _held: lock.hold(advisory::Mode::Exclusive).await?,
+            },
+            None => Self::None,
+        })
     }
 }
 

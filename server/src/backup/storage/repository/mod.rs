@@ -42,6 +42,7 @@ use self::keys::{KeyFile, Keys};
 use self::objects::Objects;
 use self::read::Rebuild;
 use self::write::{Known, KnownChunks};
+pub use self::writers::{ReplicaGuard, ReplicaLock};
 use self::writers::{Writers, Writing};
 use super::checked::{self, Checker, size_mismatch};
 use super::local::{self, TempFile};
@@ -67,6 +68,8 @@ pub struct Options<'a> {
     /// The `AWS_*` variables (name, value) an `s3://` repository is
     /// configured by: the process's environment, as `object_store` reads it.
     pub aws_env: Vec<(String, String)>,
+    /// What keeps prunes and writers apart across hosts, if anything must.
+    pub replicas: Option<Arc<dyn ReplicaLock>>,
 }
 
 /// The process's `AWS_*` environment variables, for [`Options::aws_env`].
@@ -172,7 +175,7 @@ impl Repository {
             inner: Arc::new(Inner {
                 objects,
                 keys,
-                writers: Writers::new(&local_dir),
+                writers: Writers::new(&local_dir, options.replicas),
                 local_dir,
                 names_changed: AtomicU64::new(0),
                 live: Mutex::default(),
@@ -188,7 +191,7 @@ impl Repository {
             inner: self.inner.clone(),
             new_bytes: NewBytes::new(manifest.stored_bytes),
             manifest,
-            _writes: writes,
+            writes,
         };
         Staged::new(taken_at, facts, Box::new(copy))
     }
@@ -379,7 +382,7 @@ struct StagedManifest {
     /// What the snapshot's chunks added, for its first manifest.
     new_bytes: NewBytes,
     /// Keeps a prune out until the last publish (see [`Writers`]).
-    _writes: Writing,
+    writes: Writing,
 }
 
 #[async_trait]
@@ -391,6 +394,9 @@ impl StagedCopy for StagedManifest {
             ..self.manifest.clone()
         };
         let sealed = self.inner.keys.seal(&manifest_aad(name), manifest.encode());
+        // A prune may have gone ahead if the lock was lost: then the chunks
+        // might not all be there, and the manifest must not be either.
+        self.writes.confirm().await?;
         let published = self
             .inner
             .objects
@@ -716,13 +722,24 @@ mod tests {
     use super::*;
 
     async fn local(dir: &Path, key_file: Option<&Path>) -> Result<Repository> {
-        let url = dir.join("repo").display().to_string();
+        open_at(&dir.join("repo"), &dir.join("backups"), key_file, None).await
+    }
+
+    /// The repository at `dir` as a process with its local files in
+    /// `local_dir` sees it.
+    async fn open_at(
+        dir: &Path,
+        local_dir: &Path,
+        key_file: Option<&Path>,
+        replicas: Option<Arc<dyn ReplicaLock>>,
+    ) -> Result<Repository> {
         Repository::open(Options {
-            url: &url,
+            url: &dir.display().to_string(),
             key_file,
             allow_unencrypted_remote: false,
-            local_dir: &dir.join("backups"),
+            local_dir,
             aws_env: Vec::new(),
+            replicas,
         })
         .await
     }
@@ -744,17 +761,24 @@ mod tests {
         staged.facts.clone()
     }
 
-    #[tokio::test]
-    async fn identical_pages_are_stored_once_and_a_prune_reclaims_the_dead() {
-        let scratch = tempfile::tempdir().unwrap();
-        let storage = local(scratch.path(), None).await.unwrap();
-        let source = scratch.path().join("source.db");
+    /// A source database in `dir` of 2,000 text-like rows in table `t`,
+    /// and a connection to change it through.
+    fn text_source(dir: &Path) -> (PathBuf, rusqlite::Connection) {
+        let source = dir.join("source.db");
         let db = rusqlite::Connection::open(&source).unwrap();
         db.execute_batch(
             "CREATE TABLE t (x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
              INSERT INTO t SELECT printf('row %d of some text-like data', i) FROM n;",
         )
         .unwrap();
+        (source, db)
+    }
+
+    #[tokio::test]
+    async fn identical_pages_are_stored_once_and_a_prune_reclaims_the_dead() {
+        let scratch = tempfile::tempdir().unwrap();
+        let storage = local(scratch.path(), None).await.unwrap();
+        let (source, db) = text_source(scratch.path());
         let first = backup(&storage, &source, "first.db").await;
         let first_bytes = std::fs::read(&source).unwrap();
         let stored = |s: &Repository| {
@@ -899,5 +923,66 @@ mod tests {
             local(scratch.path(), Some(&other)).await,
             Err(Error::FailedPrecondition(m)) if m.contains("opens none")
         ));
+    }
+
+    /// Replicas on two hosts share one repository but no local directory:
+    /// the state store's lock keeps a prune on one out while the other
+    /// writes, and a writer that lost that lock publishes nothing.
+    #[tokio::test]
+    async fn a_prune_on_another_host_waits_for_writers_and_a_writer_that_lost_its_lock_publishes_nothing()
+     {
+        use std::time::Duration;
+
+        use crate::store::advisory::{Key, Lock};
+        use crate::store::tests::{Backend, fresh_store};
+        use sea_orm::ConnectionTrait;
+
+        let store = fresh_store(Backend::Postgres).await;
+        let scratch = tempfile::tempdir().unwrap();
+        let host = |name: &str| {
+            let lock = Lock::on(&store, Key::RepositoryPrunes).expect("PostgreSQL");
+            let (dir, local_dir) = (scratch.path().join("repo"), scratch.path().join(name));
+            async move {
+                open_at(&dir, &local_dir, None, Some(Arc::new(lock)))
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (host("a").await, host("b").await);
+        let (source, db) = text_source(scratch.path());
+        let never = CancellationToken::new();
+        let stage = |name: &'static str| a.stage(&source, "the source", name, &never);
+
+        let staged = stage("kept.db").await.unwrap();
+        let prune = tokio::time::timeout(Duration::from_millis(500), b.prune()).await;
+        assert!(prune.is_err(), "host b pruned while host a was writing");
+        staged.publish("kept.db").await.unwrap();
+        let facts = staged.facts.clone();
+        drop(staged);
+        b.prune().await.unwrap();
+        b.verify("kept.db", &facts).await.unwrap();
+
+        db.execute_batch("UPDATE t SET x = x || ' changed'")
+            .unwrap();
+        let staged = stage("lost.db").await.unwrap();
+        // The database ends the writer's lock session, as on a lost
+        // connection; the prune goes ahead and takes the unpublished chunks.
+        store
+            .reads()
+            .execute_unprepared(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND mode = 'ShareLock'",
+            )
+            .await
+            .unwrap();
+        let pruned = tokio::time::timeout(Duration::from_secs(10), b.prune()).await;
+        let pruned = pruned.expect("the prune waited on a lost lock").unwrap();
+        assert!(pruned.bytes_after < pruned.bytes_before, "{pruned:?}");
+        assert!(
+            staged.publish("lost.db").await.is_err(),
+            "published after losing the lock"
+        );
+        assert_eq!(a.list().await.unwrap().names, ["kept.db"]);
+        a.verify("kept.db", &facts).await.unwrap();
     }
 }

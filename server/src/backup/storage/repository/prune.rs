@@ -1,11 +1,10 @@
 //! Pruning: removing what no manifest references, crash-safe at every
 //! step. New packs and the new index are written before anything is
 //! deleted; old indexes go before the packs they name, so no index ever
-//! points into a deleted pack. A backup staging in this process holds
-//! [`Inner::writers`] shared and keeps a prune waiting, in any process
-//! on this host; a pack no index
-//! names yet (another process's upload, or a crash's leftover) is only
-//! deleted once it is older than [`GRACE`].
+//! points into a deleted pack. A backup staging holds [`Inner::writers`]
+//! shared and keeps a prune waiting, in any process sharing the
+//! repository; a pack no index names yet (another process's upload, or a
+//! crash's leftover) is only deleted once it is older than [`GRACE`].
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

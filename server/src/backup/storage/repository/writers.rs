@@ -5,59 +5,91 @@
 //!
 //! Within this process that is a `RwLock`; across the processes that share
 //! the local directory (replicas on one host) an advisory lock on
-//! `<local dir>/.prune-lock`, shared or exclusive alike. Processes on other
-//! hosts sharing a remote repository do not see it.
+//! `<local dir>/.prune-lock`, shared or exclusive alike; across hosts (the
+//! replicas sharing a remote repository) a [`ReplicaLock`], the state
+//! store's, when there is one. They are always taken in that order.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::blocking::blocking;
 use crate::error::Result;
 
+/// A lock that every process writing the repository sees, wherever it
+/// runs: shared by writers, exclusive for a prune.
+#[async_trait]
+pub trait ReplicaLock: Send + Sync {
+    async fn shared(&self) -> Result<Box<dyn ReplicaGuard>>;
+    async fn exclusive(&self) -> Result<Box<dyn ReplicaGuard>>;
+}
+
+/// A held [`ReplicaLock`], released when dropped.
+#[async_trait]
+pub trait ReplicaGuard: Send + Sync {
+    /// Fails if the lock may have been lost since it was taken (its holder
+    /// lost touch with whatever keeps it).
+    async fn confirm(&self) -> Result<()>;
+}
+
 pub struct Writers {
     here: Arc<RwLock<()>>,
     file: PathBuf,
+    replicas: Option<Arc<dyn ReplicaLock>>,
 }
 
 /// Held while writing chunks that a manifest will reference.
 pub struct Writing {
     _here: OwnedRwLockReadGuard<()>,
     _file: File,
+    replicas: Option<Box<dyn ReplicaGuard>>,
 }
 
 /// Held while pruning.
 pub struct Pruning {
     _here: OwnedRwLockWriteGuard<()>,
     _file: File,
+    _replicas: Option<Box<dyn ReplicaGuard>>,
 }
 
 impl Writers {
-    pub fn new(local_dir: &Path) -> Self {
+    pub fn new(local_dir: &Path, replicas: Option<Arc<dyn ReplicaLock>>) -> Self {
         Self {
             here: Arc::new(RwLock::new(())),
             file: local_dir.join(".prune-lock"),
+            replicas,
         }
     }
 
-    /// Waits out any prune, here or in another process on this host.
+    /// Waits out any prune, here or in another process.
     pub async fn shared(&self) -> Result<Writing> {
         let here = self.here.clone().read_owned().await;
+        let file = self.lock_file(File::lock_shared).await?;
         Ok(Writing {
             _here: here,
-            _file: self.lock_file(File::lock_shared).await?,
+            _file: file,
+            replicas: match &self.replicas {
+                Some(lock) => Some(lock.shared().await?),
+                None => None,
+            },
         })
     }
 
-    /// Waits out every writer, here or in another process on this host.
+    /// Waits out every writer, here or in another process.
     pub async fn exclusive(&self) -> Result<Pruning> {
         let here = self.here.clone().write_owned().await;
+        let file = self.lock_file(File::lock).await?;
         Ok(Pruning {
             _here: here,
-            _file: self.lock_file(File::lock).await?,
+            _file: file,
+            _replicas: match &self.replicas {
+                Some(lock) => Some(lock.exclusive().await?),
+                None => None,
+            },
         })
     }
 
@@ -79,6 +111,17 @@ impl Writers {
     }
 }
 
+impl Writing {
+    /// Fails if a prune elsewhere may have run since this was taken: what
+    /// is written under it is to be published only after this succeeds.
+    pub async fn confirm(&self) -> Result<()> {
+        match &self.replicas {
+            Some(guard) => guard.confirm().await,
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -90,7 +133,10 @@ mod tests {
     #[tokio::test]
     async fn a_prune_waits_for_writers_of_another_process_and_they_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (here, there) = (Writers::new(dir.path()), Writers::new(dir.path()));
+        let (here, there) = (
+            Writers::new(dir.path(), None),
+            Writers::new(dir.path(), None),
+        );
         let writing = here.shared().await.unwrap();
         let also = there.shared().await.unwrap();
         let prune = tokio::time::timeout(Duration::from_millis(300), there.exclusive()).await;
