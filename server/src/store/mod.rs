@@ -16,6 +16,7 @@ mod engine;
 pub mod entity;
 pub mod lease;
 pub mod notify;
+mod postgres_reads;
 pub mod runs;
 pub mod secrets;
 pub mod settings;
@@ -36,6 +37,7 @@ use sea_orm::{
     Statement, TransactionOptions, TransactionTrait, TryIntoModel,
 };
 
+use self::postgres_reads::PostgresReads;
 use self::sqlite_reads::SqliteReads;
 use crate::error::Result;
 
@@ -97,12 +99,13 @@ pub struct Store {
     url: String,
 }
 
-/// The readers: a pool of read-only connections and, for a SQLite file,
-/// the calling-thread path of [`Connection::rows`].
+/// The readers: a pool of read-only connections and the faster path of
+/// [`Connection::rows`], for a SQLite file or PostgreSQL.
 #[derive(Clone)]
 pub struct Reads {
     pool: DatabaseConnection,
     sqlite: Option<Arc<SqliteReads>>,
+    postgres: Option<Arc<PostgresReads>>,
 }
 
 impl Store {
@@ -123,6 +126,7 @@ impl Store {
                 reads: Reads {
                     pool: writer,
                     sqlite: None,
+                    postgres: None,
                 },
                 writes: None,
                 file,
@@ -132,10 +136,14 @@ impl Store {
         let sqlite = file
             .clone()
             .map(|path| Arc::new(SqliteReads::new(path, MMAP_BYTES)));
+        let pool = connect(url, Role::Reader).await?;
+        let postgres = (pool.get_database_backend() == DbBackend::Postgres)
+            .then(|| Arc::new(PostgresReads::new(pool.get_postgres_connection_pool())));
         Ok(Self {
             reads: Reads {
-                pool: connect(url, Role::Reader).await?,
+                pool,
                 sqlite,
+                postgres,
             },
             writes: Some(writer),
             file,
@@ -186,6 +194,9 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(self) -> Result<()> {
+        if let Some(postgres) = &self.reads.postgres {
+            postgres.close();
+        }
         self.reads.pool.close().await?;
         if let Some(writes) = self.writes {
             writes.close().await?;
@@ -208,6 +219,9 @@ impl Connection for Reads {
                 && let Some(rows) = sqlite.rows::<E>(&statement)?
             {
                 return Ok(rows);
+            }
+            if let Some(postgres) = &self.postgres {
+                return postgres.rows::<E>(&statement).await;
             }
             Ok(E::find().from_raw_sql(statement).all(&self.pool).await?)
         }
@@ -252,6 +266,11 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection> {
         // Keep the connections: reopening would cost a WAL recovery check.
         .idle_timeout(None::<Duration>)
         .max_lifetime(None::<Duration>);
+    if !is_sqlite(url) {
+        // sqlx pings a connection each time it is handed out, a round trip
+        // per query; only one left idle a while may have been dropped.
+        options.test_before_acquire_if_idle_for(Duration::from_secs(30));
+    }
     if is_sqlite(url) {
         let connections = match role {
             Role::Writer => 1,

@@ -378,6 +378,7 @@ mod tests {
                 .await
                 .unwrap(),
             sqlite: Some(std::sync::Arc::new(super::SqliteReads::new(path, 0))),
+            postgres: None,
         };
         holder
             .execute_batch("BEGIN EXCLUSIVE; UPDATE users SET is_admin = is_admin;")
