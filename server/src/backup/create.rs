@@ -270,3 +270,87 @@ pub async fn pre_migration_snapshot(
     storage.flush().await?;
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::Recorder;
+    use crate::backup::Limits;
+    use crate::backup::storage::directory::Directory;
+    use crate::model::backup::BackupKind;
+    use crate::store::Store;
+    use crate::store::lease::{self, Held};
+    use crate::store::tests::on_each_backend;
+
+    async fn take(db: &Store, holder: &str, ttl: Duration) -> Held {
+        let txn = db.begin_write().await.unwrap();
+        let held = lease::take(&txn, holder, ttl)
+            .await
+            .unwrap()
+            .expect("the lease");
+        txn.commit().await.unwrap();
+        held
+    }
+
+    // A scheduler that lost its lease mid-backup (paused past its TTL, as
+    // a stalled or partitioned replica is) finishes its snapshot, but the
+    // backup is refused and nothing is left under its name; the new
+    // holder's backup of the same slot goes in.
+    on_each_backend!(
+        a_backup_taken_under_a_lost_lease_is_not_catalogued,
+        |db: Store| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let source = dir.path().join("source.db");
+            rusqlite::Connection::open(&source)
+                .unwrap()
+                .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES ('a row');")
+                .unwrap();
+            let storage = Arc::new(Directory::create(&dir.path().join("backups")).unwrap());
+            let limits = Limits {
+                max_concurrent_copies: 2,
+                allow_user_downloads: false,
+                max_manual_backups_per_user: 10,
+            };
+            let backups = Arc::new(Backups::new(
+                db.clone(),
+                Recorder::new(db.clone()),
+                source,
+                storage.clone(),
+                limits,
+            ));
+            let stalled = take(&db, "stalled", Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let taker = take(&db, "taker", Duration::from_secs(60)).await;
+            let scheduled = |fence| NewBackup {
+                fence: Some(fence),
+                ..NewBackup::new("auto_slot.db".into(), 7, BackupKind::Auto)
+            };
+            let event = |b: &Backup| {
+                NewEvent::new("backup_scheduler.backup_completed", 7)
+                    .resource("backup", &b.filename)
+            };
+
+            let refused = backups.snapshot(scheduled(stalled.fence), event).await;
+            assert!(
+                matches!(&refused, Err(Error::Unavailable(m)) if m.contains("lease was lost")),
+                "{refused:?}"
+            );
+            assert!(!storage.contains("auto_slot.db").await.unwrap());
+            assert!(
+                store::backups::by_filename(db.reads(), "auto_slot.db")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+
+            let kept = backups
+                .snapshot(scheduled(taker.fence), event)
+                .await
+                .unwrap();
+            assert_eq!(kept.filename, "auto_slot.db");
+            assert!(storage.contains("auto_slot.db").await.unwrap());
+        }
+    );
+}
