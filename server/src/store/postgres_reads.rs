@@ -8,10 +8,13 @@
 //! failed, or whose caller gave up mid-way, is closed instead.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sea_orm::sqlx::{self, ConnectOptions as _};
-use sea_orm::{DbErr, EntityTrait, FromQueryResult, QueryResult, RuntimeErr, Statement, Values};
+use sea_orm::{
+    ConnAcquireErr, DbErr, EntityTrait, FromQueryResult, QueryResult, RuntimeErr, Statement, Values,
+};
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Semaphore;
 
@@ -20,6 +23,9 @@ use crate::error::{Error, Result};
 /// Connections open at once for these reads: a few per core is as many as
 /// PostgreSQL serves this process's queries with in parallel.
 const CONNECTIONS: usize = 10;
+
+/// How long opening a connection may take before the read is UNAVAILABLE.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PostgresReads {
     options: PgConnectOptions,
@@ -65,7 +71,12 @@ impl PostgresReads {
     }
 
     async fn fresh(&self, statement: &Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let mut conn = self.options.connect().await.map_err(sqlx_error)?;
+        // As long as sqlx's pool waits for a connection before giving up.
+        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, self.options.connect());
+        let mut conn = connecting
+            .await
+            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?
+            .map_err(sqlx_error)?;
         let rows = query(&mut conn, statement).await.map_err(sqlx_error)?;
         Ok(self.keep(conn, rows))
     }
