@@ -4,13 +4,11 @@
 //! process died). A SQLite store has no such lock: its processes share a
 //! host, and lock files there instead.
 
-use std::sync::Arc;
-
+use sea_orm::DbBackend;
 use sea_orm::sqlx::{Connection as _, PgConnection, PgPool};
-use sea_orm::{DbBackend, DbErr, RuntimeErr};
 use tokio::sync::Mutex;
 
-use super::Store;
+use super::{Store, sqlx_error};
 use crate::error::Result;
 
 /// What a lock keeps apart; each is one advisory lock key.
@@ -89,10 +87,6 @@ impl Held {
     pub async fn confirm(&self) -> Result<()> {
         Ok(self.conn.lock().await.ping().await.map_err(sqlx_error)?)
     }
-}
-
-fn sqlx_error(e: sea_orm::sqlx::Error) -> DbErr {
-    DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e)))
 }
 
 #[cfg(test)]

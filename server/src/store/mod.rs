@@ -83,6 +83,9 @@ const MMAP_BYTES: u64 = 256 << 20;
 /// while it writes, so a read never queues behind a write.
 const READ_CONNECTIONS: u32 = 4;
 
+/// How long a query waits for a connection before it is UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The state store: one writer connection, through which every change goes
 /// in order, and a pool of readers beside it. Cheap to clone.
 #[derive(Clone)]
@@ -262,7 +265,7 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection> {
     let mut options = ConnectOptions::new(url);
     options
         .sqlx_logging(false)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         // Keep the connections: reopening would cost a WAL recovery check.
         .idle_timeout(None::<Duration>)
         .max_lifetime(None::<Duration>);
@@ -270,8 +273,7 @@ async fn connect(url: &str, role: Role) -> Result<DatabaseConnection> {
         // sqlx pings a connection each time it is handed out, a round trip
         // per query; only one left idle a while may have been dropped.
         options.test_before_acquire_if_idle_for(Duration::from_secs(30));
-    }
-    if is_sqlite(url) {
+    } else {
         let connections = match role {
             Role::Writer => 1,
             Role::Reader => READ_CONNECTIONS,
@@ -442,6 +444,11 @@ impl Migrations<'_> {
         Migrator::up(self.db, None).await?;
         Ok(())
     }
+}
+
+/// A driver error met outside SeaORM, as SeaORM reports its own.
+fn sqlx_error(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))
 }
 
 /// Takes an exclusive advisory lock on the file at `path` (created mode

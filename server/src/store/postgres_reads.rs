@@ -8,7 +8,6 @@
 //! failed, or whose caller gave up mid-way, is closed instead.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sea_orm::sqlx::{self, ConnectOptions as _};
@@ -18,14 +17,12 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Semaphore;
 
+use super::{ACQUIRE_TIMEOUT, sqlx_error};
 use crate::error::{Error, Result};
 
 /// Connections open at once for these reads: a few per core is as many as
 /// PostgreSQL serves this process's queries with in parallel.
 const CONNECTIONS: usize = 10;
-
-/// How long opening a connection may take before the read is UNAVAILABLE.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PostgresReads {
     options: PgConnectOptions,
@@ -71,8 +68,7 @@ impl PostgresReads {
     }
 
     async fn fresh(&self, statement: &Statement) -> Result<Vec<QueryResult>, DbErr> {
-        // As long as sqlx's pool waits for a connection before giving up.
-        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, self.options.connect());
+        let connecting = tokio::time::timeout(ACQUIRE_TIMEOUT, self.options.connect());
         let mut conn = connecting
             .await
             .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?
@@ -105,10 +101,6 @@ async fn query(
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(QueryResult::from).collect())
-}
-
-fn sqlx_error(e: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
 fn closed() -> DbErr {
