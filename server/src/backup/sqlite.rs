@@ -123,7 +123,7 @@ pub fn read_pages(
     src.execute_batch("BEGIN")?;
     src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .map_err(|e| unreadable(what, e))?;
-    let mut pages = src.prepare("SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno")?;
+    let mut pages = src.prepare(PAGES)?;
     let mut rows = pages.query([])?;
     while let Some(row) = rows.next()? {
         let number: i64 = row.get(0)?;
@@ -144,10 +144,84 @@ pub fn read_pages(
     Ok(())
 }
 
+/// Every page of the main database, in order, as (number, bytes).
+const PAGES: &str = "SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno";
+
 /// One-step online backup from `src` into `dst`, waiting out locks held by
 /// other connections for up to [`LOCK_WAIT`].
 pub fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
     copy_steps(src, dst, -1, &CancellationToken::new())
+}
+
+/// What [`compare_copy`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Comparison {
+    /// The copy holds exactly the original's pages.
+    Same,
+    /// The first page that differs, or the first one past the shorter.
+    Differs(i64),
+    /// Another connection committed to the copy since: its pages may
+    /// rightly differ, and nothing was compared.
+    WrittenSince,
+}
+
+/// A change stamp of what `conn` sees of its database, for
+/// [`compare_copy`]: it changes when another connection commits.
+pub fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+}
+
+/// Header fields of page 1 that the online backup rewrites in its copy:
+/// the file formats (WAL or not), the change counter, the schema cookie,
+/// and the version stamps.
+const REWRITTEN_HEADER: [std::ops::Range<usize>; 4] = [18..20, 24..28, 40..44, 92..100];
+
+/// Compares, page by page, the copy `copy` made of `original` by
+/// [`copy_database`] with it, `copy` read in one transaction; `before` is
+/// [`data_version`] of `copy` read before the copy started. Page 1's
+/// header fields the backup rewrites ([`REWRITTEN_HEADER`]) are not
+/// compared.
+pub fn compare_copy(copy: &Connection, original: &Connection, before: i64) -> Result<Comparison> {
+    copy.execute_batch("BEGIN")?;
+    let compared = compare_pages(copy, original);
+    let written = data_version(copy).map(|now| now != before);
+    copy.execute_batch("COMMIT")?;
+    if written? {
+        return Ok(Comparison::WrittenSince);
+    }
+    compared
+}
+
+fn compare_pages(copy: &Connection, original: &Connection) -> Result<Comparison> {
+    let mut copy_pages = copy.prepare(PAGES)?;
+    let mut original_pages = original.prepare(PAGES)?;
+    let (mut copied, mut originals) = (copy_pages.query([])?, original_pages.query([])?);
+    let mut number = 0;
+    loop {
+        number += 1;
+        let (a, b) = match (copied.next()?, originals.next()?) {
+            (None, None) => return Ok(Comparison::Same),
+            (Some(a), Some(b)) => (a, b),
+            _ => return Ok(Comparison::Differs(number)),
+        };
+        let a = a.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let b = b.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let same = if number == 1 {
+            a.len() == b.len() && a.len() >= 100 && {
+                let (mut a, mut b) = (a.to_vec(), b.to_vec());
+                for range in REWRITTEN_HEADER {
+                    a[range.clone()].fill(0);
+                    b[range].fill(0);
+                }
+                a == b
+            }
+        } else {
+            a == b
+        };
+        if !same {
+            return Ok(Comparison::Differs(number));
+        }
+    }
 }
 
 /// Online backup from `src` into `dst`, `pages` at a time (-1: all in one
@@ -236,5 +310,87 @@ pub fn sniff(mut file: File) -> Result<Content> {
         Ok(()) => Ok(Content::NotSqlite),
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(Content::NotSqlite),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL database at `path` with `rows` rows, as applications keep one.
+    fn database(path: &Path, rows: i64) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, s TEXT)")
+            .unwrap();
+        for n in 0..rows {
+            conn.execute("INSERT INTO t VALUES (?, printf('%0500d', ?1))", [n])
+                .unwrap();
+        }
+        conn
+    }
+
+    /// Copies `backup` over the live database at `live` as a restore does,
+    /// running `meanwhile` on another connection between the copy and the
+    /// comparison.
+    fn restore(backup: &Connection, live: &Path, meanwhile: &str) -> Result<Comparison> {
+        let mut dst = open_existing(live, "live", OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let before = data_version(&dst)?;
+        copy_database(backup, &mut dst)?;
+        Connection::open(live)
+            .unwrap()
+            .execute_batch(meanwhile)
+            .unwrap();
+        compare_copy(&dst, backup, before)
+    }
+
+    #[test]
+    fn a_copy_over_a_live_database_holds_the_same_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let _app = database(&live, 300);
+        let backup = database(&dir.path().join("backup.db"), 100);
+        assert_eq!(restore(&backup, &live, "").unwrap(), Comparison::Same);
+        let rows: i64 = Connection::open(&live)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 100);
+    }
+
+    #[test]
+    fn a_write_after_the_copy_is_told_apart_from_a_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let _app = database(&live, 50);
+        let backup = database(&dir.path().join("backup.db"), 100);
+        assert_eq!(
+            restore(&backup, &live, "INSERT INTO t VALUES (1000, 'x')").unwrap(),
+            Comparison::WrittenSince
+        );
+    }
+
+    #[test]
+    fn pages_that_differ_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = database(&dir.path().join("live.db"), 100);
+        let other = database(&dir.path().join("other.db"), 100);
+        let before = data_version(&live).unwrap();
+        assert_eq!(
+            compare_copy(&live, &other, before).unwrap(),
+            Comparison::Same
+        );
+        other
+            .execute("UPDATE t SET s = 'changed' WHERE n = 99", [])
+            .unwrap();
+        assert!(matches!(
+            compare_copy(&live, &other, before).unwrap(),
+            Comparison::Differs(page) if page > 1
+        ));
+        let longer = database(&dir.path().join("longer.db"), 101);
+        assert!(matches!(
+            compare_copy(&live, &longer, before).unwrap(),
+            Comparison::Differs(_)
+        ));
     }
 }

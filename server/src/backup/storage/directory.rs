@@ -369,7 +369,7 @@ fn verify_backup(dir: &Path, name: &str, expected: ContentFacts) -> Result<Verif
     let before = stamp(&path)?;
     // Size and digest, checked as the bytes are read, as for a download.
     reader.check_to_end()?;
-    let conn = checked::open_intact(&path)?;
+    let conn = checked::open_intact(&path, checked::Holder::Shared)?;
     if stamp(&path)? != before {
         return Err(Error::Unavailable(
             "the backup's file changed while it was verified; verify it again".into(),

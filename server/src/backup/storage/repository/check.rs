@@ -158,7 +158,7 @@ impl Repository {
             .await?;
         let to = to.to_owned();
         blocking(move || {
-            drop(checked::open_intact(&temp.path)?);
+            drop(checked::open_intact(&temp.path, checked::Holder::Server)?);
             // A link never replaces a file that is there.
             std::fs::hard_link(&temp.path, &to).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => {

@@ -343,20 +343,14 @@ impl Inner {
     ) -> Result<TempFile> {
         use tokio::io::AsyncWriteExt;
         let temp = TempFile::create(dir, &manifest.name)?;
-        let mut out = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(&temp.path)
-                .await?,
-        );
-        let mut checker = Checker::new(expected.clone());
-        let mut rebuild = self.rebuild(manifest).await?;
-        while let Some(chunk) = rebuild.next_chunk().await? {
-            checker.update(&chunk)?;
-            out.write_all(&chunk).await?;
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&temp.path)
+            .await?;
+        let mut pieces = Pieces::new(self.rebuild(manifest).await?, expected, 1 << 20);
+        while let Some(piece) = pieces.next().await? {
+            out.write_all(&piece).await?;
         }
-        checker.finish()?;
         out.flush().await?;
         Ok(temp)
     }
@@ -509,13 +503,7 @@ impl BackupStorage for Repository {
         if manifest.size_bytes != expected.size_bytes {
             return Err(size_mismatch(manifest.size_bytes as u64, expected));
         }
-        let rebuild = self.inner.rebuild(&manifest).await?;
-        let state = Pieces {
-            rebuild,
-            checker: Checker::new(expected.clone()),
-            pending: Vec::new(),
-            max: chunk_bytes.max(1),
-        };
+        let state = Pieces::new(self.inner.rebuild(&manifest).await?, expected, chunk_bytes);
         let pieces = futures_util::stream::unfold(Some(state), |state| async move {
             let mut state = state?;
             match state.next().await {
@@ -555,7 +543,7 @@ impl BackupStorage for Repository {
             .materialize_in(&self.inner.local_dir, &manifest, expected)
             .await?;
         let path = temp.path.clone();
-        let conn = blocking(move || checked::open_intact(&path)).await?;
+        let conn = blocking(move || checked::open_intact(&path, checked::Holder::Server)).await?;
         Ok(Verified {
             stamp: ChangeStamp::new(listed.version),
             copy: VerifiedCopy::holding(conn, Box::new(temp)),
@@ -687,8 +675,8 @@ impl BackupStorage for Repository {
     }
 }
 
-/// A download's state: chunks rebuilt and checked, handed out in pieces of
-/// at most `max` bytes.
+/// A rebuild's bytes, checked, handed out in pieces of at most `max`
+/// bytes: what a download streams and a verification writes.
 struct Pieces {
     rebuild: Rebuild,
     checker: Checker,
@@ -697,12 +685,21 @@ struct Pieces {
 }
 
 impl Pieces {
+    /// `rebuild`'s bytes in pieces of `max`, checked against `expected`.
+    fn new(rebuild: Rebuild, expected: &ContentFacts, max: usize) -> Self {
+        Self {
+            rebuild,
+            checker: Checker::new(expected.clone()),
+            pending: Vec::new(),
+            max: max.max(1),
+        }
+    }
+
     /// The next piece; `None` at the end, once every byte matched.
     async fn next(&mut self) -> Result<Option<Vec<u8>>> {
         while self.pending.len() < self.max {
-            match self.rebuild.next_chunk().await? {
-                Some(chunk) => self.pending.extend_from_slice(&chunk),
-                None => break,
+            if !self.rebuild.next_chunk_into(&mut self.pending).await? {
+                break;
             }
         }
         if self.pending.is_empty() {

@@ -97,8 +97,9 @@ impl Rebuild {
         })
     }
 
-    /// The next chunk's plaintext, checked; `None` after the last.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    /// Appends the next chunk's plaintext, checked, to `out`; false after
+    /// the last.
+    pub async fn next_chunk_into(&mut self, out: &mut Vec<u8>) -> Result<bool> {
         while self.chunks.is_empty() {
             if let Some(list) = self.lists.pop_front() {
                 self.chunks = self.list(list).await?.into();
@@ -106,18 +107,19 @@ impl Rebuild {
             } else if let Some(root) = self.roots.pop_front() {
                 self.lists = self.list(root).await?.into();
             } else {
-                return Ok(None);
+                return Ok(false);
             }
         }
         match self.chunks.pop_front() {
-            Some(id) => self.chunk(id).await.map(Some),
-            None => Ok(None),
+            Some(id) => self.chunk_into(id, out).await.map(|()| true),
+            None => Ok(false),
         }
     }
 
     /// The ids list chunk `id` holds.
     async fn list(&mut self, id: Id) -> Result<Vec<Id>> {
-        let bytes = self.chunk(id).await?;
+        let mut bytes = Vec::new();
+        self.chunk_into(id, &mut bytes).await?;
         format::decode_list(&bytes, &format!("a chunk list of backup {:?}", self.name))
     }
 
@@ -208,8 +210,9 @@ impl Rebuild {
         })
     }
 
-    /// Chunk `id`'s plaintext, from its frame, checked against `id`.
-    async fn chunk(&mut self, id: Id) -> Result<Vec<u8>> {
+    /// Appends chunk `id`'s plaintext, from its frame and checked against
+    /// `id`, to `out`.
+    async fn chunk_into(&mut self, id: Id, out: &mut Vec<u8>) -> Result<()> {
         let at = *self.index.get(&id).ok_or_else(|| {
             Error::DataLoss(format!(
                 "backup {:?}: chunk {} is in no index of the repository",
@@ -222,7 +225,7 @@ impl Rebuild {
             Some(frame) => frame,
             None => self.frame_at(&at).await.map_err(|e| self.of_backup(e))?,
         };
-        let bytes = match frame.checked.contains(&id) {
+        out.extend_from_slice(match frame.checked.contains(&id) {
             true => frame
                 .plaintext
                 .get(at.offset as usize..(at.offset + at.len) as usize)
@@ -231,8 +234,7 @@ impl Rebuild {
                 .inner
                 .chunk_in(&frame.plaintext, id, &at)
                 .map_err(|e| self.of_backup(e))?,
-        }
-        .to_vec();
+        });
         // Kept while later chunks of the list need it, within the bound
         // (past it, a frame needed again is read again).
         let left = self.uses.get_mut(&key).map_or(0, |left| {
@@ -242,7 +244,7 @@ impl Rebuild {
         if left > 0 && self.open.len() < MAX_OPEN_FRAMES {
             self.open.insert(key, frame);
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Damage found while reading, naming this backup.
