@@ -697,6 +697,9 @@ impl Pieces {
 
     /// The next piece; `None` at the end, once every byte matched.
     async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        // Room for the whole piece at once, not grown by doubling copies.
+        self.pending
+            .reserve(self.max.saturating_sub(self.pending.len()));
         while self.pending.len() < self.max {
             if !self.rebuild.next_chunk_into(&mut self.pending).await? {
                 break;
