@@ -1,6 +1,7 @@
 //! Local SQLite files, the mechanics every part of `backup` shares:
 //! opening a database that must exist, the stepped (cancellable) online
-//! backup copy, `PRAGMA integrity_check`, and judging a file by its header.
+//! backup copy and the page-by-page comparison of a copy with its
+//! original, `PRAGMA integrity_check`, and judging a file by its header.
 //!
 //! All functions block: call them from `spawn_blocking`.
 
