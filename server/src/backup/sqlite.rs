@@ -207,22 +207,26 @@ fn compare_pages(copy: &Connection, original: &Connection) -> Result<Comparison>
         };
         let a = a.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
         let b = b.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        let same = if number == 1 {
-            a.len() == b.len() && a.len() >= 100 && {
-                let (mut a, mut b) = (a.to_vec(), b.to_vec());
-                for range in REWRITTEN_HEADER {
-                    a[range.clone()].fill(0);
-                    b[range].fill(0);
-                }
-                a == b
-            }
-        } else {
-            a == b
+        let same = match number {
+            1 => same_first_page(a, b),
+            _ => a == b,
         };
         if !same {
             return Ok(Comparison::Differs(number));
         }
     }
+}
+
+/// Whether two first pages are the same but for [`REWRITTEN_HEADER`].
+fn same_first_page(a: &[u8], b: &[u8]) -> bool {
+    let masked = |page: &[u8]| {
+        let mut page = page.to_vec();
+        for range in REWRITTEN_HEADER {
+            page[range].fill(0);
+        }
+        page
+    };
+    a.len() == b.len() && a.len() >= 100 && masked(a) == masked(b)
 }
 
 /// Online backup from `src` into `dst`, `pages` at a time (-1: all in one
