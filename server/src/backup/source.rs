@@ -47,7 +47,7 @@ pub async fn restore(backup: VerifiedCopy, path: PathBuf) -> Result<()> {
         let mut dst = open_writable(&path)?;
         let before = sqlite::data_version(&dst)?;
         sqlite::copy_database(backup.connection(), &mut dst).map_err(unwritable)?;
-        match sqlite::compare_copy(&dst, backup.connection(), before)? {
+        match sqlite::compare_copy(&mut dst, backup.connection(), before)? {
             Comparison::Same => Ok(()),
             Comparison::WrittenSince => sqlite::check_integrity(&dst, SOURCE),
             Comparison::Differs(page) => Err(Error::Internal(format!(

@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, backup::StepResult};
@@ -182,38 +183,109 @@ const REWRITTEN_HEADER: [std::ops::Range<usize>; 4] = [18..20, 24..28, 40..44, 9
 /// [`data_version`] of `copy` read before the copy started. Page 1's
 /// header fields the backup rewrites ([`REWRITTEN_HEADER`]) are not
 /// compared.
-pub fn compare_copy(copy: &Connection, original: &Connection, before: i64) -> Result<Comparison> {
-    copy.execute_batch("BEGIN")?;
-    let compared = compare_pages(copy, original);
-    let written = data_version(copy).map(|now| now != before);
-    copy.execute_batch("COMMIT")?;
-    if written? {
-        return Ok(Comparison::WrittenSince);
-    }
-    compared
+///
+/// The two databases are read at once, `copy` on a thread of its own:
+/// each read costs about what the comparison does.
+pub fn compare_copy(
+    copy: &mut Connection,
+    original: &Connection,
+    before: i64,
+) -> Result<Comparison> {
+    let (filled, copied) = mpsc::sync_channel(BATCHES_IN_FLIGHT);
+    let (emptied, empties) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            copy.execute_batch("BEGIN")?;
+            let read = send_pages(copy, &filled, &empties);
+            let written = data_version(copy).map(|now| now != before);
+            copy.execute_batch("COMMIT")?;
+            read.and(written)
+        });
+        let compared = compare_pages(original, copied, emptied);
+        let written = reader
+            .join()
+            .map_err(|_| Error::Internal("the comparison's reader panicked".into()))?;
+        if written? {
+            return Ok(Comparison::WrittenSince);
+        }
+        compared
+    })
 }
 
-fn compare_pages(copy: &Connection, original: &Connection) -> Result<Comparison> {
-    let mut copy_pages = copy.prepare(PAGES)?;
-    let mut original_pages = original.prepare(PAGES)?;
-    let (mut copied, mut originals) = (copy_pages.query([])?, original_pages.query([])?);
-    let mut number = 0;
-    loop {
-        number += 1;
-        let (a, b) = match (copied.next()?, originals.next()?) {
-            (None, None) => return Ok(Comparison::Same),
-            (Some(a), Some(b)) => (a, b),
-            _ => return Ok(Comparison::Differs(number)),
-        };
-        let a = a.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        let b = b.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-        let same = match number {
-            1 => same_first_page(a, b),
-            _ => a == b,
-        };
-        if !same {
-            return Ok(Comparison::Differs(number));
+/// Pages handed from a comparison's reader to the comparing thread at a
+/// time (1 MiB at 4 KiB pages), and batches in flight between them.
+const BATCH_PAGES: usize = 256;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A batch of pages, in order; its buffers go back to the reader to be
+/// filled again.
+type Batch = Vec<Vec<u8>>;
+
+/// Sends `conn`'s pages in batches until the last, or until the comparing
+/// side stops listening (it found a difference).
+fn send_pages(
+    conn: &Connection,
+    filled: &mpsc::SyncSender<Batch>,
+    empties: &mpsc::Receiver<Batch>,
+) -> Result<()> {
+    let mut pages = conn.prepare(PAGES)?;
+    let mut rows = pages.query([])?;
+    let mut batch = Batch::new();
+    let mut used = 0;
+    while let Some(row) = rows.next()? {
+        if used == BATCH_PAGES {
+            let full = std::mem::replace(&mut batch, empties.try_recv().unwrap_or_default());
+            if filled.send(full).is_err() {
+                return Ok(());
+            }
+            used = 0;
         }
+        let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        match batch.get_mut(used) {
+            Some(page) => {
+                page.clear();
+                page.extend_from_slice(data);
+            }
+            None => batch.push(data.to_vec()),
+        }
+        used += 1;
+    }
+    batch.truncate(used);
+    // The comparing side may have stopped already; nothing is lost then.
+    let _ = filled.send(batch);
+    Ok(())
+}
+
+/// Compares `original`'s pages with the copy's as they arrive.
+fn compare_pages(
+    original: &Connection,
+    copied: mpsc::Receiver<Batch>,
+    emptied: mpsc::Sender<Batch>,
+) -> Result<Comparison> {
+    let mut pages = original.prepare(PAGES)?;
+    let mut originals = pages.query([])?;
+    let mut number = 0;
+    for batch in copied.iter() {
+        for page in &batch {
+            number += 1;
+            let Some(row) = originals.next()? else {
+                return Ok(Comparison::Differs(number));
+            };
+            let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let same = match number {
+                1 => same_first_page(page, data),
+                _ => page == data,
+            };
+            if !same {
+                return Ok(Comparison::Differs(number));
+            }
+        }
+        // The reader may be done; then the buffers are not needed.
+        let _ = emptied.send(batch);
+    }
+    match originals.next()? {
+        Some(_) => Ok(Comparison::Differs(number + 1)),
+        None => Ok(Comparison::Same),
     }
 }
 
@@ -328,10 +400,12 @@ mod tests {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, s TEXT)")
             .unwrap();
-        for n in 0..rows {
-            conn.execute("INSERT INTO t VALUES (?, printf('%0500d', ?1))", [n])
-                .unwrap();
-        }
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1) \
+             INSERT INTO t SELECT i, printf('%0500d', i) FROM n",
+            [rows],
+        )
+        .unwrap();
         conn
     }
 
@@ -346,7 +420,7 @@ mod tests {
             .unwrap()
             .execute_batch(meanwhile)
             .unwrap();
-        compare_copy(&dst, backup, before)
+        compare_copy(&mut dst, backup, before)
     }
 
     #[test]
@@ -377,24 +451,31 @@ mod tests {
 
     #[test]
     fn pages_that_differ_are_found() {
+        // Over 256 pages: the difference is in a later batch than the first.
         let dir = tempfile::tempdir().unwrap();
-        let live = database(&dir.path().join("live.db"), 100);
-        let other = database(&dir.path().join("other.db"), 100);
+        let mut live = database(&dir.path().join("live.db"), 3000);
+        let other = database(&dir.path().join("other.db"), 3000);
         let before = data_version(&live).unwrap();
         assert_eq!(
-            compare_copy(&live, &other, before).unwrap(),
+            compare_copy(&mut live, &other, before).unwrap(),
             Comparison::Same
         );
         other
-            .execute("UPDATE t SET s = 'changed' WHERE n = 99", [])
+            .execute("UPDATE t SET s = 'changed' WHERE n = 2999", [])
             .unwrap();
         assert!(matches!(
-            compare_copy(&live, &other, before).unwrap(),
-            Comparison::Differs(page) if page > 1
+            compare_copy(&mut live, &other, before).unwrap(),
+            Comparison::Differs(page) if page > 256
         ));
-        let longer = database(&dir.path().join("longer.db"), 101);
+        // Either side holding more rows than the other.
+        let mut longer = database(&dir.path().join("longer.db"), 3010);
         assert!(matches!(
-            compare_copy(&live, &longer, before).unwrap(),
+            compare_copy(&mut live, &longer, before).unwrap(),
+            Comparison::Differs(_)
+        ));
+        let longer_before = data_version(&longer).unwrap();
+        assert!(matches!(
+            compare_copy(&mut longer, &live, longer_before).unwrap(),
             Comparison::Differs(_)
         ));
     }
