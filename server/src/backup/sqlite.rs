@@ -184,8 +184,8 @@ const REWRITTEN_HEADER: [std::ops::Range<usize>; 4] = [18..20, 24..28, 40..44, 9
 /// header fields the backup rewrites ([`REWRITTEN_HEADER`]) are not
 /// compared.
 ///
-/// The two databases are read at once, `copy` on a thread of its own:
-/// each read costs about what the comparison does.
+/// The two databases are read at once, `copy` on a thread of its own, so
+/// the comparison takes about as long as the slower of the two reads.
 pub fn compare_copy(
     copy: &mut Connection,
     original: &Connection,
