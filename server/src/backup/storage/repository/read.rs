@@ -2,7 +2,7 @@
 //! then chunks, each read from its pack's frame and checked against its
 //! id, so nothing damaged is ever handed out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::Inner;
@@ -17,6 +17,12 @@ const READ_AHEAD: usize = 4;
 /// Stored bytes one read may span: frames adjacent in a pack are read and
 /// opened together (about 64 frames), one read and one task for them all.
 const READ_BYTES: u64 = 1 << 20;
+
+/// How far apart, in the order a chunk list first needs its frames, two
+/// frames of one read may be. Frames of a later backup interleave with the
+/// older frames around them, which are still read together; a frame read
+/// early waits at most this many frames (8 MiB of pages) to be used.
+const READ_SPREAD: usize = 128;
 
 /// Frames a rebuild keeps open for later chunks of the list being read
 /// (4 MiB of pages): a page written again later sits in a newer frame
@@ -37,10 +43,13 @@ type FrameKey = (Id, u64);
 
 /// Frames adjacent in one pack, read together, each with the chunks a
 /// backup needs from it.
-type FrameRun = Vec<(Location, Vec<(Id, Location)>)>;
+type FrameRun = Vec<Planned>;
 
 /// The frames of a run as read, in order.
 type ReadFrames = Vec<(FrameKey, CheckedFrame)>;
+
+/// A frame a chunk list needs, with the chunks it is needed for.
+type Planned = (Location, Vec<(Id, Location)>);
 
 /// A frame's plaintext, with the chunks already checked against their ids
 /// in it (in the order the backup needs them).
@@ -61,14 +70,16 @@ pub struct Rebuild {
     lists: VecDeque<Id>,
     /// Chunk ids of the current list not yet read.
     chunks: VecDeque<Id>,
-    /// The current list's frames not yet asked for, each once, in the
-    /// order its chunks first need them, in runs read together.
+    /// The current list's frames not yet asked for, each once, in runs
+    /// read together, ordered by the first chunk that needs each run.
     frames: VecDeque<FrameRun>,
-    /// Runs being read ahead, in that order (by their first frame): read,
-    /// opened and their chunks checked on the blocking pool.
-    ahead: VecDeque<(FrameKey, tokio::task::JoinHandle<Result<ReadFrames>>)>,
-    /// Frames of the last run read not yet asked for, in that order.
-    arrived: VecDeque<(FrameKey, CheckedFrame)>,
+    /// Runs being read ahead, in that order: read, opened and their chunks
+    /// checked on the blocking pool.
+    ahead: VecDeque<tokio::task::JoinHandle<Result<ReadFrames>>>,
+    /// Frames of the current list planned but not arrived yet.
+    unread: HashSet<FrameKey>,
+    /// Frames of runs read, not yet asked for.
+    arrived: HashMap<FrameKey, CheckedFrame>,
     /// How many chunks of the current list each frame still serves.
     uses: HashMap<FrameKey, usize>,
     /// Frames read that later chunks of the list still need.
@@ -91,7 +102,8 @@ impl Rebuild {
             chunks: VecDeque::new(),
             frames: VecDeque::new(),
             ahead: VecDeque::new(),
-            arrived: VecDeque::new(),
+            unread: HashSet::new(),
+            arrived: HashMap::new(),
             uses: HashMap::new(),
             open: HashMap::new(),
         })
@@ -123,14 +135,17 @@ impl Rebuild {
         format::decode_list(&bytes, &format!("a chunk list of backup {:?}", self.name))
     }
 
-    /// Lists the current list's frames in the order its chunks first need
-    /// them, and starts reading the first few.
+    /// Lists the current list's frames in runs of frames adjacent in a
+    /// pack, ordered by the chunk that first needs each run, and starts
+    /// reading the first few.
     fn plan_frames(&mut self) {
         self.frames.clear();
         self.uses.clear();
         self.open.clear();
+        self.unread.clear();
         self.arrived.clear();
-        let mut planned: Vec<(Location, Vec<(Id, Location)>)> = Vec::new();
+        // Each frame once, in the order its chunks first need them.
+        let mut planned: Vec<Planned> = Vec::new();
         let mut slots: HashMap<FrameKey, usize> = HashMap::new();
         for id in &self.chunks {
             let Some(at) = self.index.get(id) else {
@@ -144,25 +159,8 @@ impl Rebuild {
             planned[slot].1.push((*id, *at));
             *self.uses.entry(key).or_default() += 1;
         }
-        let mut run: FrameRun = Vec::new();
-        for frame in planned {
-            let joins = run
-                .first()
-                .zip(run.last())
-                .is_some_and(|((first, _), (last, _))| {
-                    last.pack == frame.0.pack
-                        && last.frame_offset + u64::from(last.frame_len) == frame.0.frame_offset
-                        && frame.0.frame_offset + u64::from(frame.0.frame_len) - first.frame_offset
-                            <= READ_BYTES
-                });
-            if !joins && !run.is_empty() {
-                self.frames.push_back(std::mem::take(&mut run));
-            }
-            run.push(frame);
-        }
-        if !run.is_empty() {
-            self.frames.push_back(run);
-        }
+        self.unread = slots.into_keys().collect();
+        self.frames = runs_of(planned).into();
         self.read_ahead();
     }
 
@@ -171,13 +169,9 @@ impl Rebuild {
             let Some(run) = self.frames.pop_front() else {
                 return;
             };
-            let Some((first, _)) = run.first() else {
-                continue;
-            };
-            let key = (first.pack, first.frame_offset);
             let inner = self.inner.clone();
             let read = tokio::spawn(async move { inner.read_frames(run).await });
-            self.ahead.push_back((key, read));
+            self.ahead.push_back(read);
         }
     }
 
@@ -185,22 +179,21 @@ impl Rebuild {
     /// needed again after it was let go).
     async fn frame_at(&mut self, at: &Location) -> Result<CheckedFrame> {
         let key = (at.pack, at.frame_offset);
-        if self.arrived.is_empty()
-            && self.ahead.front().is_some_and(|(ahead, _)| *ahead == key)
-            && let Some((_, read)) = self.ahead.pop_front()
+        // Runs are in the order of their first need, so the one holding
+        // this frame is the first still being read, or an earlier one.
+        while self.unread.contains(&key)
+            && let Some(read) = self.ahead.pop_front()
         {
             self.read_ahead();
             let frames = read
                 .await
                 .map_err(|e| Error::Internal(format!("a frame read failed: {e}")))??;
-            self.arrived.extend(frames);
+            for (key, frame) in frames {
+                self.unread.remove(&key);
+                self.arrived.insert(key, frame);
+            }
         }
-        if self
-            .arrived
-            .front()
-            .is_some_and(|(arrived, _)| *arrived == key)
-            && let Some((_, frame)) = self.arrived.pop_front()
-        {
+        if let Some(frame) = self.arrived.remove(&key) {
             return Ok(frame);
         }
         let plaintext = self.inner.read_frame(at).await?;
@@ -254,6 +247,44 @@ impl Rebuild {
             e => e,
         }
     }
+}
+
+/// `planned` (each frame once, in the order first needed) in runs read
+/// together, in the order of the first need of each: a run holds frames
+/// end to end in one pack, within [`READ_BYTES`] and [`READ_SPREAD`].
+fn runs_of(planned: Vec<Planned>) -> Vec<FrameRun> {
+    /// A run being planned, with where the list first needs one of its
+    /// frames and where it starts in its pack.
+    struct Run {
+        frames: FrameRun,
+        first_need: usize,
+        start: u64,
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    // The run a frame starting at this pack and offset would extend.
+    let mut ending_at: HashMap<FrameKey, usize> = HashMap::new();
+    for (need, frame) in planned.into_iter().enumerate() {
+        let at = frame.0;
+        let end = at.frame_offset + u64::from(at.frame_len);
+        let extends = ending_at.remove(&(at.pack, at.frame_offset)).filter(|&r| {
+            runs.get(r).is_some_and(|run| {
+                need - run.first_need <= READ_SPREAD && end - run.start <= READ_BYTES
+            })
+        });
+        let r = extends.unwrap_or_else(|| {
+            runs.push(Run {
+                frames: Vec::new(),
+                first_need: need,
+                start: at.frame_offset,
+            });
+            runs.len() - 1
+        });
+        if let Some(run) = runs.get_mut(r) {
+            run.frames.push(frame);
+        }
+        ending_at.insert((at.pack, end), r);
+    }
+    runs.into_iter().map(|run| run.frames).collect()
 }
 
 impl Inner {
@@ -377,5 +408,76 @@ impl Inner {
             .ok_or_else(|| format::damaged("a chunk list", "in no index"))?;
         let frame = self.read_frame(at).await?;
         format::decode_list(self.chunk_in(&frame, id, at)?, "a chunk list")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of `len` stored bytes at `offset` of pack `pack`.
+    fn frame(pack: u8, offset: u64, len: u32) -> Planned {
+        let at = Location {
+            pack: Id([pack; 32]),
+            frame_offset: offset,
+            frame_len: len,
+            offset: 0,
+            len: 4096,
+        };
+        (at, Vec::new())
+    }
+
+    /// Each run as (pack, first offset, frames).
+    fn shape(runs: &[FrameRun]) -> Vec<(u8, u64, usize)> {
+        runs.iter()
+            .filter_map(|run| {
+                let (at, _) = run.first()?;
+                Some((at.pack.0[0], at.frame_offset, run.len()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_end_to_end_in_a_pack_are_read_together_around_frames_of_others() {
+        // An old backup's frames (pack 1) with a later one's (pack 2) in
+        // between, as a backup of a few changed pages needs them.
+        let planned = vec![
+            frame(1, 0, 100),
+            frame(2, 500, 10),
+            frame(1, 100, 100),
+            frame(2, 510, 10),
+            frame(1, 200, 100),
+            frame(1, 300, 100),
+            frame(3, 0, 10),
+        ];
+        assert_eq!(
+            shape(&runs_of(planned)),
+            [(1, 0, 4), (2, 500, 2), (3, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn a_gap_a_read_too_large_or_a_frame_needed_much_later_starts_a_new_run() {
+        let half = READ_BYTES as u32 / 2;
+        let mut planned = vec![
+            frame(1, 0, 100),
+            frame(1, 150, 100), // not where the last one ended
+            frame(1, 250, half),
+            frame(1, 250 + u64::from(half), half), // past READ_BYTES
+        ];
+        // Then one whose predecessor was first needed too long before.
+        planned.extend((0..=READ_SPREAD as u64).map(|i| frame(4, i * 10, 10)));
+        planned.push(frame(1, 250 + 2 * u64::from(half), 10));
+        let shape = shape(&runs_of(planned));
+        assert_eq!(
+            shape,
+            [
+                (1, 0, 1),
+                (1, 150, 2),
+                (1, 250 + u64::from(half), 1),
+                (4, 0, READ_SPREAD + 1),
+                (1, 250 + 2 * u64::from(half), 1),
+            ]
+        );
     }
 }

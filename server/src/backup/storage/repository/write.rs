@@ -46,6 +46,12 @@ const PACKS_AHEAD: usize = 2;
 /// Frames the chunker may fill ahead of each packer (4 MiB of pages).
 const FRAMES_AHEAD: usize = 64;
 
+/// Consecutive frames each packer takes in turn (2 MiB of pages), so they
+/// lie end to end in one pack and a rebuild reads them in one request;
+/// alternating single frames made every frame a read of its own. Half the
+/// queue, so the other packer still has work while one's fills.
+const FRAMES_PER_TURN: usize = FRAMES_AHEAD / 2;
+
 /// The new chunks of one frame, before compression: their bytes end to
 /// end, and each one's id, offset and length there.
 #[derive(Default)]
@@ -467,7 +473,7 @@ impl<'a> Chunker<'a> {
 
     fn send_frame(&mut self) -> Result<()> {
         let frame = std::mem::take(&mut self.frame);
-        let packer = &self.packers[self.frames_sent % self.packers.len()];
+        let packer = &self.packers[self.frames_sent / FRAMES_PER_TURN % self.packers.len()];
         self.frames_sent += 1;
         packer
             .send(frame)
