@@ -179,8 +179,9 @@ impl Rebuild {
     /// needed again after it was let go).
     async fn frame_at(&mut self, at: &Location) -> Result<CheckedFrame> {
         let key = (at.pack, at.frame_offset);
-        // Runs are in the order of their first need, so the one holding
-        // this frame is the first still being read, or an earlier one.
+        // Runs are in the order of their first need, and each earlier run
+        // was awaited when its first frame was needed: the run holding an
+        // unread frame is the first still being read.
         while self.unread.contains(&key)
             && let Some(read) = self.ahead.pop_front()
         {
