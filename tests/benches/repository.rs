@@ -407,22 +407,32 @@ fn change_pages(conn: &Connection, rng: &mut StdRng, pages: u64, fraction: f64) 
     tx.commit().expect("commit");
 }
 
-/// A download (a future not yet polled), timed, with the server's CPU
-/// (process `pid`) and the client's (this process) it took.
+/// A download (a future not yet polled) to `to`, timed with the server's
+/// CPU (process `pid`) and printed with the client's (this process);
+/// returns the timing and the backup's size.
 async fn timed_download(
     pid: u32,
+    run: usize,
+    to: &str,
     download: impl std::future::Future<Output = backup_client::Result<backup_client::proto::Backup>>,
-) -> (Sample, f64, backup_client::proto::Backup) {
+) -> (Sample, u64) {
     let cpu0 = backup_tests::cpu_seconds(pid);
     let cpu_self0 = backup_tests::cpu_seconds("self");
     let t = Instant::now();
     let backup = download.await.expect("DownloadBackup");
-    let sample = Sample {
+    let s = Sample {
         wall: t.elapsed(),
         cpu: backup_tests::cpu_seconds(pid) - cpu0,
     };
     let client_cpu = backup_tests::cpu_seconds("self") - cpu_self0;
-    (sample, client_cpu, backup)
+    let size = backup.size_bytes as u64;
+    println!(
+        "run {run}: DownloadBackup to {to} {:.2} s = {:.0} MB/s (server CPU {:.2} s, client CPU {client_cpu:.2} s)",
+        secs(s.wall),
+        size as f64 / 1e6 / secs(s.wall),
+        s.cpu
+    );
+    (s, size)
 }
 
 /// Writes `size` bytes to a new file at `path` and fsyncs it: what any
@@ -1397,47 +1407,32 @@ async fn create_part(k: &Knobs, cached: &Path, report: &mut Report) {
         let mut writes = Vec::new();
         let mut size = 0;
         for run in 0..k.runs {
-            // Each file is written just after a download to a sink, so the
-            // memory the last one freed has had the same time to go back to
-            // the host: a VM's fresh page cache costs several times more
-            // system CPU than reused pages.
-            for download_to_file in [false, true] {
-                // What the server and loopback deliver, every byte checked
-                // by the client as it arrives.
-                let mut sink = tokio::io::sink();
-                let download = kp.backups.download_to_writer(&latest, &mut sink, |_, _| {});
-                let (s, client_cpu, b) = timed_download(pid, download).await;
-                size = b.size_bytes as u64;
-                println!(
-                    "run {run}: DownloadBackup to a sink {:.2} s = {:.0} MB/s (server CPU {:.2} s, client CPU {client_cpu:.2} s)",
-                    secs(s.wall),
-                    size as f64 / 1e6 / secs(s.wall),
-                    s.cpu
-                );
-                to_sink.push(s);
-                if !download_to_file {
-                    let s = write_file(&dest, size);
-                    println!(
-                        "run {run}: writing a file {:.2} s (CPU {:.2} s)",
-                        secs(s.wall),
-                        s.cpu
-                    );
-                    writes.push(s);
-                    let _ = std::fs::remove_file(&dest);
-                    continue;
-                }
-                let download = kp.backups.download_to(&latest, &dest, |_, _| {});
-                let (s, client_cpu, _) = timed_download(pid, download).await;
-                assert_eq!(file_size(&dest), size);
-                println!(
-                    "run {run}: DownloadBackup to a file {:.2} s = {:.0} MB/s (server CPU {:.2} s, client CPU {client_cpu:.2} s)",
-                    secs(s.wall),
-                    size as f64 / 1e6 / secs(s.wall),
-                    s.cpu
-                );
-                to_file.push(s);
-                let _ = std::fs::remove_file(&dest);
-            }
+            // Each file (a plain write, then a download's) is written just
+            // after a download to a sink, so the memory the last one freed
+            // has had the same time to go back to the host: a VM's fresh
+            // page cache costs several times more system CPU than reused
+            // pages. A sink shows what the server and loopback deliver,
+            // every byte checked by the client as it arrives.
+            let mut sink = tokio::io::sink();
+            let download = kp.backups.download_to_writer(&latest, &mut sink, |_, _| {});
+            let (s, bytes) = timed_download(pid, run, "a sink", download).await;
+            size = bytes;
+            to_sink.push(s);
+            let s = write_file(&dest, size);
+            println!(
+                "run {run}: writing a file {:.2} s (CPU {:.2} s)",
+                secs(s.wall),
+                s.cpu
+            );
+            writes.push(s);
+            let _ = std::fs::remove_file(&dest);
+
+            let download = kp.backups.download_to_writer(&latest, &mut sink, |_, _| {});
+            to_sink.push(timed_download(pid, run, "a sink", download).await.0);
+            let download = kp.backups.download_to(&latest, &dest, |_, _| {});
+            to_file.push(timed_download(pid, run, "a file", download).await.0);
+            assert_eq!(file_size(&dest), size);
+            let _ = std::fs::remove_file(&dest);
         }
         let rate = |samples: &[Sample]| size as f64 / 1e6 / secs(median(samples).wall);
         report.add(
