@@ -236,7 +236,7 @@ impl Backups {
             }
             .await;
             match replaced {
-                Ok(()) => Ok((backup, pre)),
+                Ok(rewritten) => Ok((backup, pre, rewritten)),
                 Err(e) => Err(e.with_note(&format!(
                     "the pre-restore backup {:?} taken before it is kept",
                     pre.name
@@ -246,17 +246,19 @@ impl Backups {
         .await;
         let mut event =
             NewEvent::new("backup_files.restore", caller.user_id).resource("backup", named.name);
-        if let Ok((backup, _)) = &result {
+        if let Ok((backup, _, _)) = &result {
             event = event.subject(backup.owner_user_id);
         }
         self.audit
-            .record_outcome(
-                event,
-                &result,
-                |(_, pre)| json!({ "pre_restore_backup": pre.name }),
-            )
+            .record_outcome(event, &result, |(_, pre, rewritten)| {
+                json!({
+                    "pre_restore_backup": pre.name,
+                    "pages_written": rewritten.pages_written,
+                    "pages": rewritten.pages,
+                })
+            })
             .await;
-        result
+        result.map(|(backup, pre, _)| (backup, pre))
     }
 
     /// Every backup's [`Entry`], in no particular order.

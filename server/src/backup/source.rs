@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::sqlite::{self, Comparison, Content};
+use super::sqlite::{self, Comparison, Content, Rewritten};
 use super::storage::VerifiedCopy;
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
@@ -34,26 +34,32 @@ pub async fn check_writable(path: PathBuf) -> Result<()> {
 }
 
 /// Replaces the content of the live database at `path` with the verified
-/// backup's, through SQLite itself: other connections see the old or the
-/// new database, never a torn one, and SQLite keeps any WAL consistent.
+/// backup's, through SQLite itself ([`sqlite::overwrite`]): other
+/// connections see the old or the new database, never a torn one, and
+/// SQLite keeps any WAL consistent. Only the pages that differ are written.
 ///
-/// The result is checked before returning: page by page against the
-/// verified copy, which proves more than a second `integrity_check` and
-/// costs a fraction of one. When another connection has written to the
-/// source since the copy, its pages may rightly differ, and
-/// `integrity_check` is what is left to run.
-pub async fn restore(backup: VerifiedCopy, path: PathBuf) -> Result<()> {
+/// The result is checked before returning, against the verified copy,
+/// which proves more than a second `integrity_check` and costs a fraction
+/// of one. When another connection has written to the source since the
+/// restore, its pages may rightly differ, and `integrity_check` is what is
+/// left to run.
+pub async fn restore(backup: VerifiedCopy, path: PathBuf) -> Result<Rewritten> {
     blocking(move || {
-        let mut dst = open_writable(&path)?;
-        let before = sqlite::data_version(&dst)?;
-        sqlite::copy_database(backup.connection(), &mut dst).map_err(unwritable)?;
-        match sqlite::compare_copy(&mut dst, backup.connection(), before)? {
-            Comparison::Same => Ok(()),
-            Comparison::WrittenSince => sqlite::check_integrity(&dst, SOURCE),
-            Comparison::Differs(page) => Err(Error::Internal(format!(
-                "{SOURCE} does not hold the restored backup after the copy: page {page} differs"
-            ))),
+        let (rewritten, check) =
+            sqlite::overwrite(open_writable(&path)?, backup.connection()).map_err(unwritable)?;
+        match check {
+            Comparison::Same => {}
+            Comparison::WrittenSince => sqlite::check_integrity(
+                &sqlite::open_existing(&path, SOURCE, OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+                SOURCE,
+            )?,
+            Comparison::Differs(page) => {
+                return Err(Error::Internal(format!(
+                    "{SOURCE} does not hold the restored backup after the restore: page {page} differs"
+                )));
+            }
         }
+        Ok(rewritten)
     })
     .await
 }
