@@ -74,6 +74,30 @@ async fn create_list_get_download_restore_delete_round_trip() {
     assert!(integrity_ok(&data.source()));
     assert_eq!(orders(&data.backups_dir().join(&pre.filename)), changed);
 
+    // Only the pages that differ are written: restoring again onto the
+    // restored source writes page 1 alone.
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    let (_, again) = backups.restore("round-trip.db").await.unwrap();
+    let restores = audit_events(&data, "backup_files.restore");
+    let written: Vec<(i64, i64)> = restores
+        .iter()
+        .map(|(_, _, d)| {
+            let count = |key: &str| d[key].as_i64().unwrap_or_else(|| panic!("{key} in {d}"));
+            (count("pages_written"), count("pages"))
+        })
+        .collect();
+    assert_eq!(written.len(), 2);
+    assert!(
+        (2..=pages).contains(&written[0].0),
+        "{written:?} of {pages}"
+    );
+    assert_eq!(written[0].1, pages);
+    assert_eq!(written[1], (1, pages));
+    assert_eq!(orders(&data.source()), before);
+    backups.delete(&again.filename, true).await.unwrap();
+
     backups.delete("round-trip.db", false).await.unwrap();
     assert_eq!(code(backups.get("round-trip.db").await), Code::NotFound);
     assert!(!data.backups_dir().join("round-trip.db").exists());
