@@ -305,7 +305,8 @@ fn stayed_locked() -> Error {
 /// Inside `live`'s write transaction: writes `original`'s pages where they
 /// differ from `live`'s, and truncates `live` to `original`'s length.
 /// Returns the pages written, or `None`, writing nothing, when the two are
-/// laid out otherwise.
+/// laid out otherwise or when most pages differ (the online backup copies
+/// a whole database faster than pages are written one by one).
 fn write_differences(live: &mut Connection, original: &Connection) -> Result<Option<Vec<i64>>> {
     let live_first = page(live, 1)?;
     let mut first = page(original, 1)?;
@@ -321,6 +322,9 @@ fn write_differences(live: &mut Connection, original: &Connection) -> Result<Opt
             .filter(|&p| p > 1 && p <= live_pages.min(pages)),
     );
     written.extend((live_pages + 1..=pages).filter(|&p| p != pending));
+    if written.len() as i64 > pages / 2 {
+        return Ok(None);
+    }
 
     // Page 1 keeps the live database's file formats; a new schema cookie
     // makes every connection read the schema again.
@@ -671,17 +675,25 @@ mod tests {
         rewritten
     }
 
+    /// The restore wrote the pages that differ, not the whole database.
+    fn assert_in_place(rewritten: Rewritten) {
+        assert!(
+            rewritten.pages_written * 2 <= rewritten.pages,
+            "{rewritten:?}"
+        );
+    }
+
     #[test]
     fn a_restore_over_a_longer_or_shorter_database_holds_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("live.db");
-        let app = database(&live, 300);
+        let app = database(&live, 3000);
         // Shorter than the live database (which is truncated), then longer.
-        let short = database(&dir.path().join("short.db"), 100);
-        assert_restores(&short, &live, &app);
-        let long = database(&dir.path().join("long.db"), 3000);
-        assert_restores(&long, &live, &app);
-        assert_eq!(rows(&app, "t"), 3000);
+        let short = database(&dir.path().join("short.db"), 2500);
+        assert_in_place(assert_restores(&short, &live, &app));
+        let long = database(&dir.path().join("long.db"), 4000);
+        assert_in_place(assert_restores(&long, &live, &app));
+        assert_eq!(rows(&app, "t"), 4000);
     }
 
     #[test]
@@ -716,13 +728,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (live_mode, backup_mode) in [("delete", "wal"), ("wal", "delete")] {
             let live = dir.path().join(format!("live-{live_mode}.db"));
-            let app = database(&live, 50);
+            let app = database(&live, 3000);
             app.pragma_update(None, "journal_mode", live_mode).unwrap();
-            let backup = database(&dir.path().join(format!("backup-{backup_mode}.db")), 400);
+            let backup = database(&dir.path().join(format!("backup-{backup_mode}.db")), 3200);
             backup
                 .pragma_update(None, "journal_mode", backup_mode)
                 .unwrap();
-            assert_restores(&backup, &live, &app);
+            assert_in_place(assert_restores(&backup, &live, &app));
             let mode: String = app
                 .query_row("PRAGMA journal_mode", [], |r| r.get(0))
                 .unwrap();
@@ -755,7 +767,8 @@ mod tests {
     fn a_schema_over_many_pages_is_restored_over_another() {
         let dir = tempfile::tempdir().unwrap();
         let many_tables = |path: &Path, prefix: &str, tables: usize| {
-            let conn = database(path, 100);
+            // Most pages the same: those of `t`, written first.
+            let conn = database(path, 5000);
             for n in 0..tables {
                 conn.execute_batch(&format!(
                     "CREATE TABLE {prefix}_{n:04}_{} (x, y, z); \
@@ -768,11 +781,11 @@ mod tests {
             conn
         };
         let live = dir.path().join("live.db");
-        let app = many_tables(&live, "live", 150);
-        let shorter = many_tables(&dir.path().join("shorter.db"), "backup", 60);
-        assert_restores(&shorter, &live, &app);
-        let longer = many_tables(&dir.path().join("longer.db"), "other", 200);
-        assert_restores(&longer, &live, &app);
+        let app = many_tables(&live, "live", 20);
+        let shorter = many_tables(&dir.path().join("shorter.db"), "backup", 10);
+        assert_in_place(assert_restores(&shorter, &live, &app));
+        let longer = many_tables(&dir.path().join("longer.db"), "other", 30);
+        assert_in_place(assert_restores(&longer, &live, &app));
         let tables: i64 = app
             .query_row(
                 "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'other%'",
@@ -780,11 +793,11 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 400);
+        assert_eq!(tables, 60);
     }
 
     #[test]
-    fn a_live_database_laid_out_otherwise_is_copied_whole() {
+    fn a_live_database_laid_out_otherwise_or_mostly_different_is_copied_whole() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("live.db");
         let app = Connection::open(&live).unwrap();
@@ -797,6 +810,12 @@ mod tests {
         )
         .unwrap();
         let backup = database(&dir.path().join("backup.db"), 300);
+        let rewritten = assert_restores(&backup, &live, &app);
+        assert_eq!(rewritten.pages_written, rewritten.pages);
+
+        let live = dir.path().join("different.db");
+        let app = database(&live, 300);
+        app.execute_batch("UPDATE t SET s = 'other ' || s").unwrap();
         let rewritten = assert_restores(&backup, &live, &app);
         assert_eq!(rewritten.pages_written, rewritten.pages);
     }
