@@ -151,7 +151,7 @@ const PAGES: &str = "SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno"
 
 /// One-step online backup from `src` into `dst`, waiting out locks held by
 /// other connections for up to [`LOCK_WAIT`].
-pub fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
+fn copy_database(src: &Connection, dst: &mut Connection) -> Result<()> {
     copy_steps(src, dst, -1, &CancellationToken::new())
 }
 
@@ -169,7 +169,7 @@ pub enum Comparison {
 
 /// A change stamp of what `conn` sees of its database, for
 /// [`compare_copy`]: it changes when another connection commits.
-pub fn data_version(conn: &Connection) -> Result<i64> {
+fn data_version(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
 }
 
@@ -183,11 +183,7 @@ const REWRITTEN_HEADER: [std::ops::Range<usize>; 4] = [18..20, 24..28, 40..44, 9
 /// [`data_version`] of `copy` read before the copy started. Page 1's
 /// header fields the backup rewrites ([`REWRITTEN_HEADER`]) are not
 /// compared.
-pub fn compare_copy(
-    copy: &mut Connection,
-    original: &Connection,
-    before: i64,
-) -> Result<Comparison> {
+fn compare_copy(copy: &mut Connection, original: &Connection, before: i64) -> Result<Comparison> {
     copy.execute_batch("BEGIN")?;
     let differing = differing_pages(copy, original, 1);
     let written = data_version(copy).map(|now| now != before);
@@ -222,8 +218,9 @@ pub struct Rewritten {
 /// again, as the online backup does. The pages left as they were were
 /// compared under the write lock, so the check after the commit reads the
 /// written pages and the page count again. A live database laid out
-/// otherwise (page size, reserved bytes, text encoding, auto-vacuum) is
-/// copied whole by the online backup and then compared page by page.
+/// otherwise (page size, reserved bytes, text encoding, auto-vacuum), or
+/// one where more than half the pages differ, is copied whole by the
+/// online backup and then compared page by page.
 ///
 /// `live` is consumed: SQLite's b-tree layer keeps its parse of each page
 /// it has read beside the cached page, which a write through
@@ -234,7 +231,7 @@ pub fn overwrite(mut live: Connection, original: &Connection) -> Result<(Rewritt
     let pages = page_count(original)?;
     begin_write(&live)?;
     let written = data_version(&live).and_then(|before| {
-        let written = write_differences(&mut live, original)?;
+        let written = write_differences(&mut live, original, pages)?;
         if written.is_some() {
             live.execute_batch("COMMIT").map_err(locked_out)?;
         }
@@ -251,7 +248,7 @@ pub fn overwrite(mut live: Connection, original: &Connection) -> Result<(Rewritt
                 pages_written: written.len() as i64,
                 pages,
             };
-            let check = check_pages(&reopen(&live)?, &live, original, &written, before)?;
+            let check = check_pages(&reopen(&live)?, &live, original, pages, &written, before)?;
             Ok((rewritten, check))
         }
         (_, None) => {
@@ -303,17 +300,22 @@ fn stayed_locked() -> Error {
 }
 
 /// Inside `live`'s write transaction: writes `original`'s pages where they
-/// differ from `live`'s, and truncates `live` to `original`'s length.
+/// differ from `live`'s, and truncates `live` to `original`'s length of
+/// `pages`.
 /// Returns the pages written, or `None`, writing nothing, when the two are
 /// laid out otherwise or when most pages differ (the online backup copies
 /// a whole database faster than pages are written one by one).
-fn write_differences(live: &mut Connection, original: &Connection) -> Result<Option<Vec<i64>>> {
+fn write_differences(
+    live: &mut Connection,
+    original: &Connection,
+    pages: i64,
+) -> Result<Option<Vec<i64>>> {
     let live_first = page(live, 1)?;
     let mut first = page(original, 1)?;
     if !same_layout(&live_first, &first) {
         return Ok(None);
     }
-    let (live_pages, pages) = (page_count(live)?, page_count(original)?);
+    let live_pages = page_count(live)?;
     let pending = pending_byte_page(first.len());
     let mut written = vec![1];
     written.extend(
@@ -376,7 +378,7 @@ fn pending_byte_page(page_size: usize) -> i64 {
 }
 
 /// After [`overwrite`]'s commit: whether the live database, read through
-/// `checker`, has `original`'s page count and, in each of `written`, its
+/// `checker`, has `original`'s `pages` and, in each of `written`, its
 /// bytes (page 1 but for [`REWRITTEN_HEADER`]). `before` is the writing
 /// connection `writer`'s [`data_version`] in its write transaction; read
 /// again once `checker`'s snapshot is taken, it tells whether another
@@ -385,12 +387,13 @@ fn check_pages(
     checker: &Connection,
     writer: &Connection,
     original: &Connection,
+    pages: i64,
     written: &[i64],
     before: i64,
 ) -> Result<Comparison> {
     checker.execute_batch("BEGIN")?;
     let compared = (|| {
-        let (live_pages, pages) = (page_count(checker)?, page_count(original)?);
+        let live_pages = page_count(checker)?;
         if live_pages != pages {
             return Ok(Comparison::Differs(live_pages.min(pages) + 1));
         }
@@ -832,7 +835,15 @@ mod tests {
         let checker = Connection::open(&live).unwrap();
         let before = data_version(&app).unwrap();
         assert_eq!(
-            check_pages(&checker, &app, &backup, &[1, 2], before).unwrap(),
+            check_pages(
+                &checker,
+                &app,
+                &backup,
+                page_count(&backup).unwrap(),
+                &[1, 2],
+                before
+            )
+            .unwrap(),
             Comparison::Same
         );
         let mut copied = Connection::open(&live).unwrap();
@@ -841,7 +852,15 @@ mod tests {
             .execute("INSERT INTO t VALUES (1000, 'x')", [])
             .unwrap();
         assert_eq!(
-            check_pages(&checker, &app, &backup, &[1, 2], before).unwrap(),
+            check_pages(
+                &checker,
+                &app,
+                &backup,
+                page_count(&backup).unwrap(),
+                &[1, 2],
+                before
+            )
+            .unwrap(),
             Comparison::WrittenSince
         );
         let before = data_version(&copied).unwrap();
