@@ -834,35 +834,15 @@ mod tests {
         // connections' commits.
         let checker = Connection::open(&live).unwrap();
         let before = data_version(&app).unwrap();
-        assert_eq!(
-            check_pages(
-                &checker,
-                &app,
-                &backup,
-                page_count(&backup).unwrap(),
-                &[1, 2],
-                before
-            )
-            .unwrap(),
-            Comparison::Same
-        );
+        let pages = page_count(&backup).unwrap();
+        let check = || check_pages(&checker, &app, &backup, pages, &[1, 2], before);
+        assert_eq!(check().unwrap(), Comparison::Same);
         let mut copied = Connection::open(&live).unwrap();
         Connection::open(&live)
             .unwrap()
             .execute("INSERT INTO t VALUES (1000, 'x')", [])
             .unwrap();
-        assert_eq!(
-            check_pages(
-                &checker,
-                &app,
-                &backup,
-                page_count(&backup).unwrap(),
-                &[1, 2],
-                before
-            )
-            .unwrap(),
-            Comparison::WrittenSince
-        );
+        assert_eq!(check().unwrap(), Comparison::WrittenSince);
         let before = data_version(&copied).unwrap();
         copy_database(&backup, &mut copied).unwrap();
         app.execute("INSERT INTO t VALUES (1001, 'x')", []).unwrap();
