@@ -318,8 +318,12 @@ fn write_differences(
     let live_pages = page_count(live)?;
     let pending = pending_byte_page(first.len());
     let mut written = vec![1];
+    // The comparison stops once more than half the pages differ: besides
+    // page 1 and the first page past the shorter database, which the
+    // filter drops, that leaves over `pages / 2` to write.
+    let enough = usize::try_from(pages / 2 + 2).unwrap_or(usize::MAX);
     written.extend(
-        differing_pages(live, original, usize::MAX)?
+        differing_pages(live, original, enough)?
             .into_iter()
             .filter(|&p| p > 1 && p <= live_pages.min(pages)),
     );
