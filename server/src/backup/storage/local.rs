@@ -19,6 +19,13 @@ use crate::error::Result;
 /// '.'), and removed at start if a crash left one behind.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
+/// The most a single `write` to a local file carries. On Linux 6 a write
+/// of more than 256 KiB fills the page cache with large folios, which
+/// cost this project's VMs 4 to 10 times the system time: writing 1 GiB
+/// to a new file took 0.46 s of it in 128 KiB writes, 1.87 s in 512 KiB
+/// ones and 3.93 s in 1 MiB ones (`dd bs=... conv=fsync`).
+pub const WRITE_BYTES: usize = 128 << 10;
+
 /// A file under a temporary name, removed on drop (names linked to it
 /// stay).
 pub struct TempFile {
@@ -44,6 +51,17 @@ impl TempFile {
             .open(&path)?;
         lock.lock()?;
         Ok(Self { path, _lock: lock })
+    }
+
+    /// A buffered writer to the file, each of its writes at most
+    /// [`WRITE_BYTES`].
+    pub async fn writer(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .await?;
+        file.set_max_buf_size(WRITE_BYTES);
+        Ok(tokio::io::BufWriter::with_capacity(1 << 20, file))
     }
 }
 
@@ -142,11 +160,7 @@ pub async fn write_stream(
     use tokio::io::AsyncWriteExt;
     use tokio_stream::StreamExt;
     let temp = TempFile::create(dir, hint)?;
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(&temp.path)
-        .await?;
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut out = temp.writer().await?;
     while let Some(chunk) = bytes.next().await {
         out.write_all(&chunk?).await?;
     }

@@ -343,10 +343,7 @@ impl Inner {
     ) -> Result<TempFile> {
         use tokio::io::AsyncWriteExt;
         let temp = TempFile::create(dir, &manifest.name)?;
-        let mut out = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&temp.path)
-            .await?;
+        let mut out = temp.writer().await?;
         let mut pieces = Pieces::new(self.rebuild(manifest).await?, expected, 1 << 20);
         while let Some(piece) = pieces.next().await? {
             out.write_all(&piece).await?;

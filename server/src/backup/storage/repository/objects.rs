@@ -27,13 +27,9 @@ const PUT_ATTEMPTS: usize = 3;
 /// not the 3 minutes `object_store` would wait by default.
 const S3_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The pieces a put's bytes are handed over in. The local backend writes
-/// each piece with one `write`, and on Linux 6 a write of more than 256
-/// KiB fills the page cache with large folios, which cost this project's
-/// VMs 4 to 10 times the system time: writing 1 GiB to a new file took
-/// 0.46 s of it in 128 KiB writes, 1.87 s in 512 KiB ones and 3.93 s in 1
-/// MiB ones (`dd bs=... conv=fsync`).
-const PUT_PIECE_BYTES: usize = 128 << 10;
+/// The pieces a put's bytes are handed over in: the local backend writes
+/// each piece with one `write`, kept as small as a local file's writes.
+const PUT_PIECE_BYTES: usize = crate::backup::storage::local::WRITE_BYTES;
 
 /// An object listed: its name below the listed prefix, size and time.
 #[derive(Debug, Clone)]
