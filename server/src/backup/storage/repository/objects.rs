@@ -14,6 +14,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 use percent_encoding::percent_decode_str;
 
+use crate::backup::storage::local::WRITE_BYTES;
 use crate::error::{Error, Result};
 
 /// Attempts of a put before its error is returned. `object_store` does
@@ -26,10 +27,6 @@ const PUT_ATTEMPTS: usize = 3;
 /// store that is down fails a backup (or the server's start) in seconds,
 /// not the 3 minutes `object_store` would wait by default.
 const S3_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// The pieces a put's bytes are handed over in: the local backend writes
-/// each piece with one `write`, kept as small as a local file's writes.
-const PUT_PIECE_BYTES: usize = crate::backup::storage::local::WRITE_BYTES;
 
 /// An object listed: its name below the listed prefix, size and time.
 #[derive(Debug, Clone)]
@@ -67,13 +64,14 @@ enum Created {
     },
 }
 
-/// `bytes` as a put's payload, in pieces of [`PUT_PIECE_BYTES`] that
-/// share its buffer.
+/// `bytes` as a put's payload, in pieces that share its buffer: the local
+/// backend writes each piece with one `write`, so they are no larger than
+/// the server's other writes to local files ([`WRITE_BYTES`]).
 fn payload(bytes: Vec<u8>) -> PutPayload {
     let bytes = bytes::Bytes::from(bytes);
     (0..bytes.len())
-        .step_by(PUT_PIECE_BYTES)
-        .map(|at| bytes.slice(at..bytes.len().min(at + PUT_PIECE_BYTES)))
+        .step_by(WRITE_BYTES)
+        .map(|at| bytes.slice(at..bytes.len().min(at + WRITE_BYTES)))
         .collect()
 }
 
@@ -302,4 +300,23 @@ impl Objects {
 /// error), rather than being refused.
 fn retryable(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::Generic { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_holds_the_bytes_in_pieces_no_larger_than_a_write() {
+        for len in [0, 1, WRITE_BYTES, WRITE_BYTES + 1, 3 * WRITE_BYTES - 7] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let payload = payload(bytes.clone());
+            assert!(payload.iter().all(|piece| piece.len() <= WRITE_BYTES));
+            assert_eq!(payload.iter().count(), len.div_ceil(WRITE_BYTES));
+            assert_eq!(
+                payload.iter().flatten().copied().collect::<Vec<u8>>(),
+                bytes
+            );
+        }
+    }
 }
