@@ -23,6 +23,7 @@ use crate::auth::Authenticator;
 use crate::backup::Backups;
 use crate::backup::storage::BackupStorage;
 use crate::backup::storage::directory::Directory;
+use crate::backup::storage::local;
 use crate::backup::storage::repository::{self, ReplicaGuard, ReplicaLock, Repository};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -126,6 +127,10 @@ pub async fn open_repository(
         .repository
         .as_deref()
         .ok_or_else(|| Error::FailedPrecondition("--full-copies keeps no repository".into()))?;
+    // Its scratch files and locks live there, and by default the
+    // repository too: a bad --backups-dir is named as such.
+    local::create_dir(&paths.backups_dir)
+        .map_err(|e| config::at("--backups-dir", &paths.backups_dir, e))?;
     Repository::open(repository::Options {
         url,
         key_file: config.repository_key_file.as_deref(),

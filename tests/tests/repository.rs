@@ -843,6 +843,121 @@ async fn by_default_backups_go_to_a_repository_in_the_backups_directory() {
     );
 }
 
+/// The repository in a backups directory on its own small file system:
+/// a full disk is RESOURCE_EXHAUSTED, a read-only one FAILED_PRECONDITION,
+/// and a directory gone (an unmounted volume) FAILED_PRECONDITION too,
+/// never recreated nor read as damage; the backups stored before stay
+/// whole through all three.
+#[tokio::test]
+async fn a_full_read_only_or_vanished_backups_directory_is_reported_and_loses_nothing() {
+    let data = DataDir::new();
+    let vol = data.path().join("vol");
+    let tmpfs = Tmpfs::mount(&vol, "8m");
+    let backups_dir = vol.join("backups");
+    let default_storage = [("BACKUP_FULL_COPIES".to_owned(), "false".to_owned())];
+    let flags = [
+        "--no-scheduler",
+        "--backups-dir",
+        backups_dir.to_str().unwrap(),
+    ];
+    let server = data.try_start_with(&flags, &default_storage).unwrap();
+    let mut backups = server.client(&data.token(1, true)).await.backups();
+    let before = backups.create(Some("before")).await.unwrap();
+    let repository = backups_dir.join("repository");
+    let objects_now = || all_files(&repository);
+    let stored = objects_now();
+
+    // Full: random rows that compress to more than the space left.
+    let filler = vol.join("filler");
+    std::fs::write(&filler, vec![0u8; 7 << 20]).unwrap();
+    grow_source(&data, 600);
+    let (code, message) = code_of(backups.create(Some("full")).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("disk space"), "{message}");
+    assert_eq!(backups.list_all().await.unwrap(), vec![before.clone()]);
+    let leftovers: Vec<_> = objects_now().difference(&stored).cloned().collect();
+    // Only whole packs may stay (no index names them: a prune takes them),
+    // each under its own BLAKE3, never a part of one.
+    for path in &leftovers {
+        let bytes = std::fs::read(repository.join(path)).unwrap();
+        let id = blake3::hash(&bytes).to_hex();
+        assert_eq!(path, &format!("data/{}/{id}", &id[..2]), "{leftovers:?}");
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let full = backups.create(Some("full")).await.unwrap();
+
+    // Read-only: nothing is written, reading goes on.
+    tmpfs.remount("ro");
+    let (code, message) = code_of(backups.create(Some("x")).await);
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert!(message.contains("not writable"), "{message}");
+    let (code, message) = code_of(backups.delete("before.db", false).await);
+    assert_eq!(code, Code::FailedPrecondition, "{message}");
+    assert!(message.contains("not writable"), "{message}");
+    let dest = data.path().join("copy.db");
+    backups
+        .download_to("before.db", &dest, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        blake3::hash(&std::fs::read(&dest).unwrap())
+            .to_hex()
+            .as_str(),
+        before.blake3
+    );
+    tmpfs.remount("rw");
+    backups.create(Some("x")).await.unwrap();
+
+    // Gone (moved away, as an unmounted volume would be): every call that
+    // needs it says so, and nothing is marked damaged or written elsewhere.
+    let away = vol.join("away");
+    std::fs::rename(&backups_dir, &away).unwrap();
+    let created = backups.create(Some("y")).await.map(drop);
+    let verified = backups.verify("full.db").await.map(drop);
+    let downloaded = backups
+        .download_to("before.db", &dest, |_, _| {})
+        .await
+        .map(drop);
+    let deleted = backups.delete("before.db", false).await;
+    for result in [created, verified, downloaded, deleted] {
+        let (code, message) = code_of(result);
+        assert_eq!(code, Code::FailedPrecondition, "{message}");
+        assert!(message.contains("does not exist"), "{message}");
+    }
+    assert!(
+        !backups_dir.exists(),
+        "recreated behind the operator's back"
+    );
+    std::fs::rename(&away, &backups_dir).unwrap();
+    for name in ["before.db", "full.db", "x.db"] {
+        let verified = backups.verify(name).await.unwrap();
+        assert!(!verified.damaged, "{name}: {verified:?}");
+    }
+    assert_eq!(
+        full.size_bytes,
+        std::fs::metadata(data.source()).unwrap().len() as i64
+    );
+}
+
+/// Every file under `dir`, by its path there.
+fn all_files(dir: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => {
+                    let name = path.strip_prefix(dir).unwrap();
+                    found.insert(name.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn snapshots_of_a_wal_source_under_a_steady_writer_are_consistent() {
     let repo = Repo::with_data(DataDir::new(), false);

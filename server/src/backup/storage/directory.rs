@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::checked::{self, Checker, hash_file, size_mismatch};
-use super::local::{self, TempFile};
+use super::local::{self, TempFile, dir_error};
 use super::{
     BackupStorage, ByteStream, ChangeStamp, ContentFacts, Described, Listing, NewBytes, Pruned,
     Staged, StagedCopy, StorageLock, StorageStats, Verified, VerifiedCopy,
@@ -65,7 +65,7 @@ impl BackupStorage for Directory {
     }
 
     async fn lock(&self) -> Result<StorageLock> {
-        local::lock(&self.dir).await.map_err(dir_error)
+        local::lock(&self.dir).await
     }
 
     async fn stage(
@@ -254,24 +254,6 @@ impl BackupStorage for Directory {
             })
         })
         .await
-    }
-}
-
-/// A failed change to the backups directory, in terms an operator can act
-/// on: the directory is gone or not writable (FAILED_PRECONDITION). A full
-/// disk and anything else stay I/O errors (RESOURCE_EXHAUSTED, INTERNAL).
-fn dir_error(error: Error) -> Error {
-    let Error::Io(e) = &error else {
-        return error;
-    };
-    match e.kind() {
-        ErrorKind::NotFound => Error::FailedPrecondition(
-            "the backups directory does not exist; recreate it (or restart the server)".into(),
-        ),
-        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
-            Error::FailedPrecondition(format!("the backups directory is not writable: {e}"))
-        }
-        _ => error,
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::StorageLock;
 use crate::backup::{check_cancelled, sqlite};
 use crate::blocking::blocking;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Prefix of a scratch file; never a backup name (those never start with
 /// '.'), and removed at start if a crash left one behind.
@@ -50,7 +50,8 @@ impl TempFile {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(&path)
+            .map_err(|e| dir_error(e.into()))?;
         lock.lock()?;
         Ok(Self { path, _lock: lock })
     }
@@ -117,7 +118,9 @@ pub async fn recover(dir: &Path) -> Result<Vec<String>> {
 /// The storage lock: `.lock` in `dir`, see [`lock_exclusive`].
 pub async fn lock(dir: &Path) -> Result<StorageLock> {
     let path = dir.join(".lock");
-    let file = blocking(move || lock_exclusive(&path)).await?;
+    let file = blocking(move || lock_exclusive(&path))
+        .await
+        .map_err(dir_error)?;
     Ok(StorageLock::new(Box::new(file)))
 }
 
@@ -138,6 +141,24 @@ fn lock_exclusive(path: &Path) -> Result<File> {
     };
     file.lock()?;
     Ok(file)
+}
+
+/// A failed change to the backups directory, in terms an operator can act
+/// on: the directory is gone or not writable (FAILED_PRECONDITION). A full
+/// disk and anything else stay I/O errors (RESOURCE_EXHAUSTED, INTERNAL).
+pub fn dir_error(error: Error) -> Error {
+    let Error::Io(e) = &error else {
+        return error;
+    };
+    match e.kind() {
+        ErrorKind::NotFound => Error::FailedPrecondition(
+            "the backups directory does not exist; recreate it (or restart the server)".into(),
+        ),
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            Error::FailedPrecondition(format!("the backups directory is not writable: {e}"))
+        }
+        _ => error,
+    }
 }
 
 /// Creates `dir` with its parents, mode 0700, if missing, and returns it

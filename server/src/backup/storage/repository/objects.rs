@@ -82,6 +82,10 @@ pub struct Objects {
     pub url: String,
     /// Whether the objects leave this machine (anything but a local path).
     pub remote: bool,
+    /// A local repository's directory, which is never recreated behind the
+    /// operator's back: gone, it is more often an unmounted volume than
+    /// an empty repository.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl Objects {
@@ -123,6 +127,7 @@ impl Objects {
                 store,
                 url: url.to_owned(),
                 remote: true,
+                local_dir: None,
             });
         }
         let path = match url.strip_prefix("file://") {
@@ -142,11 +147,26 @@ impl Objects {
             store: Arc::new(local),
             url: url.to_owned(),
             remote: false,
+            local_dir: Some(dir),
         })
+    }
+
+    /// Fails with FAILED_PRECONDITION when a local repository's directory
+    /// is gone: the store would create it again on the next write, and
+    /// read every object in it as missing (damage) meanwhile.
+    fn check_dir(&self) -> Result<()> {
+        match &self.local_dir {
+            Some(dir) if !dir.is_dir() => Err(Error::FailedPrecondition(
+                "the repository directory does not exist; recreate it (or restart the server)"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The object at `path`, or `None` if there is none.
     pub async fn get(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        self.check_dir()?;
         let got = match self.store.get(&Path::from(path)).await {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             got => got.map_err(|e| self.error(e))?,
@@ -158,6 +178,7 @@ impl Objects {
     /// missing or shorter (DATA_LOSS: the repository's index said they are
     /// there).
     pub async fn get_range(&self, path: &str, range: Range<u64>, what: &str) -> Result<Vec<u8>> {
+        self.check_dir()?;
         let (want, end) = (range.end - range.start, range.end);
         let failed = match self.store.get_range(&Path::from(path), range).await {
             Ok(bytes) if bytes.len() as u64 == want => return Ok(bytes.into()),
@@ -200,6 +221,7 @@ impl Objects {
     /// A create-if-absent put of `payload` under `path`, retried after a
     /// connection error.
     async fn create(&self, path: &str, payload: PutPayload) -> Result<Created> {
+        self.check_dir()?;
         let location = Path::from(path);
         let mut attempt = 1;
         loop {
@@ -211,7 +233,7 @@ impl Objects {
                         retried: attempt > 1,
                     });
                 }
-                Err(e) if attempt < PUT_ATTEMPTS && retryable(&e) => {
+                Err(e) if self.remote && attempt < PUT_ATTEMPTS && retryable(&e) => {
                     tracing::warn!(object = %path, error = %e, "retrying a put");
                     attempt += 1;
                 }
@@ -232,6 +254,7 @@ impl Objects {
 
     /// Every object under `prefix` (a directory such as `manifests`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.check_dir()?;
         let prefix_path = Path::from(prefix);
         let metas: Vec<_> = self
             .store
@@ -261,6 +284,7 @@ impl Objects {
 
     /// The object at `path`'s listing, or `None` if there is none.
     pub async fn head(&self, path: &str) -> Result<Option<Listed>> {
+        self.check_dir()?;
         match self.store.head(&Path::from(path)).await {
             Ok(meta) => Ok(Some(Listed::new(path.to_owned(), meta))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -270,6 +294,7 @@ impl Objects {
 
     /// Removes the object at `path`; one already gone is no error.
     pub async fn delete(&self, path: &str) -> Result<()> {
+        self.check_dir()?;
         match self.store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(e)),
@@ -278,7 +303,13 @@ impl Objects {
 
     /// An error of the store, in the service's terms: access refused or a
     /// missing bucket is the operator's to fix; anything else may pass.
+    /// A local directory's errors are the file system's: a full disk,
+    /// a read-only or vanished directory, or an I/O error (whose details,
+    /// paths among them, go to the log only).
     fn error(&self, e: object_store::Error) -> Error {
+        if self.local_dir.is_some() {
+            return self.check_dir().err().unwrap_or_else(|| local_error(e));
+        }
         let text = e.to_string();
         match e {
             object_store::Error::PermissionDenied { .. }
@@ -294,6 +325,30 @@ impl Objects {
             _ => Error::Unavailable(format!("the repository {}: {text}", self.url)),
         }
     }
+}
+
+/// An error of the local file system store, by the I/O error under it.
+fn local_error(e: object_store::Error) -> Error {
+    use std::io::ErrorKind;
+    let text = e.to_string();
+    if let object_store::Error::NotFound { .. } = e {
+        return Error::NotFound(text);
+    }
+    let mut cause = std::error::Error::source(&e);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+                    Error::FailedPrecondition(format!(
+                        "the repository directory is not writable: {io}"
+                    ))
+                }
+                kind => Error::Io(std::io::Error::new(kind, text)),
+            };
+        }
+        cause = error.source();
+    }
+    Error::Internal(text)
 }
 
 /// Whether a failed request may have failed on the way (a connection

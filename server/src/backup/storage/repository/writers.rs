@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use crate::backup::storage::local;
 use crate::blocking::blocking;
 use crate::error::Result;
 
@@ -103,7 +104,8 @@ impl Writers {
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
-                .open(path)?;
+                .open(path)
+                .map_err(|e| local::dir_error(e.into()))?;
             lock(&file)?;
             Ok(file)
         })
