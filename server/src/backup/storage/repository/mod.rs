@@ -161,7 +161,7 @@ impl Repository {
                     objects.url
                 )));
             }
-            (false, None) if objects.remote && !options.allow_unencrypted_remote => {
+            (false, None) if objects.remote() && !options.allow_unencrypted_remote => {
                 return Err(Error::FailedPrecondition(format!(
                     "the repository {} is remote and unencrypted: give --repository-key-file \
                      (make one with `backup-server repo init-key FILE`), or --allow-unencrypted-remote",

@@ -80,11 +80,9 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     /// The repository's URL as given, for messages.
     pub url: String,
-    /// Whether the objects leave this machine (anything but a local path).
-    pub remote: bool,
-    /// A local repository's directory, which is never recreated behind the
-    /// operator's back: gone, it is more often an unmounted volume than
-    /// an empty repository.
+    /// A local repository's directory (`None`: the objects leave this
+    /// machine), which is never recreated behind the operator's back:
+    /// gone, it is more often an unmounted volume than an empty repository.
     local_dir: Option<std::path::PathBuf>,
 }
 
@@ -126,7 +124,6 @@ impl Objects {
             return Ok(Self {
                 store,
                 url: url.to_owned(),
-                remote: true,
                 local_dir: None,
             });
         }
@@ -146,9 +143,13 @@ impl Objects {
         Ok(Self {
             store: Arc::new(local),
             url: url.to_owned(),
-            remote: false,
             local_dir: Some(dir),
         })
+    }
+
+    /// Whether the objects leave this machine (anything but a local path).
+    pub fn remote(&self) -> bool {
+        self.local_dir.is_none()
     }
 
     /// Fails with FAILED_PRECONDITION when a local repository's directory
@@ -233,7 +234,7 @@ impl Objects {
                         retried: attempt > 1,
                     });
                 }
-                Err(e) if self.remote && attempt < PUT_ATTEMPTS && retryable(&e) => {
+                Err(e) if self.remote() && attempt < PUT_ATTEMPTS && retryable(&e) => {
                     tracing::warn!(object = %path, error = %e, "retrying a put");
                     attempt += 1;
                 }
