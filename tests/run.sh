@@ -85,5 +85,10 @@ cargo test --workspace --locked --lib --bins --tests
 # data directory's state store in a fresh PostgreSQL database.
 BACKUP_TEST_STATE_STORE=postgres cargo test -p backup-tests --locked \
     --test scheduler --test audit_log --test retention
+# Every suite above runs on the repository, the server's default storage,
+# but for the tests of full copies' own files; the BackupFiles and backupctl
+# suites again on full copies (`--full-copies`).
+BACKUP_TEST_STORAGE=full-copies cargo test -p backup-tests --locked \
+    --test backup_files --test backupctl
 # Python and Node clients, buf lint and breaking; prints the closing count.
 BACKUP_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/backup-server" tests/polyglot.sh

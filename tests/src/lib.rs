@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use backup_client::{Client, Code, Error, proto};
 use rusqlite::Connection;
@@ -43,27 +43,70 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine `BACKUP_TEST_STATE_STORE` names; panics on any other value,
-    /// so a typo never runs the suite on the wrong engine.
+    /// The engine `BACKUP_TEST_STATE_STORE` names.
     pub fn from_env() -> Self {
-        match std::env::var("BACKUP_TEST_STATE_STORE") {
-            Err(std::env::VarError::NotPresent) => Self::Sqlite,
-            Ok(name) if name == "sqlite" => Self::Sqlite,
-            Ok(name) if name == "postgres" => Self::Postgres,
-            other => panic!(
-                "BACKUP_TEST_STATE_STORE is {other:?}: it must be `sqlite` (the default) or `postgres`"
-            ),
-        }
+        env_choice(
+            "BACKUP_TEST_STATE_STORE",
+            [("sqlite", Self::Sqlite), ("postgres", Self::Postgres)],
+        )
+    }
+}
+
+/// The value environment variable `var` names among `choices`, the first
+/// when it is unset; panics on any other value, so a typo never runs the
+/// suite on the wrong setup.
+fn env_choice<T: Copy>(var: &str, choices: [(&str, T); 2]) -> T {
+    let value = match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => return choices[0].1,
+        other => other,
+    };
+    let found = value
+        .as_deref()
+        .ok()
+        .and_then(|name| choices.iter().find(|(n, _)| *n == name));
+    match found {
+        Some((_, choice)) => *choice,
+        None => panic!(
+            "{var} is {value:?}: it must be `{}` (the default) or `{}`",
+            choices[0].0, choices[1].0
+        ),
+    }
+}
+
+/// How the servers the harness starts store backups, for the whole test
+/// run: `BACKUP_TEST_STORAGE=repository` (the server's default, and the
+/// harness's) or `full-copies` (`--full-copies`), which the test command
+/// runs the BackupFiles and backupctl suites on too. Tests of one
+/// storage's own files pin it: [`DataDir::keeping_full_copies`], or
+/// `tests/repository.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Repository,
+    FullCopies,
+}
+
+impl Storage {
+    /// The storage `BACKUP_TEST_STORAGE` names.
+    pub fn from_env() -> Self {
+        env_choice(
+            "BACKUP_TEST_STORAGE",
+            [
+                ("repository", Self::Repository),
+                ("full-copies", Self::FullCopies),
+            ],
+        )
     }
 }
 
 /// A data directory with a demo source database, shared by the server
-/// processes a test starts on it, and a state store on the engine
-/// [`Engine::from_env`] names.
+/// processes a test starts on it, a state store on the engine
+/// [`Engine::from_env`] names and backups on the storage
+/// [`Storage::from_env`] names.
 pub struct DataDir {
     pub dir: tempfile::TempDir,
     /// The URL of its PostgreSQL database; `None`: `state.db` in `dir`.
     postgres: Option<String>,
+    storage: Storage,
 }
 
 impl DataDir {
@@ -78,7 +121,11 @@ impl DataDir {
             Engine::Sqlite => None,
             Engine::Postgres => Some(postgres::new_database()),
         };
-        let data = Self { dir, postgres };
+        let data = Self {
+            dir,
+            postgres,
+            storage: Storage::from_env(),
+        };
         let status = data
             .command()
             .args(["init-demo", "--rows", &rows.to_string()])
@@ -88,6 +135,19 @@ impl DataDir {
             .expect("run init-demo");
         assert!(status.success(), "init-demo failed");
         data
+    }
+
+    /// The same directory with its servers keeping full copies, for tests
+    /// of the files of that storage (damaged, dropped in, undeletable).
+    pub fn keeping_full_copies(self) -> Self {
+        Self {
+            storage: Storage::FullCopies,
+            ..self
+        }
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     pub fn path(&self) -> &Path {
@@ -100,6 +160,84 @@ impl DataDir {
 
     pub fn backups_dir(&self) -> PathBuf {
         self.path().join("backups")
+    }
+
+    /// The names of the backups its storage holds, sorted, with anything
+    /// else left in the backups directory (a scratch file, a partial copy):
+    /// the files there on full copies; on the repository, what `repo list`
+    /// reads from it, and every other file beside the repository.
+    pub fn stored_backups(&self) -> Vec<String> {
+        let mut names = file_names(&self.backups_dir());
+        if self.storage == Storage::Repository {
+            names.retain(|name| name != REPOSITORY_DIR);
+            names.extend(self.repo_list().into_iter().map(|manifest| {
+                manifest["name"]
+                    .as_str()
+                    .expect("a manifest's name")
+                    .to_owned()
+            }));
+            names.sort();
+        }
+        names
+    }
+
+    /// `backup-server repo list` on its default repository: one JSON object
+    /// per backup.
+    pub fn repo_list(&self) -> Vec<serde_json::Value> {
+        let out = self.repo(&["list"]);
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
+
+    /// `backup-server repo ARGS` on its default repository, which must
+    /// succeed. The server may be running: these commands only read.
+    pub fn repo(&self, args: &[&str]) -> std::process::Output {
+        assert_eq!(self.storage, Storage::Repository, "no repository here");
+        let out = self.command().arg("repo").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "repo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A standalone SQLite file with backup `name` (its file name) as
+    /// stored: the file itself on full copies; on the repository, one
+    /// rebuilt and checked by `repo restore` (anew at each call).
+    pub fn backup_file(&self, name: &str) -> PathBuf {
+        match self.storage {
+            Storage::FullCopies => self.backups_dir().join(name),
+            Storage::Repository => {
+                let dir = self.path().join("rebuilt");
+                std::fs::create_dir_all(&dir).unwrap();
+                let file = dir.join(name);
+                let _ = std::fs::remove_file(&file);
+                self.repo(&["restore", name, "--to", file.to_str().unwrap()]);
+                file
+            }
+        }
+    }
+
+    /// Drops a copy of `from` into the backups directory as `name`, as
+    /// another tool would, last modified at `modified`: copied beside it
+    /// first and renamed in, so the server never sees it partial or with
+    /// its first modification time. Both storages import it by name.
+    pub fn drop_in(&self, from: &Path, name: &str, modified: SystemTime) -> PathBuf {
+        let staged = self.path().join(format!("dropping-{name}"));
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let dropped = self.backups_dir().join(name);
+        std::fs::rename(&staged, &dropped).unwrap();
+        dropped
     }
 
     /// The engine of its state store.
@@ -120,16 +258,16 @@ impl DataDir {
     }
 
     /// `backup-server --data-dir DIR` ready for a subcommand, on this
-    /// directory's state store, keeping full copies: the tests written for
-    /// them look into the backups directory. The repository's own tests
-    /// (`tests/repository.rs`) set `BACKUP_FULL_COPIES=false` for the
-    /// default storage.
+    /// directory's state store and storage.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("backup-server"));
         cmd.arg("--data-dir")
             .arg(self.path())
             .env("RUST_LOG", "warn")
-            .env("BACKUP_FULL_COPIES", "true");
+            .env(
+                "BACKUP_FULL_COPIES",
+                (self.storage == Storage::FullCopies).to_string(),
+            );
         match &self.postgres {
             Some(url) => cmd.env("DATABASE_URL", url),
             // state.db, whatever the calling shell's environment says.
@@ -389,6 +527,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Asserts that `bytes` are backup `b`'s: its size, and each digest it
+/// carries (a repository's backup has `blake3`, a full copy `sha256`, one
+/// moved between them both).
+pub fn assert_backup_bytes(b: &proto::Backup, bytes: &[u8]) {
+    assert_eq!(bytes.len() as i64, b.size_bytes, "{}: size", b.filename);
+    assert_digests(&b.filename, &b.blake3, &b.sha256, bytes);
+}
+
+/// Asserts that `bytes` match each digest given (hex; empty where backup
+/// `name` does not carry it), and that one is given at least.
+pub fn assert_digests(name: &str, blake3: &str, sha256: &str, bytes: &[u8]) {
+    assert!(
+        !(blake3.is_empty() && sha256.is_empty()),
+        "{name} has no digest"
+    );
+    if !blake3.is_empty() {
+        assert_eq!(blake3, blake3::hash(bytes).to_hex().as_str(), "{name}");
+    }
+    if !sha256.is_empty() {
+        assert_eq!(sha256, sha256_hex(bytes), "{name}");
+    }
+}
+
 /// `PRAGMA integrity_check` is "ok".
 pub fn integrity_ok(path: &Path) -> bool {
     let conn = open(path);
@@ -476,13 +637,34 @@ pub async fn listed(backups: &mut backup_client::Backups) -> Vec<String> {
         .collect()
 }
 
+/// The bytes of every file under `dir`, in every directory below it.
+pub fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    // Entries vanish while a server writes: what is gone counts nothing.
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() => total += bytes_under(&entry.path()),
+            Ok(meta) => total += meta.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+/// The default repository's directory in the backups directory.
+pub const REPOSITORY_DIR: &str = "repository";
+
 /// Names of the files in a directory, sorted, except the backups
-/// directory's `.lock` (the cross-process lock file, always there).
+/// directory's lock files (`.lock`, and `.prune-lock` beside a repository),
+/// always there.
 pub fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| name != ".lock")
+        .filter(|name| name != ".lock" && name != ".prune-lock")
         .collect();
     names.sort();
     names

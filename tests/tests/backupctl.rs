@@ -49,6 +49,31 @@ fn sha256_of(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).expect("read the file"))
 }
 
+fn text_field<'a>(backup: &'a Value, key: &str) -> &'a str {
+    backup[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {backup}"))
+}
+
+/// Asserts that `bytes` are the backup `backup` (an object of `--json`)
+/// describes, by each digest it carries.
+fn assert_json_digests(backup: &Value, bytes: &[u8]) {
+    assert_digests(
+        text_field(backup, "filename"),
+        text_field(backup, "blake3"),
+        text_field(backup, "sha256"),
+        bytes,
+    );
+}
+
+/// The digest a download is checked with: `blake3` where set.
+fn checked_digest(backup: &Value) -> &str {
+    match text_field(backup, "blake3") {
+        "" => text_field(backup, "sha256"),
+        blake3 => blake3,
+    }
+}
+
 #[tokio::test]
 async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     let data = DataDir::new();
@@ -64,7 +89,7 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     let out = backupctl(url, &user, &["backups", "create", "--name", "nightly"]);
     exits(&out, 0);
     assert!(stdout(&out).contains("nightly.db"), "{out:?}");
-    let file = data.backups_dir().join("nightly.db");
+    let file = data.backup_file("nightly.db");
     assert!(integrity_ok(&file));
 
     let got = json(&backupctl(
@@ -76,7 +101,7 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
     assert_eq!(got[0]["kind"], "manual");
     assert_eq!(got[0]["owner_user_id"], 2);
     assert_eq!(got[0]["is_protected"], false);
-    assert_eq!(got[0]["sha256"], sha256_of(&file));
+    assert_json_digests(&got[0], &std::fs::read(&file).unwrap());
     assert_eq!(
         got[0]["size_bytes"],
         std::fs::metadata(&file).unwrap().len()
@@ -129,7 +154,7 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
 
     let out = backupctl(url, &user, &["backups", "delete", "nightly.db"]);
     exits(&out, 0);
-    assert!(!file.exists());
+    assert!(!data.stored_backups().contains(&"nightly.db".to_owned()));
     assert_eq!(
         json(&backupctl(url, &user, &["--json", "backups", "list"])),
         Value::Array(Vec::new())
@@ -325,15 +350,15 @@ async fn download_to_stdout_and_never_over_a_special_file() {
         &admin,
         &["--json", "backups", "get", "nightly.db"],
     ));
-    let sha256 = got[0]["sha256"].as_str().expect("a sha256").to_owned();
+    let nightly = got[0].clone();
 
     // `-o -`: the bytes on stdout, every message on stderr (with --json too).
     for json_flag in [&[][..], &["--json"][..]] {
         let args = [json_flag, &["backups", "download", "nightly.db", "-o", "-"]].concat();
         let out = backupctl(url, &admin, &args);
         exits(&out, 0);
-        assert_eq!(sha256_hex(&out.stdout), sha256, "{args:?}");
-        assert!(stderr(&out).contains(&sha256), "{out:?}");
+        assert_json_digests(&nightly, &out.stdout);
+        assert!(stderr(&out).contains(checked_digest(&nightly)), "{out:?}");
     }
     // Refused before any byte: nothing on stdout, and nothing to disown.
     let out = download(url, &admin, "missing.db", Path::new("-"));
@@ -393,7 +418,7 @@ async fn download_to_stdout_and_never_over_a_special_file() {
     std::fs::write(data.path().join("old.db.part"), "a stale part").unwrap();
     let out = download(url, &admin, "nightly.db", &old);
     exits(&out, 0);
-    assert_eq!(sha256_of(&old), sha256);
+    assert_json_digests(&nightly, &std::fs::read(&old).unwrap());
     assert!(!part_of(&old).exists());
 }
 
@@ -486,7 +511,9 @@ fn each_groups_help_names_its_real_subcommands() {
 
 #[tokio::test]
 async fn verify_finds_damage_and_list_get_download_and_restore_show_it() {
-    let data = DataDir::new();
+    // Damages a backup's file: full copies. The repository's damage is in
+    // `tests/repository.rs`.
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&["--no-scheduler"]);
     let url = server.url.as_str();
     let (user, admin) = (data.token(2, false), data.token(1, true));
@@ -607,10 +634,7 @@ async fn owner_names_whose_backup_when_two_owners_share_a_name() {
         ],
     );
     exits(&out, 0);
-    assert_eq!(
-        sha256_hex(&out.stdout),
-        theirs[0]["sha256"].as_str().unwrap()
-    );
+    assert_json_digests(&theirs[0], &out.stdout);
     exits(
         &backupctl(
             url,

@@ -57,9 +57,11 @@ fn assert_nothing_partial(dir: &Path) {
     );
 }
 
+/// On full copies; the repository's full, read-only and vanished
+/// directories are in `tests/repository.rs`.
 #[tokio::test]
 async fn a_full_backups_filesystem_is_resource_exhausted_and_leaves_nothing() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let vol = data.path().join("vol");
     let _tmpfs = Tmpfs::mount(&vol, "4m");
     let backups_dir = vol.join("backups");
@@ -97,9 +99,11 @@ async fn a_full_backups_filesystem_is_resource_exhausted_and_leaves_nothing() {
     });
 }
 
+/// On full copies; the repository's full, read-only and vanished
+/// directories are in `tests/repository.rs`.
 #[tokio::test]
 async fn a_read_only_backups_directory_is_failed_precondition_and_leaves_nothing() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let vol = data.path().join("vol");
     let tmpfs = Tmpfs::mount(&vol, "8m");
     let backups_dir = vol.join("backups");
@@ -142,10 +146,11 @@ async fn a_read_only_backups_directory_is_failed_precondition_and_leaves_nothing
 /// recreating it would put backups silently on the wrong disk. Calls that
 /// need it are FAILED_PRECONDITION saying so, everything else goes on, and
 /// once an operator puts the directory back (or restarts the server, which
-/// creates it) backups work again.
+/// creates it) backups work again. On full copies; the repository's
+/// counterpart is in `tests/repository.rs`.
 #[tokio::test]
 async fn a_deleted_backups_directory_is_reported_and_the_server_keeps_serving() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&[]);
     let client = server.client(&data.token(1, true)).await;
     let mut backups = client.backups();
@@ -205,7 +210,7 @@ async fn a_wal_source_under_a_steady_writer_is_backed_up_consistently() {
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let b = backups.create(Some(&format!("live-{i}"))).await.unwrap();
-        let n = consistent_ledger(&data.backups_dir().join(&b.filename), 6000);
+        let n = consistent_ledger(&data.backup_file(&b.filename), 6000);
         counts.push(n);
     }
     drop(writer);
@@ -244,7 +249,7 @@ time.sleep(120)
         took >= Duration::from_secs(25) && took < Duration::from_secs(40),
         "answered after {took:?}"
     );
-    assert!(file_names(&data.backups_dir()).is_empty());
+    assert!(data.stored_backups().is_empty());
     assert!(catalog(&data).is_empty());
     let failed = failures(&data, "backup_files.create");
     assert_eq!(failed.len(), 1, "{failed:?}");
@@ -252,15 +257,17 @@ time.sleep(120)
 
     drop(holder);
     let b = backups.create(Some("locked")).await.unwrap();
-    let path = data.backups_dir().join(&b.filename);
+    let path = data.backup_file(&b.filename);
     assert!(integrity_ok(&path));
     // The holder's uncommitted row is not in the backup.
     assert_eq!(orders(&path).len(), 200);
 }
 
+/// On full copies, whose backups are the files beside the links; the
+/// repository imports only regular files from the backups directory.
 #[tokio::test]
 async fn symlinks_in_the_backups_directory_are_never_followed() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&[]);
     let mut admin = server.client(&data.token(1, true)).await.backups();
     let dir = data.backups_dir();
@@ -370,10 +377,10 @@ async fn a_burst_beyond_the_copy_bound_is_resource_exhausted() {
     assert_eq!(rejected, 20 - created.len());
     assert_nothing_partial(&data.backups_dir());
     created.sort();
-    assert_eq!(file_names(&data.backups_dir()), created);
+    assert_eq!(data.stored_backups(), created);
     assert_eq!(catalog(&data), created);
     for name in &created {
-        assert!(integrity_ok(&data.backups_dir().join(name)), "{name}");
+        assert!(integrity_ok(&data.backup_file(name)), "{name}");
     }
     let failed = failures(&data, "backup_files.create");
     assert_eq!(failed.len(), rejected);
@@ -419,7 +426,7 @@ async fn a_client_deadline_cancels_the_backup_and_leaves_nothing() {
             panic!("cannot run {grpcurl} ({e}): run the tests with .tools/venv/bin on PATH")
         });
     let mut output = None;
-    let seen_temp = watch_for_temp_files(&dir, async {
+    let wrote = watch_for_writes(&dir, async {
         output = Some(call.wait_with_output().await.unwrap());
     })
     .await;
@@ -431,33 +438,35 @@ async fn a_client_deadline_cancels_the_backup_and_leaves_nothing() {
         output.status,
         String::from_utf8_lossy(&output.stdout)
     );
-    assert!(seen_temp, "the copy never started before the deadline");
+    assert!(wrote, "the backup never started before the deadline");
     assert_cancelled_and_clean(&data, 1).await;
 
     // A tonic client that stops waiting.
     let mut backups = client.backups();
-    let seen_temp = watch_for_temp_files(&dir, async {
+    let wrote = watch_for_writes(&dir, async {
         let waited =
             tokio::time::timeout(Duration::from_millis(1000), backups.create(Some("slow"))).await;
         assert!(waited.is_err(), "finished before the deadline: {waited:?}");
     })
     .await;
-    assert!(seen_temp, "the copy never started before the deadline");
+    assert!(wrote, "the backup never started before the deadline");
     assert_cancelled_and_clean(&data, 2).await;
 
     // The permit is free again: the same backup without a deadline works.
     let b = backups.create(Some("slow")).await.unwrap();
-    assert_eq!(file_names(&dir), ["slow.db"]);
+    assert_eq!(data.stored_backups(), ["slow.db"]);
     assert_eq!(catalog(&data), ["slow.db"]);
-    assert!(integrity_ok(&dir.join(&b.filename)));
+    assert!(integrity_ok(&data.backup_file(&b.filename)));
 }
 
-/// Runs `call`, noting whether a `.tmp-*` file appeared in `dir` meanwhile.
-async fn watch_for_temp_files(dir: &Path, call: impl std::future::Future<Output = ()>) -> bool {
+/// Runs `call`, noting whether `dir` took new bytes meanwhile: a full
+/// copy's scratch file, or a repository's packs.
+async fn watch_for_writes(dir: &Path, call: impl std::future::Future<Output = ()>) -> bool {
     let mut call = std::pin::pin!(call);
+    let before = bytes_under(dir);
     let mut seen = false;
     loop {
-        seen |= file_names(dir).iter().any(|n| n.starts_with(".tmp-"));
+        seen |= bytes_under(dir) > before;
         tokio::select! {
             () = &mut call => return seen,
             () = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -476,7 +485,7 @@ async fn assert_cancelled_and_clean(data: &DataDir, n: usize) {
     .await;
     assert_eq!(failed.len(), n, "{failed:?}");
     assert!(failed[n - 1].1.contains("cancelled"), "{failed:?}");
-    let dir = data.backups_dir();
-    assert!(file_names(&dir).is_empty(), "left: {:?}", file_names(&dir));
+    let left = data.stored_backups();
+    assert!(left.is_empty(), "left: {left:?}");
     assert!(catalog(data).is_empty());
 }

@@ -489,9 +489,8 @@ async fn many_clients_mixing_every_rpc_leave_no_errors_leaks_or_inconsistency() 
         );
     }
 
-    // The catalog matches the directory, and every backup is sound.
-    let dir = data.backups_dir();
-    let on_disk = file_names(&dir);
+    // The catalog matches the storage, and every backup is sound.
+    let on_disk = data.stored_backups();
     assert!(
         !on_disk.iter().any(|n| n.starts_with('.')),
         "partial files left: {on_disk:?}"
@@ -506,10 +505,10 @@ async fn many_clients_mixing_every_rpc_leave_no_errors_leaks_or_inconsistency() 
             .collect::<Result<_, _>>()
             .unwrap()
     };
-    assert_eq!(catalog, on_disk, "catalog and directory differ");
+    assert_eq!(catalog, on_disk, "catalog and storage differ");
     for name in &on_disk {
         assert!(
-            integrity_ok(&dir.join(name)),
+            integrity_ok(&data.backup_file(name)),
             "{name} fails integrity_check"
         );
     }

@@ -411,6 +411,11 @@ async fn damaged_packs_and_indexes_are_data_loss_for_exactly_their_backups() {
         let (code, _) = code_of(backups.restore("after.db").await);
         assert_eq!(code, Code::DataLoss, "{how:?}");
         assert_eq!(std::fs::read(repo.data.source()).unwrap(), source_before);
+        assert_eq!(
+            backups.list_all().await.unwrap().len(),
+            2,
+            "{how:?}: no pre-restore backup for a refused restore"
+        );
         assert!(backups.get("after.db").await.unwrap().damaged);
 
         assert!(
@@ -579,7 +584,7 @@ async fn legacy_backups(data: &DataDir) -> Legacy {
 
 #[tokio::test]
 async fn full_copies_in_the_backups_directory_are_imported_with_their_names_and_marks() {
-    let repo = Repo::new(true);
+    let repo = Repo::with_data(DataDir::new().keeping_full_copies(), true);
     let legacy = legacy_backups(&repo.data).await;
     let server = repo.start();
     let mut admin = server.client(&repo.data.token(1, true)).await.backups();
@@ -641,7 +646,7 @@ async fn full_copies_in_the_backups_directory_are_imported_with_their_names_and_
 
 #[tokio::test]
 async fn an_import_killed_midway_resumes_and_loses_nothing() {
-    let repo = Repo::with_data(DataDir::with_rows(2_000), false);
+    let repo = Repo::with_data(DataDir::with_rows(2_000).keeping_full_copies(), false);
     grow_source(&repo.data, 3_000);
     let server = repo.data.start(&["--no-scheduler"]);
     let token = repo.data.token(1, true);
@@ -803,7 +808,7 @@ async fn damage_found_in_one_backup_marks_every_backup_sharing_it() {
 
 #[tokio::test]
 async fn by_default_backups_go_to_a_repository_in_the_backups_directory() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let legacy = data.start(&["--no-scheduler"]);
     let token = data.token(1, true);
     let old = legacy

@@ -57,9 +57,9 @@ async fn create_in_order(client: &Client, names: &[&str]) {
     }
 }
 
-/// The backup file names in the directory (no temporary or deleting names).
+/// The backups stored (no temporary or deleting names).
 fn backup_files(data: &DataDir) -> BTreeSet<String> {
-    file_names(&data.backups_dir())
+    data.stored_backups()
         .into_iter()
         .filter(|n| !n.starts_with('.'))
         .collect()
@@ -114,11 +114,11 @@ async fn two_users_with_different_keep_counts_never_touch_each_other() {
         create_in_order(&admin, &[&format!("admin-{i}")]).await;
     }
     // A file another tool dropped in: a system backup (owner 0).
-    std::fs::copy(
-        data.backups_dir().join("alice-0.db"),
-        data.backups_dir().join("handmade.db"),
-    )
-    .unwrap();
+    data.drop_in(
+        &data.backup_file("alice-0.db"),
+        "handmade.db",
+        SystemTime::now(),
+    );
     assert_eq!(catalog(&admin).await.len(), 13);
 
     let deleted = alice.retention().apply(1, Owners::Caller).await.unwrap();
@@ -209,16 +209,10 @@ async fn protected_backups_survive_any_keep_count() {
     create_in_order(&admin, &["a0", "a1", "a2"]).await;
     let (_, pre) = admin.backups().restore("a0.db").await.unwrap();
     // Protected files made by other tools, one of them old.
-    let dir = data.backups_dir();
-    std::fs::copy(dir.join("a1.db"), dir.join("pre_migration_app_v2.db")).unwrap();
-    std::fs::copy(dir.join("a1.db"), dir.join("pre_migration_app_v1.db")).unwrap();
+    let a1 = data.backup_file("a1.db");
+    data.drop_in(&a1, "pre_migration_app_v2.db", SystemTime::now());
     let old = SystemTime::now() - Duration::from_secs(400 * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(dir.join("pre_migration_app_v1.db"))
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    data.drop_in(&a1, "pre_migration_app_v1.db", old);
     let protected = set(&[
         &pre.filename,
         "pre_migration_app_v1.db",
@@ -266,7 +260,7 @@ async fn protected_backups_survive_any_keep_count() {
     );
     let deleted = retention.delete_old_protected(1).await.unwrap();
     assert_eq!(deleted, ["pre_migration_app_v1.db"]);
-    assert!(!dir.join("pre_migration_app_v1.db").exists());
+    assert!(!backup_files(&data).contains("pre_migration_app_v1.db"));
     let cleanup = events(&data, "backup_retention.cleanup_old_protected");
     assert_eq!(cleanup.len(), 2);
     assert_eq!(
@@ -284,11 +278,7 @@ async fn the_summary_is_exactly_what_apply_deletes() {
     let user = server.client(&data.token(2, false)).await;
     create_in_order(&user, &["u0", "u1", "u2", "u3", "u4", "u5"]).await;
     create_in_order(&admin, &["x0", "x1", "x2"]).await;
-    std::fs::copy(
-        data.backups_dir().join("u0.db"),
-        data.backups_dir().join("dropped.db"),
-    )
-    .unwrap();
+    data.drop_in(&data.backup_file("u0.db"), "dropped.db", SystemTime::now());
     // Retention acts on the catalog; listing adopts the dropped file.
     assert_eq!(catalog(&admin).await.len(), 10);
 
@@ -341,9 +331,11 @@ async fn the_summary_is_exactly_what_apply_deletes() {
     assert_eq!(json["kept_backups"].as_array().unwrap().len(), 3);
 }
 
+/// On full copies, whose file is corrupted; on the repository, damaged
+/// packs are in `tests/repository.rs`.
 #[tokio::test]
 async fn a_corrupt_newest_backup_is_marked_damaged_and_counts_for_nothing() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&[]);
     let user = server.client(&data.token(2, false)).await;
     create_in_order(&user, &["b0", "b1", "b2", "b3"]).await;
@@ -383,9 +375,10 @@ async fn a_corrupt_newest_backup_is_marked_damaged_and_counts_for_nothing() {
     assert_eq!(backup_files(&data), set(&["b2.db", "b3.db", "b4.db"]));
 }
 
+/// On full copies, whose delete renames the file first.
 #[tokio::test]
 async fn a_file_that_cannot_be_deleted_is_audited_and_the_rest_go_on() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&[]);
     let admin = server.client(&data.token(1, true)).await;
     let user = server.client(&data.token(2, false)).await;
@@ -430,10 +423,12 @@ async fn a_file_that_cannot_be_deleted_is_audited_and_the_rest_go_on() {
     assert_eq!(backup_files(&data), set(&["d4.db"]));
 }
 
+/// On full copies, whose files show the run under way; the repository's
+/// kills mid-delete and mid-prune are in `tests/repository.rs`.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_a_retention_run_leaves_catalog_and_directory_consistent() {
     const FILES: usize = 2000;
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let admin_token = data.token(1, true);
     let user_token = data.token(2, false);
     let mut server = data.start(&[]);
@@ -588,7 +583,10 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_deletes_nothing() {
     create_in_order(&user, &["k0", "k1", "k2"]).await;
     std::fs::write(data.backups_dir().join("empty.db"), b"").unwrap();
     let before = catalog(&admin).await;
-    assert_eq!(before.len(), 4);
+    // Full copies catalogue the empty file; beside a repository, which
+    // imports SQLite files only, it stays a file.
+    let empty_catalogued = data.storage() == Storage::FullCopies;
+    assert_eq!(before.len(), 3 + usize::from(empty_catalogued));
     let files_before = backup_files(&data);
 
     let mut retention = admin.retention();
@@ -674,7 +672,12 @@ async fn cleanup_removes_empty_and_non_sqlite_files_only() {
     );
     let expected = set(&["good.db", "pre_migration_foreign.db"]);
     assert_eq!(backup_files(&data), expected);
-    assert_eq!(catalog(&admin).await, expected);
+    // Beside a repository, the foreign file stays a file, no backup.
+    let catalogued = match data.storage() {
+        Storage::FullCopies => expected,
+        Storage::Repository => set(&["good.db"]),
+    };
+    assert_eq!(catalog(&admin).await, catalogued);
     let runs = events(&data, "backup_retention.cleanup_empty");
     assert_eq!(runs.len(), 1);
     assert_eq!(

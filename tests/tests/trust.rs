@@ -68,9 +68,11 @@ fn status(result: Result<impl std::fmt::Debug, Error>) -> (Code, String) {
     }
 }
 
+/// On full copies, whose files these damages reach; the repository's
+/// damaged packs and indexes are in `tests/repository.rs`.
 #[tokio::test]
 async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     add_marked_blob(&data);
     let server = data.start(&["--no-scheduler"]);
     let mut backups = server.client(&data.token(1, true)).await.backups();
@@ -137,9 +139,10 @@ async fn damaged_backups_are_data_loss_and_never_restored_or_downloaded() {
     assert_eq!(restored.filename, "good.db");
 }
 
+/// On full copies, whose file is put back by hand.
 #[tokio::test]
 async fn a_repaired_backup_verifies_again() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&["--no-scheduler"]);
     let mut backups = server.client(&data.token(1, true)).await.backups();
     backups.create(Some("fixable")).await.unwrap();
@@ -155,9 +158,12 @@ async fn a_repaired_backup_verifies_again() {
     backups.restore("fixable.db").await.unwrap();
 }
 
+/// On full copies; the repository's counterpart is
+/// `damage_found_in_one_backup_marks_every_backup_sharing_it` with
+/// `retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest`.
 #[tokio::test]
 async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&["--no-scheduler"]);
     let user = server.client(&data.token(2, false)).await;
     let mut backups = user.backups();
@@ -203,9 +209,10 @@ async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() 
     assert_eq!(listed(&mut backups).await, ["e.db", "d.db", "c.db"]);
 }
 
+/// On full copies; the repository's scrub is in `tests/repository.rs`.
 #[tokio::test]
 async fn the_scrub_finds_damage_within_its_interval() {
-    let data = DataDir::new();
+    let data = DataDir::new().keeping_full_copies();
     let server = data.start(&["--no-scheduler", "--verify-interval", "1s"]);
     let admin = server.client(&data.token(1, true)).await;
     let mut backups = admin.backups();
@@ -271,7 +278,7 @@ async fn downloads_are_for_admins_unless_the_operator_allows_users() {
     let server = data.start(&["--no-scheduler", "--allow-user-downloads"]);
     let mut mine = server.client(&user_token).await.backups();
     let got = mine.download_to("mine.db", &dest, |_, _| {}).await.unwrap();
-    assert_eq!(sha256_hex(&std::fs::read(&dest).unwrap()), got.sha256);
+    assert_backup_bytes(&got, &std::fs::read(&dest).unwrap());
 }
 
 #[tokio::test]
@@ -309,11 +316,11 @@ async fn names_are_per_owner_and_leak_nothing() {
         Code::PermissionDenied
     );
 
-    // Both files are on disk, neither replaced the other.
-    let files = file_names(&data.backups_dir());
-    assert!(files.contains(&"nightly-1.db".to_owned()), "{files:?}");
-    assert!(files.contains(&"u3~nightly-1.db".to_owned()), "{files:?}");
-    assert!(integrity_ok(&data.backups_dir().join("u3~nightly-1.db")));
+    // Both are stored, neither replaced the other.
+    let stored = data.stored_backups();
+    assert!(stored.contains(&"nightly-1.db".to_owned()), "{stored:?}");
+    assert!(stored.contains(&"u3~nightly-1.db".to_owned()), "{stored:?}");
+    assert!(integrity_ok(&data.backup_file("u3~nightly-1.db")));
 
     // An admin sees both, names the owner for an ambiguous name, and
     // reaches a unique name without it.
@@ -344,7 +351,7 @@ async fn names_are_per_owner_and_leak_nothing() {
     // Deleting one owner's leaves the other's.
     two.delete("nightly-1.db", false).await.unwrap();
     assert_eq!(three.get("nightly-1.db").await.unwrap(), mine);
-    assert!(!data.backups_dir().join("nightly-1.db").exists());
+    assert!(!data.stored_backups().contains(&"nightly-1.db".to_owned()));
     // A server restart keeps every owner's name.
     drop(server);
     let server = data.start(&["--no-scheduler"]);
@@ -368,7 +375,7 @@ async fn a_user_may_keep_only_so_many_manual_backups() {
         "{message}"
     );
     assert_eq!(listed(&mut user).await.len(), 3);
-    assert!(!data.backups_dir().join("q3.db").exists());
+    assert!(!data.stored_backups().contains(&"q3.db".to_owned()));
     // Admins are not limited; a deleted backup frees a place.
     for i in 0..4 {
         admin.create(Some(&format!("admin{i}"))).await.unwrap();
@@ -418,15 +425,8 @@ async fn maintenance_sees_files_dropped_in_without_a_listing() {
     let server = data.start(&["--no-scheduler"]);
     let admin = server.client(&data.token(1, true)).await;
     // As an application's migration tool would leave it, ten days ago.
-    let dropped = data.backups_dir().join("pre_migration_20200101.db");
-    std::fs::copy(data.source(), &dropped).unwrap();
     let ten_days_ago = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(&dropped)
-        .unwrap()
-        .set_modified(ten_days_ago)
-        .unwrap();
+    let dropped = data.drop_in(&data.source(), "pre_migration_20200101.db", ten_days_ago);
     let deleted = admin.retention().delete_old_protected(1).await.unwrap();
     assert_eq!(deleted, ["pre_migration_20200101.db"]);
     assert!(!dropped.exists());

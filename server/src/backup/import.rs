@@ -150,4 +150,31 @@ impl Backups {
         staged.publish(name).await?;
         Ok(Some(facts))
     }
+
+    /// Files dropped in that the import leaves in the backups directory
+    /// and the catalog does not name (they are not SQLite), with what
+    /// they hold: no backup, but CleanupEmptyBackups judges them too. The
+    /// caller holds the lock on the set of backups.
+    pub async fn left_beside(&self) -> Result<Vec<(String, Result<Content>)>> {
+        let Some(legacy) = &self.legacy else {
+            return Ok(Vec::new());
+        };
+        let known = catalog::all_filenames(self.db.reads()).await?;
+        let names: Vec<String> = (legacy.list().await?.names.into_iter())
+            .filter(|name| !known.contains(name))
+            .collect();
+        let contents = legacy.sniff(names.clone()).await?;
+        Ok(names.into_iter().zip(contents).collect())
+    }
+
+    /// Removes a file [`Backups::left_beside`] named. The caller holds the
+    /// lock on the set of backups.
+    pub async fn remove_left_beside(&self, name: &str) -> Result<()> {
+        if let Some(legacy) = &self.legacy
+            && legacy.begin_delete(name).await?
+        {
+            legacy.finish_delete(name).await?;
+        }
+        Ok(())
+    }
 }

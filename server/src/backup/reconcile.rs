@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use chrono::SubsecRound;
 use serde_json::json;
 
+use super::storage::ChangeStamp;
 use super::{Backups, naming};
 use crate::audit::NewEvent;
 use crate::error::Result;
@@ -27,7 +28,7 @@ impl Backups {
     pub async fn reconcile(&self) -> Result<()> {
         let _dir = self.lock_dir().await?;
         // Taken before listing: a change during the listing shows next time.
-        let stamp = self.storage.names_stamp().await?;
+        let stamp = self.names_stamp().await?;
         self.reconcile_locked().await?;
         *self.reconciled.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
         Ok(())
@@ -36,7 +37,7 @@ impl Backups {
     /// Reconciles unless the storage's names are as they were at the last
     /// reconcile: what a listing needs first, at the cost of one stat.
     pub async fn reconcile_if_changed(&self) -> Result<()> {
-        let now = self.storage.names_stamp().await?;
+        let now = self.names_stamp().await?;
         let last = self
             .reconciled
             .lock()
@@ -46,6 +47,19 @@ impl Backups {
             return Ok(());
         }
         self.reconcile().await
+    }
+
+    /// The stamp of the storage's names and, while there is one, of the
+    /// legacy directory's, where other tools drop files to import.
+    async fn names_stamp(&self) -> Result<Option<ChangeStamp>> {
+        let stored = self.storage.names_stamp().await?;
+        let Some(legacy) = &self.legacy else {
+            return Ok(stored);
+        };
+        Ok(match (stored, legacy.names_stamp().await?) {
+            (Some(stored), Some(dropped)) => Some(stored.and(&dropped)),
+            _ => None,
+        })
     }
 
     async fn reconcile_locked(&self) -> Result<()> {

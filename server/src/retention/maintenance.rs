@@ -7,6 +7,7 @@ use serde_json::json;
 use super::{Doomed, Retention};
 use crate::audit::NewEvent;
 use crate::auth::Caller;
+use crate::backup::naming;
 use crate::backup::sqlite::Content;
 use crate::error::{Error, Result};
 
@@ -25,23 +26,29 @@ impl Retention {
             let mut doomed = Vec::new();
             let mut spared = Vec::new();
             for (row, content) in judged {
-                let reason = match content {
-                    Ok(Content::Empty) => "empty",
-                    Ok(Content::NotSqlite) if !row.is_protected => "not a SQLite database",
-                    Ok(Content::NotSqlite) => {
-                        spared.push(row.name);
-                        continue;
-                    }
-                    Ok(Content::Sqlite) => continue,
-                    Err(e) => {
-                        tracing::warn!(file = %row.filename, error = %e, "cannot inspect a backup; leaving it");
-                        continue;
-                    }
+                let Some(reason) = judge(&row.name, content, row.is_protected, &mut spared)
+                else {
+                    continue;
                 };
                 let details = json!({ "owner": row.owner_user_id, "reason": reason, "trigger": "cleanup_empty" });
                 doomed.push(Doomed::of(row, details));
             }
-            let (deleted, failed) = self.delete_each(caller.user_id, doomed).await;
+            let (mut deleted, mut failed) = self.delete_each(caller.user_id, doomed).await;
+            // Beside a repository, dropped files that are not SQLite stay
+            // in the directory, outside the catalog.
+            for (name, content) in self.backups.left_beside().await? {
+                let protected = naming::classify(&name).0.is_protected();
+                if judge(&name, content, protected, &mut spared).is_none() {
+                    continue;
+                }
+                match self.backups.remove_left_beside(&name).await {
+                    Ok(()) => deleted.push(name),
+                    Err(e) => {
+                        tracing::warn!(file = %name, error = %e, "could not remove a dropped file; going on with the rest");
+                        failed.push(name);
+                    }
+                }
+            }
             self.audit
                 .record_or_log(
                     NewEvent::new("backup_retention.cleanup_empty", caller.user_id).details(json!({
@@ -105,5 +112,29 @@ impl Retention {
         .await;
         self.audit_error(caller.user_id, "delete_old_protected", result)
             .await
+    }
+}
+
+/// Why CleanupEmptyBackups removes backup or file `name` holding
+/// `content`, or `None` to leave it (a protected one that is not empty
+/// joins `spared`).
+fn judge(
+    name: &str,
+    content: Result<Content>,
+    protected: bool,
+    spared: &mut Vec<String>,
+) -> Option<&'static str> {
+    match content {
+        Ok(Content::Empty) => Some("empty"),
+        Ok(Content::NotSqlite) if !protected => Some("not a SQLite database"),
+        Ok(Content::NotSqlite) => {
+            spared.push(name.to_owned());
+            None
+        }
+        Ok(Content::Sqlite) => None,
+        Err(e) => {
+            tracing::warn!(backup = %name, error = %e, "cannot inspect a backup; leaving it");
+            None
+        }
     }
 }

@@ -184,6 +184,11 @@ impl ChangeStamp {
     pub fn new(stamp: impl Into<String>) -> Self {
         Self(stamp.into())
     }
+
+    /// A stamp that changes when either of two does.
+    pub fn and(&self, other: &Self) -> Self {
+        Self(format!("{}|{}", self.0, other.0))
+    }
 }
 
 /// What is stored, for reconciling the catalog with it.
