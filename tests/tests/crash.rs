@@ -1,7 +1,8 @@
 //! SIGKILL at many points of backup, restore and retention: after each kill
 //! and restart, the source is the old or the restored database and passes
-//! integrity_check, the catalog matches the directory, and no backup that
-//! existed before is lost (beyond what retention was asked to delete).
+//! integrity_check, the catalog matches the storage, and no backup that
+//! existed before is lost (beyond what retention was asked to delete); a
+//! repository passes `repo check --read-data`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -139,6 +140,10 @@ async fn sigkill_at_many_points_of_backup_restore_and_retention_loses_nothing() 
                 integrity_ok(&data.backup_file(name)),
                 "round {round}: {name} is damaged"
             );
+        }
+        if data.storage() == Storage::Repository {
+            // Every chunk of every backup indexed, in its pack and intact.
+            data.repo(&["check", "--read-data"]);
         }
         drop(restarted);
     }
