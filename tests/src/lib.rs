@@ -550,6 +550,16 @@ pub fn assert_digests(name: &str, blake3: &str, sha256: &str, bytes: &[u8]) {
     }
 }
 
+/// Why a retention summary keeps backup `filename`; `None` when it does
+/// not keep it.
+pub fn kept_reason(summary: &proto::RetentionSummary, filename: &str) -> Option<proto::KeepReason> {
+    let kept = summary
+        .kept_backups
+        .iter()
+        .find(|k| k.filename == filename)?;
+    Some(proto::KeepReason::try_from(kept.reason).expect("a known reason"))
+}
+
 /// `PRAGMA integrity_check` is "ok".
 pub fn integrity_ok(path: &Path) -> bool {
     let conn = open(path);

@@ -1,7 +1,8 @@
 //! The backup repository (`--repository`): round trips through the
 //! service and the offline `repo` commands, encrypted and not;
 //! deduplication across owners and days; damaged packs and indexes as
-//! DATA_LOSS for exactly the backups they hold; SIGKILL mid-backup.
+//! DATA_LOSS for exactly the backups they hold, found by the scrub and
+//! never counted by retention; SIGKILL mid-backup.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -151,6 +152,27 @@ impl Repo {
         let mut out = BTreeSet::new();
         walk(&self.dir().join(dir), &mut out);
         out
+    }
+
+    /// Adds pages to the source that no backup holds (a new table of
+    /// random blobs), creates backup `name` and returns the pack it added,
+    /// which holds nothing any other backup needs.
+    async fn create_with_own_pack(
+        &self,
+        backups: &mut backup_client::Backups,
+        name: &str,
+    ) -> PathBuf {
+        let packs = self.objects("data");
+        open(&self.data.source())
+            .execute_batch(&format!(
+                "CREATE TABLE \"only {name}\" (b BLOB); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) \
+                 INSERT INTO \"only {name}\" SELECT randomblob(3000) FROM n;"
+            ))
+            .unwrap();
+        backups.create(Some(name)).await.unwrap();
+        let added = self.objects("data").difference(&packs).next().cloned();
+        added.expect("a pack of the new backup's own")
     }
 }
 
@@ -346,6 +368,14 @@ fn append_text_rows(data: &DataDir, rows: u32) {
         .unwrap();
 }
 
+/// Flips one bit in the middle of a file.
+fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Damage {
     FlippedByteInAPack,
@@ -364,22 +394,8 @@ async fn damaged_packs_and_indexes_are_data_loss_for_exactly_their_backups() {
         let server = repo.start();
         let mut backups = server.client(&repo.data.token(1, true)).await.backups();
         backups.create(Some("before")).await.unwrap();
-        let (packs, indexes) = (repo.objects("data"), repo.objects("index"));
-        // Pages only the second backup holds, in a pack of their own.
-        open(&repo.data.source())
-            .execute_batch(
-                "CREATE TABLE extra (b BLOB); \
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40) \
-                 INSERT INTO extra SELECT randomblob(3000) FROM n;",
-            )
-            .unwrap();
-        backups.create(Some("after")).await.unwrap();
-        let new_pack = repo
-            .objects("data")
-            .difference(&packs)
-            .next()
-            .cloned()
-            .unwrap();
+        let indexes = repo.objects("index");
+        let new_pack = repo.create_with_own_pack(&mut backups, "after").await;
         let new_index = repo
             .objects("index")
             .difference(&indexes)
@@ -387,12 +403,7 @@ async fn damaged_packs_and_indexes_are_data_loss_for_exactly_their_backups() {
             .cloned()
             .unwrap();
         match how {
-            Damage::FlippedByteInAPack => {
-                let mut bytes = std::fs::read(&new_pack).unwrap();
-                let middle = bytes.len() / 2;
-                bytes[middle] ^= 0x40;
-                std::fs::write(&new_pack, bytes).unwrap();
-            }
+            Damage::FlippedByteInAPack => flip_a_byte(&new_pack),
             Damage::DeletedPack => std::fs::remove_file(&new_pack).unwrap(),
             Damage::TruncatedIndex => {
                 let bytes = std::fs::read(&new_index).unwrap();
@@ -429,6 +440,46 @@ async fn damaged_packs_and_indexes_are_data_loss_for_exactly_their_backups() {
         assert!(damaged.contains("damaged: after.db"), "{how:?}: {damaged}");
         assert!(!damaged.contains("before.db"), "{how:?}: {damaged}");
     }
+}
+
+/// Retention checks the newest backups it keeps: one whose only pack is
+/// damaged counts for nothing, and the newest intact one is kept instead.
+#[tokio::test]
+async fn retention_never_counts_a_backup_whose_pack_is_damaged() {
+    let repo = Repo::new(true);
+    let server = repo.start();
+    let user = server.client(&repo.data.token(2, false)).await;
+    let mut backups = user.backups();
+    for name in ["a", "b"] {
+        backups.create(Some(name)).await.unwrap();
+    }
+    // The newest backup's own pages, damaged.
+    flip_a_byte(&repo.create_with_own_pack(&mut backups, "c").await);
+
+    let mut retention = user.retention();
+    let summary = retention
+        .summary(1, backup_client::Owners::Caller)
+        .await
+        .unwrap();
+    assert_eq!(summary.filenames_to_delete, ["a.db"]);
+    let reason = |name| kept_reason(&summary, name);
+    assert_eq!(reason("c.db"), Some(proto::KeepReason::Damaged));
+    assert_eq!(reason("b.db"), Some(proto::KeepReason::NewestN));
+    let deleted = retention
+        .apply(1, backup_client::Owners::Caller)
+        .await
+        .unwrap();
+    assert_eq!(deleted, ["a.db"]);
+    assert_eq!(listed(&mut backups).await, ["c.db", "b.db"]);
+    assert!(backups.get("c.db").await.unwrap().damaged);
+    assert!(!backups.verify("b.db").await.unwrap().damaged);
+    let found = audit_events(&repo.data, "backup_files.verify");
+    assert!(
+        found
+            .iter()
+            .any(|(_, ok, d)| !ok && d["trigger"] == "retention"),
+        "{found:?}"
+    );
 }
 
 #[tokio::test]
@@ -1034,7 +1085,7 @@ async fn retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest() {
 }
 
 #[tokio::test]
-async fn the_scrub_verifies_every_backup_when_backups_share_their_content() {
+async fn the_scrub_verifies_every_backup_and_finds_a_damaged_pack() {
     let repo = Repo::new(false);
     let mut args = repo.flags();
     args.extend([
@@ -1071,6 +1122,30 @@ async fn the_scrub_verifies_every_backup_when_backups_share_their_content() {
             >= 3,
         "{scrubbed:?}"
     );
+
+    // A byte flipped in a pack only a new backup holds: the scrub finds it
+    // within its interval, and the others stay intact.
+    flip_a_byte(&repo.create_with_own_pack(&mut backups, "doomed").await);
+    let mut doomed = backups.get("doomed.db").await.unwrap();
+    for _ in 0..300 {
+        if doomed.damaged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        doomed = backups.get("doomed.db").await.unwrap();
+    }
+    assert!(doomed.damaged, "the scrub did not find the damage in 30 s");
+    let found = audit_events(&repo.data, "backup_files.verify");
+    assert!(
+        found
+            .iter()
+            .any(|(_, ok, d)| !ok && d["trigger"] == "scrub"),
+        "{found:?}"
+    );
+    for i in 0..3 {
+        let same = backups.get(&format!("same-{i}.db")).await.unwrap();
+        assert!(!same.damaged, "{}", same.filename);
+    }
 }
 
 #[tokio::test]

@@ -331,8 +331,8 @@ async fn the_summary_is_exactly_what_apply_deletes() {
     assert_eq!(json["kept_backups"].as_array().unwrap().len(), 3);
 }
 
-/// On full copies, whose file is corrupted; on the repository, damaged
-/// packs are in `tests/repository.rs`.
+/// On full copies, whose file is corrupted; the repository's counterpart
+/// is `retention_never_counts_a_backup_whose_pack_is_damaged`.
 #[tokio::test]
 async fn a_corrupt_newest_backup_is_marked_damaged_and_counts_for_nothing() {
     let data = DataDir::new().keeping_full_copies();

@@ -159,8 +159,7 @@ async fn a_repaired_backup_verifies_again() {
 }
 
 /// On full copies; the repository's counterpart is
-/// `damage_found_in_one_backup_marks_every_backup_sharing_it` with
-/// `retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest`.
+/// `retention_never_counts_a_backup_whose_pack_is_damaged`.
 #[tokio::test]
 async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() {
     let data = DataDir::new().keeping_full_copies();
@@ -175,15 +174,9 @@ async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() 
 
     let summary = user.retention().summary(1, Owners::Caller).await.unwrap();
     assert_eq!(summary.filenames_to_delete, ["a.db"]);
-    let reason_of = |name: &str| {
-        summary
-            .kept_backups
-            .iter()
-            .find(|k| k.filename == name)
-            .map(|k| k.reason)
-    };
-    assert_eq!(reason_of("c.db"), Some(proto::KeepReason::Damaged as i32));
-    assert_eq!(reason_of("b.db"), Some(proto::KeepReason::NewestN as i32));
+    let reason = |name| kept_reason(&summary, name);
+    assert_eq!(reason("c.db"), Some(proto::KeepReason::Damaged));
+    assert_eq!(reason("b.db"), Some(proto::KeepReason::NewestN));
 
     let deleted = user.retention().apply(1, Owners::Caller).await.unwrap();
     assert_eq!(deleted, ["a.db"]);
@@ -209,7 +202,8 @@ async fn retention_keeps_the_newest_intact_backups_when_the_newest_is_damaged() 
     assert_eq!(listed(&mut backups).await, ["e.db", "d.db", "c.db"]);
 }
 
-/// On full copies; the repository's scrub is in `tests/repository.rs`.
+/// On full copies; the repository's counterpart is
+/// `the_scrub_verifies_every_backup_and_finds_a_damaged_pack`.
 #[tokio::test]
 async fn the_scrub_finds_damage_within_its_interval() {
     let data = DataDir::new().keeping_full_copies();
