@@ -184,12 +184,7 @@ impl DataDir {
     /// `backup-server repo list` on its default repository: one JSON object
     /// per backup.
     pub fn repo_list(&self) -> Vec<serde_json::Value> {
-        let out = self.repo(&["list"]);
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("a JSON line"))
-            .collect()
+        json_lines(&self.repo(&["list"]).stdout)
     }
 
     /// `backup-server repo ARGS` on its default repository, which must
@@ -550,6 +545,18 @@ pub fn assert_digests(name: &str, blake3: &str, sha256: &str, bytes: &[u8]) {
     }
 }
 
+/// Asserts that the audit log holds an `event_type` event that succeeded
+/// (or failed, `succeeded` false) with details naming `trigger`.
+pub fn assert_audited(data: &DataDir, event_type: &str, succeeded: bool, trigger: &str) {
+    let events = audit_events(data, event_type);
+    assert!(
+        events
+            .iter()
+            .any(|(_, ok, details)| *ok == succeeded && details["trigger"] == trigger),
+        "no {event_type} with success {succeeded} by {trigger}: {events:?}"
+    );
+}
+
 /// Why a retention summary keeps backup `filename`; `None` when it does
 /// not keep it.
 pub fn kept_reason(summary: &proto::RetentionSummary, filename: &str) -> Option<proto::KeepReason> {
@@ -558,6 +565,15 @@ pub fn kept_reason(summary: &proto::RetentionSummary, filename: &str) -> Option<
         .iter()
         .find(|k| k.filename == filename)?;
     Some(proto::KeepReason::try_from(kept.reason).expect("a known reason"))
+}
+
+/// Output of one JSON value per line (`repo list`), parsed.
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    std::str::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
 }
 
 /// `PRAGMA integrity_check` is "ok".

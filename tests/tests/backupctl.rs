@@ -167,10 +167,7 @@ async fn backups_from_create_to_delete_with_tables_json_and_exit_codes() {
         &["--json", "audit", "list", "--type", "backup_files."],
     );
     exits(&out, 0);
-    let events: Vec<Value> = stdout(&out)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON event per line"))
-        .collect();
+    let events = json_lines(&out.stdout);
     let mine: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e["resource_id"] == "nightly.db")
@@ -443,10 +440,7 @@ async fn token_expiry_must_be_a_day_and_revoke_says_when_nothing_was_revoked() {
 
     // Only the one token made above exists.
     let listed = stdout(&token(&["list"]));
-    let rows: Vec<Value> = listed
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect();
+    let rows = json_lines(listed.as_bytes());
     assert_eq!(rows.len(), 1, "{listed}");
     assert!(rows[0]["expires_at"].is_string(), "{listed}");
     let id = rows[0]["id"].to_string();

@@ -122,11 +122,7 @@ impl Repo {
     fn listed(&self) -> Vec<serde_json::Value> {
         let out = self.repo(&["list"]);
         assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&out.stdout)
     }
 
     fn stored_bytes(&self, name: &str) -> u64 {
@@ -473,13 +469,7 @@ async fn retention_never_counts_a_backup_whose_pack_is_damaged() {
     assert_eq!(listed(&mut backups).await, ["c.db", "b.db"]);
     assert!(backups.get("c.db").await.unwrap().damaged);
     assert!(!backups.verify("b.db").await.unwrap().damaged);
-    let found = audit_events(&repo.data, "backup_files.verify");
-    assert!(
-        found
-            .iter()
-            .any(|(_, ok, d)| !ok && d["trigger"] == "retention"),
-        "{found:?}"
-    );
+    assert_audited(&repo.data, "backup_files.verify", false, "retention");
 }
 
 #[tokio::test]
@@ -848,13 +838,7 @@ async fn damage_found_in_one_backup_marks_every_backup_sharing_it() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(marked, "the backup sharing the damaged chunk is marked");
-    let shared = audit_events(&repo.data, "backup_files.verify");
-    assert!(
-        shared
-            .iter()
-            .any(|(_, ok, details)| !ok && details["trigger"] == "shared"),
-        "{shared:?}"
-    );
+    assert_audited(&repo.data, "backup_files.verify", false, "shared");
 }
 
 #[tokio::test]
@@ -1075,13 +1059,7 @@ async fn retention_keeps_the_newest_and_the_prune_after_it_frees_the_rest() {
     );
     assert_eq!(after.backups, 1);
     assert!(!backups.verify("day-4.db").await.unwrap().damaged);
-    let pruned = audit_events(&repo.data, "backup_files.prune");
-    assert!(
-        pruned
-            .iter()
-            .any(|(_, ok, details)| *ok && details["trigger"] == "retention"),
-        "{pruned:?}"
-    );
+    assert_audited(&repo.data, "backup_files.prune", true, "retention");
 }
 
 #[tokio::test]
@@ -1135,13 +1113,7 @@ async fn the_scrub_verifies_every_backup_and_finds_a_damaged_pack() {
         doomed = backups.get("doomed.db").await.unwrap();
     }
     assert!(doomed.damaged, "the scrub did not find the damage in 30 s");
-    let found = audit_events(&repo.data, "backup_files.verify");
-    assert!(
-        found
-            .iter()
-            .any(|(_, ok, d)| !ok && d["trigger"] == "scrub"),
-        "{found:?}"
-    );
+    assert_audited(&repo.data, "backup_files.verify", false, "scrub");
     for i in 0..3 {
         let same = backups.get(&format!("same-{i}.db")).await.unwrap();
         assert!(!same.damaged, "{}", same.filename);

@@ -35,7 +35,7 @@ impl Backups {
     }
 
     /// Reconciles unless the storage's names are as they were at the last
-    /// reconcile: what a listing needs first, at the cost of one stat.
+    /// reconcile: what a listing needs first, at the cost of a stat or two.
     pub async fn reconcile_if_changed(&self) -> Result<()> {
         let now = self.names_stamp().await?;
         let last = self
