@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::json;
@@ -206,11 +207,13 @@ impl Backups {
         let result = async {
             caller.require_admin()?;
             let backup = self.get(caller, named).await?;
+            let started = Instant::now();
             // The verified copy keeps the content even if the backup is
             // deleted meanwhile: what is restored is what was verified.
             let (backup, verified) = self
                 .verify(&backup, Trigger::Restore, caller.user_id)
                 .await?;
+            let verified_in = started.elapsed();
             source::check_writable(self.source.clone())
                 .await
                 .map_err(|e| {
@@ -230,13 +233,24 @@ impl Backups {
                         .details(json!({ "restoring": restored_name, "size": p.size_bytes }))
                 })
                 .await?;
+            let snapshot_in = started.elapsed() - verified_in;
             let replaced = async {
                 let _permit = self.queued_permit().await?;
                 source::restore(verified, self.source.clone()).await
             }
             .await;
             match replaced {
-                Ok(rewritten) => Ok((backup, pre, rewritten)),
+                Ok(rewritten) => {
+                    tracing::info!(
+                        backup = %backup.name,
+                        pages_written = rewritten.pages_written,
+                        verify_s = verified_in.as_secs_f64(),
+                        pre_restore_s = snapshot_in.as_secs_f64(),
+                        write_s = (started.elapsed() - verified_in - snapshot_in).as_secs_f64(),
+                        "restored"
+                    );
+                    Ok((backup, pre, rewritten))
+                }
                 Err(e) => Err(e.with_note(&format!(
                     "the pre-restore backup {:?} taken before it is kept",
                     pre.name
