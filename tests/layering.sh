@@ -40,7 +40,7 @@ check "entities stay in the state store" only '\bstore::entity\b|\bentity::' \
     store/
 check "files and SQLite connections stay in storage and the source" only \
     '\bstd::fs\b|\bfs::|std::os::unix|\bOpenOptions\b|\brusqlite::' \
-    backup/storage/ backup/source.rs backup/sqlite.rs store/ error.rs config.rs main.rs demo.rs
+    backup/storage/ backup/source.rs backup/sqlite.rs backup/sqlite/ store/ error.rs config.rs main.rs demo.rs
 check "the domain types import nothing but errors" never \
     'crate::(api|audit|auth|backup|config|health|paging|retention|schedule|server|store|telemetry)\b' \
     model/

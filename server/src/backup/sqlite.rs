@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::check_cancelled;
 use crate::error::{Error, Result};
 
+mod file_pages;
+
 /// How long a backup or restore waits for a lock held by another connection.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -107,29 +109,46 @@ pub fn snapshot_into(
     Ok(())
 }
 
-/// Reads a consistent snapshot of the live database `src` (opened by
-/// [`open_source`], named `what` in errors) page by page, handing each to
-/// `page` in order, and closes `src`: the pages make a standalone file.
+/// Reads a consistent snapshot of the live database at `source` (named
+/// `what` in errors) page by page, handing each to `page` in order: the
+/// pages make a standalone file.
 ///
 /// Like [`snapshot_into`] it runs in one read transaction, which writers on
 /// other connections neither block (WAL) nor restart, but it copies
-/// nothing to disk: the pages come straight from `sqlite_dbpage`. Page 1
-/// is marked as a rollback-journal database, as a copy made by the backup
-/// API is. `cancel` stops it between pages.
+/// nothing to disk. The pages come from the file in large reads where the
+/// transaction pins them there ([`file_pages`]), else from `sqlite_dbpage`.
+/// Page 1 is marked as a rollback-journal database, as a copy made by the
+/// backup API is. `cancel` stops it between pages.
 pub fn read_pages(
-    src: Connection,
+    source: &Path,
     what: &str,
     cancel: &CancellationToken,
     page: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
+    // Opened before the connection: see [`file_pages::FilePages::open`].
+    let file = open_regular(source).ok();
+    let src = open_source(source, what)?;
+    check_cancelled(cancel)?;
     src.execute_batch("BEGIN")?;
     src.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .map_err(|e| unreadable(what, e))?;
-    let mut pages = src.prepare(PAGES)?;
-    let mut rows = pages.query([])?;
-    while let Some(row) = rows.next()? {
-        let number: i64 = row.get(0)?;
-        let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+    let pages = u32::try_from(page_count(&src)?)
+        .map_err(|_| Error::Internal(format!("{what} has more pages than SQLite allows")))?;
+    let page_bytes: i64 = src.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+    let mut from_file = match file {
+        Some(file) => file_pages::FilePages::open(file, source, page_bytes as usize)?,
+        None => None,
+    };
+    let mut through_sqlite = src.prepare(PAGE)?;
+    for number in 1..=pages {
+        let queried;
+        let data = match from_file.as_mut().and_then(|f| f.page(number)) {
+            Some(data) => data,
+            None => {
+                queried = through_sqlite.query_row([number], |row| row.get::<_, Vec<u8>>(0))?;
+                &queried
+            }
+        };
         if number == 1 && data.len() > 19 {
             // Bytes 18 and 19, the read and write format: 1, not WAL's 2.
             let mut first = data.to_vec();
@@ -139,12 +158,15 @@ pub fn read_pages(
         } else {
             page(data)?;
         }
-        if number % i64::from(STEP_PAGES) == 0 {
+        if number % STEP_PAGES as u32 == 0 {
             check_cancelled(cancel)?;
         }
     }
     Ok(())
 }
+
+/// One page of the main database by number.
+const PAGE: &str = "SELECT data FROM sqlite_dbpage('main') WHERE pgno = ?1";
 
 /// Every page of the main database, in order, as (number, bytes).
 const PAGES: &str = "SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno";
@@ -442,7 +464,7 @@ fn check_pages(
 /// One page of `conn`'s main database.
 fn page(conn: &Connection, number: i64) -> Result<Vec<u8>> {
     Ok(conn
-        .prepare_cached("SELECT data FROM sqlite_dbpage('main') WHERE pgno = ?1")?
+        .prepare_cached(PAGE)?
         .query_row([number], |row| row.get(0))?)
 }
 
@@ -658,10 +680,12 @@ pub fn sniff(mut file: File) -> Result<Content> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     /// A WAL database at `path` with `rows` rows, as applications keep one.
-    fn database(path: &Path, rows: i64) -> Connection {
+    pub(super) fn database(path: &Path, rows: i64) -> Connection {
         let conn = Connection::open(path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY, s TEXT)")
@@ -848,6 +872,85 @@ mod tests {
         app.execute_batch("UPDATE t SET s = 'other ' || s").unwrap();
         let rewritten = assert_restores(&backup, &live, &app);
         assert_eq!(rewritten.pages_written, rewritten.pages);
+    }
+
+    // Pages read from the file beside a writer and a checkpointer (each
+    // checkpoint copies WAL frames into the file, and the WAL starts over
+    // when it can) make a whole database: the state after one commit.
+    #[test]
+    fn pages_read_beside_a_writer_and_checkpoints_are_one_consistent_snapshot() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let app = database(&live, 4000);
+        app.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; CREATE TABLE c (rounds); INSERT INTO c VALUES (0);",
+        )
+        .unwrap();
+        let stop = &AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                // Each commit adds 50 rows, rewrites rows across the file
+                // and counts itself.
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    app.execute_batch(&format!(
+                        "BEGIN; \
+                         INSERT INTO t SELECT n + 100000 * {round}, s FROM t WHERE n < 50; \
+                         UPDATE t SET s = printf('%0500d', {round}) WHERE n % 97 = {round} % 97; \
+                         UPDATE c SET rounds = rounds + 1; \
+                         COMMIT;"
+                    ))
+                    .unwrap();
+                }
+            });
+            let checkpoints = scope.spawn(|| {
+                let checkpointer = Connection::open(&live).unwrap();
+                let mut done = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    checkpointer
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                        .unwrap();
+                    done += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                done
+            });
+            // Stops both threads however the checks below end, a failed
+            // assertion included.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let stopping = Stop(stop);
+            let mut rounds_seen = BTreeSet::new();
+            for snapshot in 0..15 {
+                let mut bytes = Vec::new();
+                read_pages(&live, "live", &CancellationToken::new(), &mut |page| {
+                    bytes.extend_from_slice(page);
+                    Ok(())
+                })
+                .unwrap();
+                let copy = dir.path().join(format!("snapshot-{snapshot}.db"));
+                std::fs::write(&copy, &bytes).unwrap();
+                let conn = Connection::open(&copy).unwrap();
+                assert_eq!(integrity(&conn), "ok", "snapshot {snapshot}");
+                let rounds: i64 = conn
+                    .query_row("SELECT rounds FROM c", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(rows(&conn, "t"), 4000 + 50 * rounds, "snapshot {snapshot}");
+                rounds_seen.insert(rounds);
+            }
+            drop(stopping);
+            assert!(
+                rounds_seen.len() > 5,
+                "the writer kept writing: {rounds_seen:?}"
+            );
+            assert!(checkpoints.join().unwrap() > 5);
+        });
     }
 
     #[test]

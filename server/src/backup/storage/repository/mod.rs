@@ -51,7 +51,7 @@ use super::{
     Staged, StagedCopy, StorageLock, StorageStats, Verified, VerifiedCopy,
 };
 use crate::backup::sqlite::Content;
-use crate::backup::{check_cancelled, naming, sqlite};
+use crate::backup::{naming, sqlite};
 use crate::blocking::blocking;
 use crate::error::{Error, Result};
 
@@ -435,9 +435,7 @@ impl BackupStorage for Repository {
         let taken_at = Utc::now().trunc_subsecs(6);
         let (source, what, token) = (source.to_owned(), what.to_owned(), cancel.clone());
         let pages: write::Pages = Box::new(move |chunker| {
-            let src = sqlite::open_source(&source, &what)?;
-            check_cancelled(&token)?;
-            sqlite::read_pages(src, &what, &token, &mut |page| chunker.page(page))
+            sqlite::read_pages(&source, &what, &token, &mut |page| chunker.page(page))
         });
         let known = Known {
             chunks: std::mem::take(&mut live.chunks),
