@@ -139,13 +139,12 @@ pub fn read_pages(
         Some(file) => file_pages::FilePages::open(file, source, page_bytes as usize)?,
         None => None,
     };
-    let mut through_sqlite = src.prepare(PAGE)?;
     for number in 1..=pages {
         let queried;
         let data = match from_file.as_mut().and_then(|f| f.page(number)) {
             Some(data) => data,
             None => {
-                queried = through_sqlite.query_row([number], |row| row.get::<_, Vec<u8>>(0))?;
+                queried = self::page(&src, i64::from(number))?;
                 &queried
             }
         };
@@ -164,9 +163,6 @@ pub fn read_pages(
     }
     Ok(())
 }
-
-/// One page of the main database by number.
-const PAGE: &str = "SELECT data FROM sqlite_dbpage('main') WHERE pgno = ?1";
 
 /// Every page of the main database, in order, as (number, bytes).
 const PAGES: &str = "SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno";
@@ -464,7 +460,7 @@ fn check_pages(
 /// One page of `conn`'s main database.
 fn page(conn: &Connection, number: i64) -> Result<Vec<u8>> {
     Ok(conn
-        .prepare_cached(PAGE)?
+        .prepare_cached("SELECT data FROM sqlite_dbpage('main') WHERE pgno = ?1")?
         .query_row([number], |row| row.get(0))?)
 }
 
